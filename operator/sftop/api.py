@@ -1,0 +1,482 @@
+"""The SFTJob API (sftop.dev/v1alpha1): pydantic models of spec and status, the one source of truth.
+
+The CRD in crds/ is generated from these models (`sftop crd`), field descriptions become `kubectl explain`
+text, and the operator parses every SFTJob through them. Training knobs shared with the trainer's config
+contract are defined once, in `sftop_trainer.config`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+from sftop_trainer.config import (
+    DataFormat,
+    Dtype,
+    EvalSplit,
+    FILE_SUFFIXES,
+    HubDataset,
+    LoraSpec,
+    Method,
+    QuantizationSpec,
+    RelativePath,
+    Spec,
+    TrainingSpec,
+    cel_exactly_one,
+    check_method,
+    exactly_one,
+)
+
+GROUP = "sftop.dev"
+VERSION = "v1alpha1"
+KIND = "SFTJob"
+PLURAL = "sftjobs"
+SINGULAR = "sftjob"
+SHORT_NAMES = ["sft"]
+CATEGORIES = ["all", "sftop"]
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# A run's Job is named <sftjob>-<run id (8 hex)>; Job names end up in a label value (job-name), so <= 63.
+MAX_NAME_LENGTH = 54
+RUN_ID_LENGTH = 8
+
+DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# Kubernetes resource.Quantity, as the API server parses it.
+QUANTITY = r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$"
+QUALIFIED_NAME = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
+HUB_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)?$"
+
+
+def _checked(pattern: str, what: str, example: str):
+    def check(value: str) -> str:
+        if not re.match(pattern, value):
+            raise ValueError(f"{value!r} is not {what}, for example {example!r}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _pattern(pattern: str, what: str, example: str, max_length: int) -> Any:
+    """A string type checked by `pattern` in the CRD and, with a message in words, by pydantic."""
+    return Annotated[str, _checked(pattern, what, example),
+                     Field(min_length=1, max_length=max_length, json_schema_extra={"pattern": pattern})]
+
+
+ObjectName = Annotated[
+    str,
+    _checked(DNS1123_SUBDOMAIN, "a valid Kubernetes object name (lowercase letters, digits, '-' and '.')",
+             "my-data"),
+    Field(min_length=1, max_length=253, json_schema_extra={"pattern": DNS1123_SUBDOMAIN}),
+]
+
+
+def _quantity(value: int | float | str) -> str:
+    text = str(value)
+    if not re.match(QUANTITY, text):
+        raise ValueError(f"{text!r} is not a Kubernetes quantity, for example '8', '500m', '32Gi'")
+    return text
+
+
+Quantity = Annotated[
+    int | str,
+    AfterValidator(_quantity),
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True, "x-kubernetes-validations": [
+        {"rule": f"type(self) == int || self.matches(r'{QUANTITY}')",
+         "message": "must be a Kubernetes quantity, for example 8, 500m or 32Gi"}]}),
+]
+
+
+# --------------------------------------------------------------------------------------------- model
+
+
+class HubModel(Spec):
+    """A model on the Hugging Face Hub."""
+
+    id: _pattern(HUB_ID, "a Hub model id", "Qwen/Qwen2.5-0.5B-Instruct", 256) = Field(
+                    description="Model id on the Hub, for example `Qwen/Qwen2.5-0.5B-Instruct`.")
+    revision: str = Field("main", min_length=1, max_length=256,
+                          description="Git revision: a commit sha (reproducible; what GitOps wants), a tag or a "
+                                      "branch. A branch may move between runs.")
+
+
+class PVCPath(Spec):
+    """A file or folder on a PersistentVolumeClaim in the SFTJob's namespace, mounted read-only."""
+
+    claim_name: ObjectName = Field(description="Name of the PersistentVolumeClaim, in the SFTJob's namespace.")
+    path: RelativePath = Field(description="Path inside the volume, relative, without `..`.")
+
+
+class ModelSpec(Spec):
+    """The base model: from the Hub or from a volume."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel_exactly_one(("hub", "pvc"), "model")]})
+
+    hub: HubModel | None = Field(None, description="Download the model from the Hugging Face Hub.")
+    pvc: PVCPath | None = Field(None, description="Load the model from a folder on a PersistentVolumeClaim "
+                                                  "(the files `save_pretrained` writes).")
+    trust_remote_code: bool = Field(False, description="Allow the model repository's own Python code to run. "
+                                                       "Only for models you trust.")
+    dtype: Dtype = Field("auto", description="dtype of the base weights: `auto` takes bfloat16 on GPUs that "
+                                             "have it, float16 on other GPUs.")
+
+    @model_validator(mode="after")
+    def _one(self) -> ModelSpec:
+        exactly_one(self, ("hub", "pvc"), "model")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+class DataPVC(PVCPath):
+    """A data file on a PersistentVolumeClaim in the SFTJob's namespace, mounted read-only."""
+
+    path: RelativePath = Field(description="Path of a .jsonl, .json, .parquet or .csv file inside the volume.")
+
+    @model_validator(mode="after")
+    def _suffix(self) -> DataPVC:
+        if not self.path.lower().endswith(FILE_SUFFIXES):
+            raise ValueError(f"path must name a {', '.join(FILE_SUFFIXES)} file (got {self.path!r})")
+        return self
+
+
+class ConfigMapData(Spec):
+    """A data file stored under a key of a ConfigMap in the SFTJob's namespace (up to ~1 MiB)."""
+
+    name: ObjectName = Field(description="Name of the ConfigMap.")
+    key: _pattern(SECRET_KEY, "a ConfigMap key (letters, digits, '-', '_' and '.')", "train.jsonl", 253) = Field(
+                     description="Key holding the data; its suffix (.jsonl, .json, .csv) gives the file type.")
+
+    @model_validator(mode="after")
+    def _suffix(self) -> ConfigMapData:
+        if not self.key.lower().endswith((".jsonl", ".json", ".csv")):
+            raise ValueError(f"key must end in .jsonl, .json or .csv so the trainer knows the file type "
+                             f"(got {self.key!r})")
+        return self
+
+
+MAX_INLINE_ROWS = 1000
+
+
+class DatasetSpec(Spec):
+    """Training data: exactly one source, and how to read it."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel_exactly_one(("hub", "pvc", "config_map", "inline"), "dataset")]})
+
+    hub: HubDataset | None = Field(None, description="A dataset on the Hugging Face Hub.")
+    pvc: DataPVC | None = Field(None, description="A file on a PersistentVolumeClaim.")
+    config_map: ConfigMapData | None = Field(None, description="A small file stored in a ConfigMap.")
+    inline: list[dict[str, Any]] | None = Field(
+        None, min_length=1, max_length=MAX_INLINE_ROWS,
+        description=f"Rows written in the manifest (at most {MAX_INLINE_ROWS}), for demos and smoke tests.",
+        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}})
+    format: DataFormat = Field(
+        "auto", description="Row format. `messages`: a `messages` list of {role, content}; `prompt-completion`: "
+                            "`prompt` and `completion` columns (strings or message lists); `instruction`: "
+                            "`instruction`, optional `input`, and `output` (Alpaca); `sharegpt`: "
+                            "`conversations` of {from, value}; `text`: plain `text`. `auto` detects it from "
+                            "the columns.")
+    eval_split: EvalSplit | None = Field(None, description="Evaluate on a held-out fraction or on a named split; "
+                                                           "no evaluation when unset.")
+    max_samples: int | None = Field(None, gt=0, le=100_000_000,
+                                    description="Use at most this many training rows (after shuffling with "
+                                                "training.seed).")
+
+    @model_validator(mode="after")
+    def _rules(self) -> DatasetSpec:
+        exactly_one(self, ("hub", "pvc", "config_map", "inline"), "dataset")
+        if self.eval_split is not None and self.eval_split.name is not None and self.hub is None:
+            raise ValueError("evalSplit.name names a split of a Hub dataset; use evalSplit.fraction for other "
+                             "sources")
+        return self
+
+
+# ------------------------------------------------------------------------------------------ resources
+
+
+class Toleration(Spec):
+    """A Kubernetes toleration, as in a pod spec."""
+
+    key: str | None = Field(None, description="Taint key; empty with operator Exists matches every taint.")
+    operator: Literal["Exists", "Equal"] = Field("Equal", description="How the value is compared.")
+    value: str | None = Field(None, description="Taint value to match with operator Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to match; all effects when unset.")
+    toleration_seconds: int | None = Field(None, description="For NoExecute: how long the pod stays bound after "
+                                                             "the taint appears.")
+
+
+class ResourcesSpec(Spec):
+    """What the trainer pod asks of the cluster."""
+
+    gpus: int = Field(1, ge=0, le=64, description="GPUs for the trainer pod (requests equal limits). With more "
+                                                  "than one, the trainer runs data-parallel, one process per GPU.")
+    gpu_resource_name: _pattern(QUALIFIED_NAME, "an extended resource name", "nvidia.com/gpu", 253) = Field(
+        "nvidia.com/gpu", description="Extended resource name of the GPUs, for example "
+                                               "`nvidia.com/gpu` or `nvidia.com/mig-3g.40gb`.")
+    cpu: Quantity | None = Field(None, description="CPU request and limit, for example `8` or `7500m`; the "
+                                                   "operator's default when unset.")
+    memory: Quantity | None = Field(None, description="Memory request and limit, for example `64Gi`; the "
+                                                      "operator's default when unset.")
+    shared_memory: Quantity = Field("8Gi", description="Size of the memory-backed /dev/shm (data loader "
+                                                       "workers and NCCL need more than the default 64Mi).")
+    node_selector: dict[str, str] = Field({}, description="Node labels the pod must match, "
+                                                                            "for example a GPU product label.")
+    tolerations: list[Toleration] = Field([], max_length=64,
+                                          description="Tolerations for tainted (GPU) nodes.")
+    affinity: dict[str, Any] | None = Field(None, description="A Kubernetes pod affinity, as in a pod spec.",
+                                            json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    priority_class_name: ObjectName | None = Field(None, description="PriorityClass of the trainer pod; Kueue "
+                                                                     "also uses it to order and preempt "
+                                                                     "workloads.")
+
+
+# --------------------------------------------------------------------------------------------- output
+
+
+class NewClaim(Spec):
+    """A PersistentVolumeClaim the operator creates when it does not exist. It is never deleted by the
+    operator, not even with the SFTJob: adapters outlive their SFTJob."""
+
+    size: Quantity = Field(description="Requested storage, for example `50Gi`.")
+    storage_class_name: str | None = Field(None, max_length=253,
+                                           description="StorageClass; the cluster's default when unset.")
+    access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"]] = Field(
+        ["ReadWriteOnce"], min_length=1, description="Access modes of the claim.")
+
+
+class OutputPVC(Spec):
+    """The PersistentVolumeClaim that receives the adapter."""
+
+    claim_name: ObjectName = Field(description="Name of the claim, in the SFTJob's namespace.")
+    create: NewClaim | None = Field(None, description="Create the claim with these settings if it does not "
+                                                      "exist. When unset, the claim must exist.")
+
+
+class OutputSpec(Spec):
+    """Where the adapter goes. Each run writes to `<path>/<namespace>/<sftjob>/<run id>/` on the claim:
+    adapter/, checkpoints/, result.json, and merged/ when asked."""
+
+    pvc: OutputPVC = Field(description="The claim that receives the output.")
+    path: RelativePath | None = Field(None, description="Folder inside the claim under which runs are written; "
+                                                        "the claim's root when unset.")
+    merge_adapter: bool = Field(False, description="Also write the base model with the adapter merged into it "
+                                                   "(merged/), ready for serving stacks without LoRA support.")
+
+
+# ------------------------------------------------------------------------------------------ run policy
+
+
+class SecretKeyRef(Spec):
+    """A key of a Secret in the SFTJob's namespace."""
+
+    name: ObjectName = Field(description="Name of the Secret.")
+    key: _pattern(SECRET_KEY, "a Secret key (letters, digits, '-', '_' and '.')", "token", 253) = Field(
+        "token", description="Key in the Secret.")
+
+
+class LocalObjectReference(Spec):
+    """A reference to an object by name, in the SFTJob's namespace."""
+
+    name: ObjectName = Field(description="Name of the object, in the SFTJob's namespace.")
+
+
+class RunPolicy(Spec):
+    """How the trainer Job is retried, bounded and cleaned up."""
+
+    backoff_limit: int = Field(3, ge=0, le=100, description="Retries after failures that a retry can help "
+                                                            "(crashes, node failures). Preemption, eviction and "
+                                                            "user errors do not count.")
+    active_deadline_seconds: int | None = Field(None, gt=0, description="Wall-clock limit of a run, all retries "
+                                                                        "included; unlimited when unset.")
+    ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete the finished Job and its pods "
+                                                                           "after this many seconds (the output "
+                                                                           "stays); kept when unset.")
+
+
+# ----------------------------------------------------------------------------------------------- spec
+
+
+class SFTJobSpec(Spec):
+    """A supervised fine-tuning run: a base model, data, a method, and where the adapter goes."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "!has(self.quantization) || self.method == 'qlora'",
+         "message": "quantization applies only to method qlora"},
+        {"rule": "!has(self.lora) || self.method != 'full'",
+         "message": "lora settings apply only to methods lora and qlora"}]})
+
+    model: ModelSpec = Field(description="The base model to fine-tune.")
+    dataset: DatasetSpec = Field(description="The training data.")
+    chat_template: str | None = Field(None, max_length=65536,
+                                      description="A Jinja chat template that replaces the model's own. Needed "
+                                                  "for conversational data on a model without one. Mark assistant "
+                                                  "turns with {% generation %} for assistant-only loss.")
+    method: Method = Field("lora", description="`lora`: train a LoRA adapter on the frozen base; `qlora`: the "
+                                               "same on a 4-bit base (least memory); `full`: train every "
+                                               "weight.")
+    lora: LoraSpec | None = Field(None, description="LoRA settings for lora and qlora; defaults when unset.")
+    quantization: QuantizationSpec | None = Field(None, description="4-bit settings for qlora; defaults when "
+                                                                    "unset.")
+    training: TrainingSpec = Field(TrainingSpec(), description="Training hyperparameters.")
+    resources: ResourcesSpec = Field(ResourcesSpec(), description="GPUs, CPU, memory and "
+                                                                                "placement of the trainer pod.")
+    output: OutputSpec = Field(description="Where the adapter is written.")
+    hub_token_secret: SecretKeyRef | None = Field(None, description="Secret holding a Hugging Face token, for "
+                                                                    "gated or private models and datasets. "
+                                                                    "It reaches the trainer as an environment "
+                                                                    "variable only.")
+    image: str | None = Field(None, min_length=1, max_length=1024,
+                              description="Trainer image; the operator's default when unset.")
+    image_pull_secrets: list[LocalObjectReference] = Field([], max_length=16,
+                                                           description="Secrets for pulling the trainer image.")
+    queue_name: _pattern(DNS1123_LABEL, "a LocalQueue name (lowercase letters, digits and '-')", "team-a",
+                         63) | None = Field(None, description="Kueue LocalQueue to submit the run to. Kueue then decides when "
+                                               "it starts, by the team's quota.")
+    suspend: bool = Field(False, description="Suspend the run: its pod stops after saving a checkpoint. "
+                                             "Setting it back to false resumes from that checkpoint.")
+    run_policy: RunPolicy = Field(RunPolicy(), description="Retries, deadline and cleanup of "
+                                                                         "the run's Job.")
+
+    @model_validator(mode="after")
+    def _method(self) -> SFTJobSpec:
+        check_method(self.method, self.lora, self.quantization)
+        return self
+
+
+# --------------------------------------------------------------------------------------------- status
+
+Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Suspended"]
+PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+class Condition(Spec):
+    """A Kubernetes-style condition."""
+
+    type: str = Field(description="Condition type: Accepted, Admitted, Running, Succeeded, Failed or Suspended.")
+    status: Literal["True", "False", "Unknown"] = Field(description="Whether the condition holds.")
+    reason: str = Field(description="A CamelCase word for the reason, for tools.")
+    message: str = Field("", description="What happened, for humans.")
+    last_transition_time: str = Field(description="When the status last changed (RFC 3339).",
+                                      json_schema_extra={"format": "date-time"})
+    observed_generation: int | None = Field(None, description="The SFTJob generation this condition is about.")
+
+
+class RunStatus(Spec):
+    """The current run: one trainer Job, for one version of the training inputs."""
+
+    id: str = Field(description="Run id: a hash of the spec fields that affect training. A change to them "
+                                "starts a new run.")
+    job_name: str = Field(description="Name of the run's batch/v1 Job.")
+    output_path: str | None = Field(None, description="Where the run writes, as <claim>:<folder>.")
+    start_time: str | None = Field(None, description="When the trainer first started (RFC 3339).",
+                                   json_schema_extra={"format": "date-time"})
+    completion_time: str | None = Field(None, description="When the run ended (RFC 3339).",
+                                        json_schema_extra={"format": "date-time"})
+    attempts: int = Field(0, description="Trainer pods started for this run, retries included.")
+
+
+class PreviousRun(Spec):
+    """A run that an earlier version of the spec started. Its output stays where it was written."""
+
+    id: str = Field(description="Run id.")
+    job_name: str = Field(description="Name of the run's Job (it may have been deleted since).")
+    phase: str = Field(description="The phase the run had when it was superseded.")
+    output_path: str | None = Field(None, description="Where the run wrote, as <claim>:<folder>.")
+
+
+class Progress(Spec):
+    """Live training progress, read from the trainer pod's progress endpoint."""
+
+    step: int = Field(0, description="Optimizer steps done.")
+    total_steps: int | None = Field(None, description="Optimizer steps in the run.")
+    percent: int | None = Field(None, description="step / totalSteps, in percent.")
+    epoch: float | None = Field(None, description="Epochs done, fractional.")
+    loss: float | None = Field(None, description="Latest logged training loss.")
+    learning_rate: float | None = Field(None, description="Latest learning rate.")
+    tokens_per_second: float | None = Field(None, description="Training throughput over the latest interval.")
+    eta: str | None = Field(None, description="Estimated time to the end, for example `12m30s`.")
+    update_time: str | None = Field(None, description="When this progress was read (RFC 3339).",
+                                    json_schema_extra={"format": "date-time"})
+
+
+class Result(Spec):
+    """What a finished run produced, from the trainer's termination message."""
+
+    adapter_path: str | None = Field(None, description="Where the adapter (or the full model) is, as "
+                                                       "<claim>:<folder>.")
+    merged_path: str | None = Field(None, description="Where the merged model is, when mergeAdapter is set.")
+    train_loss: float | None = Field(None, description="Mean training loss over the run.")
+    eval_loss: float | None = Field(None, description="Final evaluation loss, when there is an eval split.")
+    steps: int | None = Field(None, description="Optimizer steps trained.")
+    runtime_seconds: float | None = Field(None, description="Training time in seconds.")
+    trainable_parameters: int | None = Field(None, description="Parameters trained.")
+    total_parameters: int | None = Field(None, description="Parameters in the model.")
+    trained_tokens: int | None = Field(None, description="Tokens the model was trained on.")
+
+
+class SFTJobStatus(Spec):
+    """What the operator observed. Written by the operator only."""
+
+    phase: Phase | None = Field(None, description="Pending → (Queued) → Running → Succeeded | Failed; "
+                                                  "Suspended while spec.suspend is true.")
+    message: str | None = Field(None, description="The latest human-readable explanation of the phase.")
+    observed_generation: int | None = Field(None, description="The SFTJob generation the operator last acted on.")
+    model: str | None = Field(None, description="The base model, as shown by `kubectl get sftjobs`.")
+    conditions: list[Condition] = Field([], description="Conditions with reasons.",
+                                        json_schema_extra={"x-kubernetes-list-type": "map",
+                                                           "x-kubernetes-list-map-keys": ["type"]})
+    run: RunStatus | None = Field(None, description="The current run.")
+    previous_runs: list[PreviousRun] = Field([], description="Earlier runs, newest first "
+                                                                               "(at most 10).")
+    progress: Progress | None = Field(None, description="Live progress of the current run.")
+    result: Result | None = Field(None, description="The current run's result, once it succeeded.")
+
+
+# ---------------------------------------------------------------------------------------------- object
+
+
+class ObjectMeta(BaseModel):
+    """The part of metadata the operator checks; the rest passes as is."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: Annotated[str, Field(max_length=MAX_NAME_LENGTH), _checked(
+        DNS1123_LABEL, "a valid SFTJob name (lowercase letters, digits and '-', starting and ending with a "
+                       "letter or digit)", "chat-lora")]
+    namespace: str | None = None
+
+
+class SFTJob(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
+
+    api_version: Literal["sftop.dev/v1alpha1"]
+    kind: Literal["SFTJob"]
+    metadata: ObjectMeta
+    spec: SFTJobSpec
+    status: SFTJobStatus | None = None
+
+
+def parse_spec(spec: dict[str, Any]) -> SFTJobSpec:
+    return SFTJobSpec.model_validate(spec)
+
+
+def error_lines(err: ValidationError, prefix: str = "") -> list[str]:
+    """One `field.path: message` line per problem, in the manifest's own (camelCase) field names."""
+    out = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-after"))]
+        path = prefix + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        out.append(f"{path}: {msg}" if path else msg)
+    return out

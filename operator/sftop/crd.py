@@ -1,0 +1,175 @@
+"""Render the SFTJob CustomResourceDefinition from the pydantic models in `sftop.api`.
+
+Kubernetes wants a *structural* OpenAPI v3 schema: every node typed, no `$ref`, no null unions, `enum` instead of
+`const`, `x-kubernetes-int-or-string` for int-or-string, and no
+`additionalProperties` beside `properties`. pydantic writes JSON Schema 2020-12; this module converts it.
+
+Optional fields (`X | None`) become plain `X`, not `nullable: true`: the API server then prunes an explicit
+`null` (https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/#defaulting-and-nullable),
+so `field: null` in a manifest means the same as leaving it out, as it does to the pydantic models.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+
+from sftop import api
+
+# Keywords a structural schema keeps (value validations and Kubernetes extensions), in the order written.
+_KEEP = (
+    "type", "description", "default", "enum", "format", "pattern", "minimum", "exclusiveMinimum", "maximum",
+    "exclusiveMaximum", "minLength", "maxLength", "minItems", "maxItems", "x-kubernetes-int-or-string",
+    "x-kubernetes-preserve-unknown-fields", "x-kubernetes-list-type", "x-kubernetes-list-map-keys", "items",
+    "additionalProperties", "required", "properties", "x-kubernetes-validations",
+)
+
+
+def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target = copy.deepcopy(defs[node["$ref"].rsplit("/", 1)[-1]])
+            rest = {k: v for k, v in node.items() if k != "$ref"}
+            return _inline_refs({**target, **rest}, defs)
+        return {k: _inline_refs(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline_refs(v, defs) for v in node]
+    return node
+
+
+def _structural(node: dict[str, Any]) -> dict[str, Any]:
+    node = dict(node)
+    if "anyOf" in node:
+        options = node.pop("anyOf")
+        non_null = [o for o in options if o.get("type") != "null"]
+        types = {o.get("type") for o in non_null}
+        if types == {"integer", "string"}:
+            node.pop("type", None)
+            node["x-kubernetes-int-or-string"] = True
+        elif len(non_null) == 1:
+            node = {**non_null[0], **node}
+        else:
+            raise ValueError(f"cannot express {options} in a structural schema")
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    if "x-kubernetes-int-or-string" in node:
+        node.pop("type", None)
+    for bound, flag in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(node.get(bound), (int, float)) and not isinstance(node.get(bound), bool):
+            node[flag] = node.pop(bound)
+            node[bound] = True
+    if "enum" in node and "type" not in node:
+        node["type"] = "string"
+    if "properties" in node:
+        node["type"] = "object"
+        node.pop("additionalProperties", None)
+        props = {}
+        for key, sub in node["properties"].items():
+            sub = _structural(sub)
+            # Object defaults of nested models are written as {} so the API server fills in the
+            # nested fields' own defaults instead of a frozen copy of them.
+            if sub.get("type") == "object" and "properties" in sub and isinstance(sub.get("default"), dict):
+                sub["default"] = {}
+            if sub.get("default") is None:
+                sub.pop("default", None)
+            props[key] = sub
+        node["properties"] = props
+        if not node.get("required"):
+            node.pop("required", None)
+    elif node.get("type") == "object":
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict) and extra:
+            node["additionalProperties"] = _structural(extra)
+        else:
+            node.pop("additionalProperties", None)
+            node["x-kubernetes-preserve-unknown-fields"] = True
+    if isinstance(node.get("items"), dict):
+        node["items"] = _structural(node["items"])
+    return {k: node[k] for k in _KEEP if k in node}
+
+
+def spec_schema(model: type) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    return _structural(_inline_refs(raw, raw.get("$defs", {})))
+
+
+def open_api_schema() -> dict[str, Any]:
+    spec = spec_schema(api.SFTJobSpec)
+    spec["description"] = api.SFTJobSpec.__doc__.strip()
+    status = spec_schema(api.SFTJobStatus)
+    status["description"] = api.SFTJobStatus.__doc__.strip()
+    return {
+        "type": "object",
+        "description": "SFTJob fine-tunes a large language model with TRL's SFTTrainer (LoRA, QLoRA or full) "
+                       "and writes the adapter to a PersistentVolumeClaim.",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string", "description": "sftop.dev/v1alpha1"},
+            "kind": {"type": "string", "description": "SFTJob"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+        "x-kubernetes-validations": [{
+            "rule": f"self.metadata.name.size() <= {api.MAX_NAME_LENGTH}",
+            "message": f"metadata.name must be at most {api.MAX_NAME_LENGTH} characters (the run's Job name "
+                       f"adds {api.RUN_ID_LENGTH + 1})",
+        }],
+    }
+
+
+PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Phase of the SFTJob."},
+    {"name": "Model", "type": "string", "jsonPath": ".status.model", "description": "Base model."},
+    {"name": "Method", "type": "string", "jsonPath": ".spec.method", "description": "lora, qlora or full."},
+    {"name": "Progress", "type": "string", "jsonPath": ".status.progress.percent",
+     "description": "Percent of the run's steps done."},
+    {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss", "description": "Latest training loss."},
+    {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta", "description": "Estimated time left."},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {"name": "Run", "type": "string", "jsonPath": ".status.run.id", "priority": 1, "description": "Current run id."},
+    {"name": "Job", "type": "string", "jsonPath": ".status.run.jobName", "priority": 1,
+     "description": "The run's Job."},
+    {"name": "Reason", "type": "string", "jsonPath": ".status.conditions[?(@.status==\"True\")].reason",
+     "priority": 1, "description": "Reasons of the conditions that hold."},
+]
+
+
+def crd() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{api.PLURAL}.{api.GROUP}",
+            "labels": {"app.kubernetes.io/name": "sftop", "app.kubernetes.io/component": "crd"},
+        },
+        "spec": {
+            "group": api.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": api.KIND,
+                "listKind": f"{api.KIND}List",
+                "plural": api.PLURAL,
+                "singular": api.SINGULAR,
+                "shortNames": list(api.SHORT_NAMES),
+                "categories": list(api.CATEGORIES),
+            },
+            "versions": [{
+                "name": api.VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": PRINTER_COLUMNS,
+                "schema": {"openAPIV3Schema": open_api_schema()},
+            }],
+        },
+    }
+
+
+HEADER = "# Generated by `sftop crd` from operator/sftop/api.py. Do not edit; run `sftop crd > crds/sftjobs.sftop.dev.yaml`.\n"
+
+
+def crd_yaml() -> str:
+    return HEADER + yaml.safe_dump(crd(), sort_keys=False, width=120, allow_unicode=True)

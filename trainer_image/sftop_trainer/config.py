@@ -1,0 +1,333 @@
+"""The trainer's input contract: one versioned config file (JSON or YAML) in.
+
+`sftop-train --config PATH` reads a `TrainerConfig`. The operator renders it from an SFTJob (`sftop.render`),
+`sftop run --local` renders the same file for a laptop, and a user may write one by hand. The training
+knobs (`LoraSpec`, `QuantizationSpec`, `TrainingSpec`, ...) are shared with the SFTJob API, so a field means
+the same thing in both places and is documented once.
+
+This module is imported by the operator: it must only need pydantic and PyYAML.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+TRAINER_CONFIG_VERSION = "trainer.sftop.dev/v1"
+
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]
+DataFormat = Literal["auto", "messages", "prompt-completion", "instruction", "sharegpt", "text"]
+Method = Literal["lora", "qlora", "full"]
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+# RE2-compatible (Kubernetes checks CRD patterns with Go's regexp): segments that are neither empty nor "..".
+_SEGMENT = r"([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+|\.)"
+RELATIVE_PATH_PATTERN = rf"^{_SEGMENT}(/{_SEGMENT})*/?$"
+
+
+def _relative_path(value: str) -> str:
+    if value.startswith("/"):
+        raise ValueError(f"must be a relative path inside the volume, not the absolute path {value!r}")
+    if ".." in value.split("/"):
+        raise ValueError(f"must not contain '..' (got {value!r}): paths stay inside their volume")
+    if not re.match(RELATIVE_PATH_PATTERN, value):
+        raise ValueError(f"must be a relative path like 'data/train.jsonl', without empty segments (got {value!r})")
+    return value
+
+
+RelativePath = Annotated[
+    str,
+    AfterValidator(_relative_path),
+    Field(min_length=1, max_length=1024, json_schema_extra={"pattern": RELATIVE_PATH_PATTERN}),
+]
+
+
+class Spec(BaseModel):
+    """Base of every API and contract model: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
+                              validate_default=True)
+
+    def dump(self, **kw: Any) -> dict[str, Any]:
+        """The wire form: camelCase, without unset optional fields."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True, **kw)
+
+
+def exactly_one(model: BaseModel, fields: tuple[str, ...], what: str) -> None:
+    """Cross-field rule shared by data and model sources; names the camelCase fields in the error."""
+    given = [f for f in fields if getattr(model, f) is not None]
+    names = ", ".join(to_camel(f) for f in fields)
+    if len(given) != 1:
+        found = ", ".join(to_camel(f) for f in given) or "none"
+        raise ValueError(f"{what} needs exactly one of {names} (found: {found})")
+
+
+def cel_exactly_one(fields: tuple[str, ...], what: str) -> dict[str, str]:
+    """The same rule as a CEL `x-kubernetes-validations` entry, checked by the API server."""
+    names = [to_camel(f) for f in fields]
+    has = ", ".join(f"has(self.{n})" for n in names)
+    return {"rule": f"[{has}].filter(x, x).size() == 1",
+            "message": f"{what} needs exactly one of {', '.join(names)}"}
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+class HubDataset(Spec):
+    """A dataset on the Hugging Face Hub."""
+
+    name: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$",
+                      description="Dataset id on the Hub, for example `trl-lib/Capybara`.")
+    config: str | None = Field(None, max_length=256, description="Dataset configuration (subset) name, if it has several.")
+    split: str = Field("train", min_length=1, max_length=256,
+                       description="Split to train on. Slicing works: `train[:10%]`.")
+    revision: str | None = Field(None, max_length=256,
+                                 description="Git revision (commit sha, tag or branch) of the dataset repository. "
+                                             "Pin a commit sha for reproducible runs.")
+
+
+class EvalSplit(Spec):
+    """Where the evaluation set comes from: a fraction held out from the training data, or a named split."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel_exactly_one(("fraction", "name"), "evalSplit")]})
+
+    fraction: float | None = Field(None, gt=0, lt=1,
+                                   description="Fraction of the rows held out for evaluation, for example 0.05.")
+    name: str | None = Field(None, min_length=1, max_length=256,
+                             description="Name of a split of the same Hub dataset to evaluate on, for example "
+                                         "`test`. Only for Hub datasets.")
+
+    @model_validator(mode="after")
+    def _one(self) -> EvalSplit:
+        exactly_one(self, ("fraction", "name"), "evalSplit")
+        return self
+
+
+# --------------------------------------------------------------------------------------------- model
+
+
+class LoraSpec(Spec):
+    """LoRA adapter settings (PEFT `LoraConfig`)."""
+
+    r: int = Field(16, ge=1, le=1024, description="Rank of the LoRA update matrices. 8–64 is typical.")
+    alpha: int = Field(32, ge=1, le=4096, description="LoRA scaling numerator (`lora_alpha`); the update is "
+                                                      "scaled by alpha/r. Often 2×r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input (`lora_dropout`).")
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        ["all-linear"], min_length=1, max_length=64,
+        description="Module names (or name suffixes) to adapt. `all-linear` adapts every linear layer but the "
+                    "output head. The trainer checks the names against the model and lists those that exist.")
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases to train.")
+    modules_to_save: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        [], max_length=64,
+        description="Modules trained in full and saved with the adapter, for example `embed_tokens` and "
+                    "`lm_head` when a chat template adds new tokens.")
+
+
+class QuantizationSpec(Spec):
+    """4-bit quantization of the frozen base model for QLoRA (bitsandbytes)."""
+
+    bits: Literal[4] = Field(4, description="Bits per base-model weight. Only 4 is supported.")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type; nf4 is the QLoRA paper's.")
+    double_quant: bool = Field(True, description="Quantize the quantization constants too (saves ~0.4 bit per "
+                                                 "weight).")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="dtype of the matrix multiplications. bfloat16 needs an Ampere or newer GPU.")
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+SchedulerType = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                        "constant_with_warmup", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay"]
+
+# SFTConfig fields that the trainer or the operator own; setting them through `sftConfig` would break the
+# output layout, resumption or progress reporting.
+MANAGED_SFT_FIELDS = frozenset({
+    "output_dir", "resume_from_checkpoint", "report_to", "logging_dir", "push_to_hub", "hub_token",
+    "use_cpu", "save_strategy", "eval_strategy", "do_train", "do_eval", "local_rank",
+})
+
+
+class TrainingSpec(Spec):
+    """The SFTConfig knobs TRL users know, by TRL's names in camelCase."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "!(has(self.epochs) && has(self.maxSteps))",
+         "message": "set either epochs or maxSteps, not both"},
+        {"rule": "!(has(self.warmupSteps) && has(self.warmupRatio))",
+         "message": "set either warmupSteps or warmupRatio, not both"}]})
+
+    epochs: float | None = Field(None, gt=0, le=1000,
+                                 description="Passes over the training data (`num_train_epochs`). "
+                                             "When neither epochs nor maxSteps is set, 1 epoch.")
+    max_steps: int | None = Field(None, gt=0, le=10_000_000,
+                                  description="Total optimizer steps; set it instead of epochs.")
+    learning_rate: float | None = Field(None, gt=0, le=1,
+                                        description="Peak learning rate. When unset: 2e-4 for lora and qlora, "
+                                                    "2e-5 for full fine-tuning.")
+    per_device_train_batch_size: int = Field(4, ge=1, le=4096, description="Sequences per GPU per step.")
+    per_device_eval_batch_size: int | None = Field(None, ge=1, le=4096,
+                                                   description="Sequences per GPU per evaluation step; "
+                                                               "defaults to perDeviceTrainBatchSize.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=4096,
+                                             description="Steps whose gradients are summed before an update. "
+                                                         "Effective batch = batch size × GPUs × this.")
+    max_length: int = Field(1024, ge=16, le=1_048_576, description="Maximum tokens per sample (or per packed "
+                                                                   "sequence).")
+    long_samples: Literal["truncate", "drop"] = Field(
+        "truncate", description="What happens to samples longer than maxLength: `truncate` keeps their start, "
+                                "`drop` removes them. Either way the trainer reports how many there were.")
+    packing: bool = Field(False, description="Pack several samples into each sequence of maxLength tokens, "
+                                             "without cross-attention between them.")
+    assistant_only_loss: bool | None = Field(
+        None, description="Train only on assistant turns of conversational data. Unset: on when the chat "
+                          "template marks assistant turns with `{% generation %}`, off otherwise. True with a "
+                          "template that does not mark them is an error.")
+    completion_only_loss: bool | None = Field(
+        None, description="Train only on the completion of prompt-completion data (and of instruction data, "
+                          "which becomes prompt-completion). Unset: on.")
+    warmup_ratio: float | None = Field(None, ge=0, lt=1,
+                                       description="Fraction of the steps spent warming up the learning rate. "
+                                                   "When neither warmupRatio nor warmupSteps is set, 0.03.")
+    warmup_steps: int | None = Field(None, ge=0, le=10_000_000, description="Warm-up steps; set it instead of "
+                                                                            "warmupRatio.")
+    lr_scheduler_type: SchedulerType = Field("linear", description="Learning rate schedule after warm-up.")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm; 0 disables clipping.")
+    optim: str = Field("adamw_torch", min_length=1, max_length=64,
+                       description="Optimizer, by transformers' name (`adamw_torch`, `paged_adamw_8bit`, ...).")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Random seed for initialization, shuffling and "
+                                                          "the eval split.")
+    gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass: "
+                                                           "much less memory, ~20% slower.")
+    logging_steps: int = Field(10, ge=1, le=1_000_000, description="Steps between progress reports and "
+                                                                   "logged losses.")
+    save_steps: int = Field(100, ge=1, le=1_000_000, description="Steps between checkpoints. A preempted or "
+                                                                 "evicted run resumes from the latest one.")
+    save_total_limit: int = Field(2, ge=1, le=1000, description="Checkpoints kept; older ones are deleted.")
+    eval_steps: int | None = Field(None, ge=1, le=1_000_000, description="Steps between evaluations when there is "
+                                                                         "an eval split; defaults to saveSteps.")
+    sft_config: dict[str, Any] = Field(
+        {},
+        description="Further SFTConfig fields by their TRL names (snake_case), passed through as they are, "
+                    "for example `{neftune_noise_alpha: 5, lr_scheduler_kwargs: {min_lr: 1.0e-6}}`. The "
+                    "trainer rejects names SFTConfig does not have, and those it manages itself "
+                    "(output_dir, resume_from_checkpoint, report_to, save_strategy, eval_strategy, ...).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+
+    @model_validator(mode="after")
+    def _rules(self) -> TrainingSpec:
+        if self.epochs is not None and self.max_steps is not None:
+            raise ValueError("set either epochs or maxSteps, not both")
+        if self.warmup_steps is not None and self.warmup_ratio is not None:
+            raise ValueError("set either warmupSteps or warmupRatio, not both")
+        bad = sorted(k for k in self.sft_config if not re.fullmatch(r"[a-z][a-z0-9_]*", k))
+        if bad:
+            raise ValueError(f"sftConfig keys are SFTConfig field names in snake_case; not: {', '.join(bad)}")
+        managed = sorted(MANAGED_SFT_FIELDS.intersection(self.sft_config))
+        if managed:
+            raise ValueError(f"sftConfig must not set {', '.join(managed)}: the trainer manages them")
+        return self
+
+
+def default_learning_rate(method: str) -> float:
+    return 2e-5 if method == "full" else 2e-4
+
+
+# ------------------------------------------------------------------------------ the trainer's config
+
+
+class ModelSource(Spec):
+    name: str = Field(min_length=1, description="Hub model id, or a local folder with the model's files.")
+    revision: str | None = Field(None, description="Hub revision (commit sha, tag or branch).")
+    trust_remote_code: bool = Field(False, description="Run code from the model repository.")
+    dtype: Dtype = Field("auto", description="dtype of the weights: `auto` takes bfloat16 on a GPU that has it, "
+                                             "float16 on other GPUs, float32 on a CPU.")
+
+
+class DataSource(Spec):
+    hub: HubDataset | None = None
+    path: str | None = Field(None, min_length=1, description="A local jsonl, json, parquet or csv file.")
+    rows: list[dict[str, Any]] | None = Field(None, description="Rows given inline.")
+    format: DataFormat = "auto"
+    eval_split: EvalSplit | None = None
+    max_samples: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _rules(self) -> DataSource:
+        exactly_one(self, ("hub", "path", "rows"), "dataset")
+        if self.eval_split is not None and self.eval_split.name is not None and self.hub is None:
+            raise ValueError("evalSplit.name names a split of a Hub dataset; use evalSplit.fraction for files "
+                             "and inline rows")
+        if self.path is not None and not self.path.lower().endswith(FILE_SUFFIXES):
+            raise ValueError(f"dataset path must end in one of {', '.join(FILE_SUFFIXES)} (got {self.path!r})")
+        return self
+
+
+class OutputTarget(Spec):
+    dir: str = Field(min_length=1, description="Folder that receives adapter/, checkpoints/, result.json and "
+                                               "merged/.")
+    merge_adapter: bool = Field(False, description="Also write the base model with the adapter merged into it.")
+
+
+class ProgressEndpoint(Spec):
+    host: str = Field("0.0.0.0", description="Address the progress endpoint listens on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port of the progress and metrics endpoint; 0 disables it.")
+
+
+class RunInfo(Spec):
+    id: str | None = None
+    sftjob: str | None = None
+    namespace: str | None = None
+
+
+class TrainerConfig(Spec):
+    """Everything one training run needs; rendered from an SFTJob."""
+
+    api_version: Literal["trainer.sftop.dev/v1"] = TRAINER_CONFIG_VERSION
+    run: RunInfo = RunInfo()
+    model: ModelSource
+    dataset: DataSource
+    chat_template: str | None = None
+    method: Method = "lora"
+    lora: LoraSpec | None = None
+    quantization: QuantizationSpec | None = None
+    training: TrainingSpec = TrainingSpec()
+    output: OutputTarget
+    progress: ProgressEndpoint = ProgressEndpoint()
+
+    @model_validator(mode="after")
+    def _method_rules(self) -> TrainerConfig:
+        check_method(self.method, self.lora, self.quantization)
+        if self.method != "full" and self.lora is None:
+            self.lora = LoraSpec()
+        if self.method == "qlora" and self.quantization is None:
+            self.quantization = QuantizationSpec()
+        return self
+
+
+def check_method(method: str, lora: LoraSpec | None, quantization: QuantizationSpec | None) -> None:
+    if quantization is not None and method != "qlora":
+        raise ValueError(f"quantization applies only to method qlora (method is {method})")
+    if lora is not None and method == "full":
+        raise ValueError("lora settings apply only to methods lora and qlora (method is full)")
+
+
+def load_config(path: str | Path) -> TrainerConfig:
+    """Read a TrainerConfig from JSON or YAML. Raises ValueError (with the field named) or OSError."""
+    text = Path(path).read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a trainer config is a mapping, got {type(data).__name__}")
+    return TrainerConfig.model_validate(data)

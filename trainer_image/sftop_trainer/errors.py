@@ -1,0 +1,91 @@
+"""Exit codes of `sftop-train`: the class of failure, for the operator and for humans.
+
+The operator turns each code into a condition reason on the SFTJob and into the Job's `podFailurePolicy`:
+a user error fails the Job at once (a retry would fail the same way), a disruption is retried without
+counting against `backoffLimit`, anything else is retried up to `backoffLimit`.
+
+This module is imported by the operator, so it must stay free of heavy imports.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    UNEXPECTED = 1
+    INVALID_CONFIG = 64
+    INVALID_DATA = 65
+    MODEL_LOAD_FAILED = 66
+    OUT_OF_MEMORY = 67
+    LOSS_NOT_FINITE = 68
+    INTERRUPTED = 69
+
+
+@dataclass(frozen=True)
+class ExitClass:
+    code: ExitCode
+    reason: str  # the condition reason the operator writes to the SFTJob's status
+    retryable: bool  # whether running the same config again can help
+    counts_as_failure: bool  # whether a retry counts against the Job's backoffLimit
+    meaning: str
+
+
+EXIT_CLASSES: dict[int, ExitClass] = {
+    c.code: c
+    for c in (
+        ExitClass(ExitCode.UNEXPECTED, "TrainerError", True, True,
+                  "an unexpected error; the message and the pod's log have the traceback"),
+        ExitClass(ExitCode.INVALID_CONFIG, "InvalidConfig", False, True,
+                  "the trainer config is invalid (a field, a passthrough SFTConfig key, the output folder)"),
+        ExitClass(ExitCode.INVALID_DATA, "InvalidData", False, True,
+                  "the dataset cannot be read or has no usable rows (format, malformed line, empty after filtering)"),
+        ExitClass(ExitCode.MODEL_LOAD_FAILED, "ModelLoadFailed", False, True,
+                  "the base model or its tokenizer cannot be loaded (id, revision, files, chat template, "
+                  "target modules)"),
+        ExitClass(ExitCode.OUT_OF_MEMORY, "OutOfGPUMemory", False, True,
+                  "CUDA ran out of memory; lower the batch size or maxLength, or use more or larger GPUs"),
+        ExitClass(ExitCode.LOSS_NOT_FINITE, "LossNotFinite", False, True,
+                  "the loss became NaN or infinite; lower the learning rate or check the data"),
+        ExitClass(ExitCode.INTERRUPTED, "Interrupted", True, False,
+                  "stopped by SIGTERM (preemption, eviction, suspend) after saving a checkpoint; a retry resumes"),
+    )
+}
+
+USER_ERROR_CODES: tuple[int, ...] = tuple(sorted(c for c, k in EXIT_CLASSES.items() if not k.retryable))
+
+
+class TrainerError(Exception):
+    """An error whose class the trainer knows: it exits with `code` and `str(self)` as the message."""
+
+    code: ExitCode = ExitCode.UNEXPECTED
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(TrainerError):
+    code = ExitCode.INVALID_CONFIG
+
+
+class DataError(TrainerError):
+    code = ExitCode.INVALID_DATA
+
+
+class ModelLoadError(TrainerError):
+    code = ExitCode.MODEL_LOAD_FAILED
+
+
+class OutOfMemory(TrainerError):
+    code = ExitCode.OUT_OF_MEMORY
+
+
+class LossNotFinite(TrainerError):
+    code = ExitCode.LOSS_NOT_FINITE
+
+
+class Interrupted(TrainerError):
+    code = ExitCode.INTERRUPTED
