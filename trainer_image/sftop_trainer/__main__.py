@@ -1,0 +1,136 @@
+"""`sftop-train`: run one supervised fine-tuning run from a trainer config.
+
+    sftop-train --config /etc/sftop/config.json
+    python -m sftop_trainer --config config.yaml --progress-bar
+
+The config is a `sftop_trainer.config.TrainerConfig` (JSON or YAML); the operator renders it from an SFTJob and
+`sftop run --local` renders the same. A Hugging Face token, when needed, comes from the HF_TOKEN environment
+variable. With several visible GPUs the command relaunches itself through `accelerate launch`, one process
+per GPU (data parallel), and exits with the training processes' exit code.
+
+Exit codes (sftop_trainer.errors): 0 success, 1 unexpected error, 64 invalid config, 65 invalid data, 66 model
+load failure, 67 CUDA out of memory, 68 loss not finite, 69 interrupted after a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+from sftop_trainer.errors import EXIT_CLASSES, ExitCode, TrainerError
+
+log = logging.getLogger("sftop_trainer")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sftop-train", description="Run one SFT run from a trainer config.")
+    p.add_argument("--config", required=True, help="trainer config file (JSON or YAML)")
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument("--progress-bar", dest="progress_bar", action="store_true", default=None,
+                     help="show a progress bar (default: when stdout is a terminal)")
+    bar.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
+    p.add_argument("--processes", type=int, default=None,
+                   help="training processes (default: one per visible GPU; SFTOP_PROCESSES overrides)")
+    p.add_argument("--status-file", help=argparse.SUPPRESS)  # where a launched worker leaves its exit code
+    return p
+
+
+def process_count(requested: int | None) -> int:
+    if requested is not None:
+        return requested
+    if os.environ.get("SFTOP_PROCESSES"):
+        return int(os.environ["SFTOP_PROCESSES"])
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+def launch_command(processes: int, config: str, status_file: str, gpu: bool) -> list[str]:
+    """`accelerate launch` of this module, one process per GPU (or per requested CPU process)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
+           "--num_machines", "1", "--main_process_port", os.environ.get("SFTOP_MASTER_PORT", "29500")]
+    cmd += ["--multi_gpu"] if gpu else ["--cpu", "--multi_gpu"]
+    return cmd + ["-m", "sftop_trainer", "--config", config, "--no-progress-bar", "--status-file", status_file]
+
+
+def launch(processes: int, config: str) -> int:
+    """Run the training processes and exit with their class of failure (accelerate's launcher turns any
+    failure into exit code 1, so the workers leave their real code in a status file)."""
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="sftop-") as tmp:
+        status = Path(tmp) / "status.json"
+        cmd = launch_command(processes, config, str(status), torch.cuda.is_available())
+        log.info("launching %d training processes: %s", processes, " ".join(cmd))
+        child = subprocess.Popen(cmd, start_new_session=True)
+        forward = lambda signum, frame: os.killpg(child.pid, signum)  # noqa: E731
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        code = child.wait()
+        if status.exists():
+            return int(json.loads(status.read_text())["exitCode"])
+        return code if code == 0 else int(ExitCode.UNEXPECTED)
+
+
+def _finish(code: int, result: dict, status_file: str | None) -> int:
+    from sftop_trainer.train import is_main_process, write_termination_message
+
+    if is_main_process():
+        write_termination_message(result)
+        if status_file:
+            Path(status_file).write_text(json.dumps({"exitCode": code}))
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=os.environ.get("SFTOP_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    from sftop_trainer.config import load_config
+    from sftop_trainer.train import failure
+
+    def fail(code: ExitCode, message: str) -> int:
+        reason = EXIT_CLASSES[code].reason
+        log.error("%s: %s", reason, message)
+        return _finish(int(code), failure(code, reason, message), args.status_file)
+
+    try:
+        cfg = load_config(args.config)
+    except OSError as e:
+        return fail(ExitCode.INVALID_CONFIG, f"cannot read the trainer config {args.config}: {e}")
+    except ValueError as e:
+        return fail(ExitCode.INVALID_CONFIG, f"invalid trainer config {args.config}: {e}")
+
+    if "LOCAL_RANK" not in os.environ:
+        processes = process_count(args.processes)
+        if processes > 1:
+            return launch(processes, args.config)
+
+    from sftop_trainer import train
+
+    progress_bar = sys.stdout.isatty() if args.progress_bar is None else args.progress_bar
+    try:
+        result = train.run(cfg, progress_bar=progress_bar)
+    except TrainerError as e:
+        return fail(e.code, e.message)
+    except Exception as e:
+        import torch
+
+        if isinstance(e, torch.OutOfMemoryError):
+            return fail(ExitCode.OUT_OF_MEMORY, f"CUDA ran out of memory: {str(e).splitlines()[0]}")
+        traceback.print_exc()
+        return fail(ExitCode.UNEXPECTED, f"{type(e).__name__}: {e}")
+    return _finish(0, result, args.status_file)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The base model and tokenizer, and the LoRA / QLoRA settings for them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import TYPE_CHECKING, Any
+
+from sftop_trainer.config import TrainerConfig
+from sftop_trainer.errors import ConfigError, ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+GENERATION_BLOCK = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """`auto`: bfloat16 on GPUs that have it, float16 on older GPUs, float32 on a CPU."""
+    import torch
+
+    if name != "auto":
+        return getattr(torch, name)
+    if not has_gpu():
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _from_pretrained_kwargs(cfg: TrainerConfig) -> dict[str, Any]:
+    kw: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code}
+    if cfg.model.revision:
+        kw["revision"] = cfg.model.revision
+    return kw
+
+
+def _load_error(what: str, cfg: TrainerConfig, e: Exception) -> ModelLoadError:
+    where = cfg.model.name + (f"@{cfg.model.revision}" if cfg.model.revision else "")
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    hint = ""
+    if "trust_remote_code" in str(e):
+        hint = " The model needs its own code: set spec.model.trustRemoteCode: true if you trust it."
+    elif any(s in str(e) for s in ("gated", "401", "403", "Unauthorized")):
+        hint = " The repository is gated or private: accept its license and set spec.hubTokenSecret."
+    return ModelLoadError(f"cannot load the {what} of {where}: {text}.{hint}")
+
+
+def load_tokenizer(cfg: TrainerConfig):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model.name, **_from_pretrained_kwargs(cfg))
+    except Exception as e:  # OSError, ValueError, ImportError, hub errors: all mean "cannot load"
+        raise _load_error("tokenizer", cfg, e) from e
+    if cfg.chat_template:
+        tokenizer.chat_template = cfg.chat_template
+    if tokenizer.pad_token is None:
+        # Causal LMs often ship without a pad token; padding positions carry no loss, so EOS can stand in.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def marks_generation(tokenizer) -> bool:
+    """Whether the chat template marks assistant turns, which assistant-only loss needs."""
+    return bool(tokenizer.chat_template) and bool(GENERATION_BLOCK.search(str(tokenizer.chat_template)))
+
+
+def quantization_config(cfg: TrainerConfig):
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    q = cfg.quantization
+    assert q is not None
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.quant_type,
+                              bnb_4bit_use_double_quant=q.double_quant,
+                              bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype),
+                              bnb_4bit_quant_storage=getattr(torch, q.compute_dtype))
+
+
+def load_model(cfg: TrainerConfig, gradient_checkpointing: bool):
+    """The base model, ready for the trainer: 4-bit and prepared for k-bit training under qlora."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kw = _from_pretrained_kwargs(cfg)
+    gpu = has_gpu()
+    if cfg.method == "qlora":
+        kw["quantization_config"] = quantization_config(cfg)
+        # 4-bit weights are placed at load time: on this process's GPU, or on the CPU.
+        kw["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))} if gpu else "cpu"
+        kw["dtype"] = getattr(torch, cfg.quantization.compute_dtype)
+    else:
+        kw["dtype"] = resolve_dtype(cfg.model.dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(cfg.model.name, **kw)
+    except Exception as e:
+        raise _load_error("weights", cfg, e) from e
+    if cfg.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        # No forward pass may run on the 4-bit model before training: on CPUs with AVX512-BF16, bitsandbytes
+        # repacks the weights for inference on the first no-grad forward and later gradients come out wrong.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    return model
+
+
+def linear_module_names(model) -> list[str]:
+    """Leaf names of the model's linear layers (q_proj, up_proj, ...), the names LoRA can target."""
+    import torch
+
+    names = set()
+    for name, module in model.named_modules():
+        cls = type(module).__name__
+        if isinstance(module, torch.nn.Linear) or cls in ("Linear4bit", "Linear8bitLt", "Conv1D"):
+            names.add(name.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def lora_config(cfg: TrainerConfig, model):
+    from peft import LoraConfig
+
+    lora = cfg.lora
+    assert lora is not None
+    targets: str | list[str] = lora.target_modules
+    if lora.target_modules == ["all-linear"]:
+        targets = "all-linear"
+    else:
+        all_names = {name for name, _ in model.named_modules()}
+        missing = [t for t in lora.target_modules
+                   if not any(n == t or n.endswith("." + t) for n in all_names)]
+        if missing:
+            raise ConfigError(f"lora.targetModules {missing} match no module of {cfg.model.name}; its linear layers "
+                              f"are: {', '.join(linear_module_names(model))} (or use all-linear)")
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                      bias=lora.bias, modules_to_save=lora.modules_to_save or None, task_type="CAUSAL_LM")
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameters; 4-bit weights are counted as the parameters they stand for."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if type(p).__name__ == "Params4bit":
+            n *= 2  # two 4-bit values per stored byte
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total

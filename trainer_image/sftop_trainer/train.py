@@ -1,0 +1,439 @@
+"""One training run: config in; adapter, checkpoints, result.json and a termination message out.
+
+Output layout under `output.dir`:
+    adapter/          the LoRA adapter (adapter_model.safetensors, adapter_config.json) with the tokenizer and its
+                      chat template; for method full, model/ holds the whole fine-tuned model instead
+    checkpoints/      checkpoint-<step>/ folders, the newest `saveTotalLimit` kept; a restarted run resumes from
+                      the latest complete one
+    merged/           the base model with the adapter merged in, when output.mergeAdapter is set
+    result.json       losses, steps, runtime, parameters, tokens, the data's sha256, model id and revision,
+                      library versions
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from sftop_trainer import data as data_mod
+from sftop_trainer import model as model_mod
+from sftop_trainer.config import TrainerConfig, default_learning_rate
+from sftop_trainer.errors import (
+    ConfigError,
+    DataError,
+    ExitCode,
+    Interrupted,
+    LossNotFinite,
+    OutOfMemory,
+)
+from sftop_trainer.progress import Progress, emit, serve
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+INCOMPLETE_MARK = "checkpoint-is-incomplete.txt"  # written by transformers' JIT checkpoint while it saves
+LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes", "sftop")
+
+
+def is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.rsplit("-", 1)[-1])
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    """A checkpoint is complete once transformers wrote trainer_state.json (its last file) and no JIT save is
+    still marked in progress."""
+    state = path / "trainer_state.json"
+    if (path / INCOMPLETE_MARK).exists() or not state.is_file():
+        return False
+    try:
+        json.loads(state.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return True
+
+
+def latest_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint-<step>/ in `folder`. Newer, incomplete ones (a save cut short by SIGKILL)
+    are removed so checkpoint rotation never counts them."""
+    if not folder.is_dir():
+        return None
+    found = sorted((p for p in folder.iterdir() if p.is_dir() and p.name.startswith("checkpoint-")
+                    and p.name.rsplit("-", 1)[-1].isdigit()), key=checkpoint_step, reverse=True)
+    for path in found:
+        if is_complete_checkpoint(path):
+            return path
+        log.warning("removing incomplete checkpoint %s", path)
+        shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+# -------------------------------------------------------------------------------------- SFTConfig
+
+
+def sft_field_names() -> set[str]:
+    from trl import SFTConfig
+
+    return {f.name for f in dataclasses.fields(SFTConfig)}
+
+
+def build_sft_config(cfg: TrainerConfig, output_dir: Path, *, has_eval: bool, assistant_only_loss: bool,
+                     progress_bar: bool):
+    from trl import SFTConfig
+
+    t = cfg.training
+    gpu = model_mod.has_gpu()
+    dtype = cfg.quantization.compute_dtype if cfg.method == "qlora" else str(model_mod.resolve_dtype(
+        cfg.model.dtype)).removeprefix("torch.")
+    warmup: float | int = t.warmup_steps if t.warmup_steps is not None else (
+        t.warmup_ratio if t.warmup_ratio is not None else 0.03)
+    kw: dict[str, Any] = dict(
+        output_dir=str(output_dir / CHECKPOINTS),
+        num_train_epochs=t.epochs if t.epochs is not None else 1.0,
+        max_steps=t.max_steps if t.max_steps is not None else -1,
+        learning_rate=t.learning_rate if t.learning_rate is not None else default_learning_rate(cfg.method),
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size or t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        max_length=t.max_length,
+        packing=t.packing,
+        assistant_only_loss=assistant_only_loss,
+        completion_only_loss=t.completion_only_loss,
+        warmup_steps=warmup,
+        lr_scheduler_type=t.lr_scheduler_type,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optim,
+        seed=t.seed,
+        data_seed=t.seed,
+        activation_checkpointing=t.gradient_checkpointing,  # TRL's new name for gradient checkpointing
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=(t.eval_steps or t.save_steps) if has_eval else None,
+        report_to="none",
+        use_cpu=not gpu,
+        bf16=gpu and dtype == "bfloat16",
+        fp16=gpu and dtype == "float16",
+        include_num_input_tokens_seen="non_padding",
+        # transformers' own SIGTERM support: checkpoint at the next step boundary, then stop.
+        enable_jit_checkpoint=True,
+        disable_tqdm=not progress_bar,
+        ddp_find_unused_parameters=False if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+    )
+    known = sft_field_names()
+    for key, value in t.sft_config.items():
+        if key not in known:
+            hint = difflib.get_close_matches(key, sorted(known), n=1)
+            raise ConfigError(f"training.sftConfig: {key!r} is not an SFTConfig field"
+                              + (f"; did you mean {hint[0]!r}?" if hint else ""))
+        kw[key] = value
+    try:
+        return SFTConfig(**kw)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"training: SFTConfig rejects these settings: {e}") from e
+
+
+# ------------------------------------------------------------------------------------------ trainer
+
+
+def make_trainer_class():
+    """SFTTrainer that counts samples longer than maxLength before truncating (or dropping) them; TRL alone
+    truncates silently."""
+    from trl import SFTTrainer
+    from trl.data_utils import pack_dataset
+
+    class Trainer(SFTTrainer):
+        long_samples = "truncate"
+        data_counts: dict[str, dict[str, int]] = {}
+
+        def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+            limit = args.max_length
+            args.max_length = None  # tokenize and mask without truncating, to see every sample's real length
+            try:
+                dataset = super()._prepare_dataset(dataset, processing_class, args, False, formatting_func,
+                                                   dataset_name)
+            finally:
+                args.max_length = limit
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+            overlong = [i for i, n in enumerate(lengths) if n > limit]
+            counts = {"samples": len(lengths), "overlong": len(overlong), "dropped": 0}
+            if overlong and self.long_samples == "drop":
+                keep = sorted(set(range(len(lengths))) - set(overlong))
+                dataset = dataset.select(keep)
+                counts["dropped"] = len(overlong)
+            elif overlong:
+                dataset = dataset.map(lambda ex: {"input_ids": ex["input_ids"][:limit], "labels": ex["labels"][:limit]})
+            before = len(dataset)
+            dataset = dataset.filter(lambda ex: any(label != -100 for label in ex["labels"]))
+            counts["no_loss_tokens"] = before - len(dataset)
+            if len(dataset) == 0:
+                raise DataError(f"the {dataset_name} data has no sample left to train on: {counts['overlong']} "
+                                f"longer than maxLength {limit} ({self.long_samples}), {counts['no_loss_tokens']} "
+                                f"without any token that carries loss")
+            if overlong:
+                log.warning("%s data: %d of %d samples are longer than maxLength %d; %s", dataset_name,
+                            len(overlong), len(lengths), limit,
+                            "dropped" if self.long_samples == "drop" else "truncated to their first tokens")
+            if packing:
+                dataset = pack_dataset(dataset.select_columns(["input_ids", "labels"]), limit, args.packing_strategy)
+            type(self).data_counts[dataset_name] = counts
+            return dataset
+
+    return Trainer
+
+
+def progress_callback(progress: Progress):
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            progress.update(phase="Training", totalSteps=state.max_steps, step=state.global_step)
+
+        def on_step_end(self, args, state, control, **kw):
+            progress.step(state.global_step, state.max_steps, state.epoch, state.num_input_tokens_seen)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            loss = logs.get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise LossNotFinite(f"the training loss became {loss} at step {state.global_step}; lower the "
+                                    f"learning rate (training.learningRate) or check the data")
+            if "eval_loss" in logs:
+                progress.update(evalLoss=logs["eval_loss"])
+            if loss is not None:
+                progress.update(loss=round(loss, 6), learningRate=logs.get("learning_rate"))
+                emit("progress", **progress.snapshot())
+
+    return ProgressCallback()
+
+
+class SigtermWatch:
+    """Remembers whether SIGTERM arrived. Before training it stops the run at once (nothing to save yet); during
+    training it passes the signal on to transformers' JIT checkpoint handler."""
+
+    def __init__(self):
+        self.received = False
+        self.training = False
+        self._next = None
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def chain(self) -> None:
+        """Call after the Trainer installed its own handler: keep it, and see the signal first."""
+        self._next = signal.getsignal(signal.SIGTERM)
+        self.training = True
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = True
+        if not self.training:
+            raise Interrupted("stopped by SIGTERM before training started; nothing to save")
+        if callable(self._next):
+            self._next(signum, frame)
+
+
+# ----------------------------------------------------------------------------------------------- run
+
+
+def _writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"output.dir {folder} is not writable: {e}") from e
+
+
+def build_trainer(cfg: TrainerConfig, progress: Progress, *, progress_bar: bool = False):
+    """Tokenizer, data, model and SFTTrainer, ready to train. Returns (trainer, tokenizer, data report)."""
+    tokenizer = model_mod.load_tokenizer(cfg)
+    train_ds, eval_ds, report = data_mod.prepare(cfg.dataset, cfg.training.seed,
+                                                 conversational=bool(tokenizer.chat_template))
+    if data_mod.is_conversational(train_ds) and not tokenizer.chat_template:
+        raise ConfigError(f"the data is conversational ({report.format}) but {cfg.model.name} has no chat "
+                          f"template; set spec.chatTemplate")
+    assistant_only = False
+    if "messages" in train_ds.column_names:
+        assistant_only = cfg.training.assistant_only_loss
+        if assistant_only is None:
+            assistant_only = model_mod.marks_generation(tokenizer)
+        elif assistant_only and not model_mod.marks_generation(tokenizer):
+            raise ConfigError("training.assistantOnlyLoss is true but the chat template does not mark assistant "
+                              "turns with {% generation %}; set a chatTemplate that does, or unset it")
+    args = build_sft_config(cfg, Path(cfg.output.dir), has_eval=eval_ds is not None,
+                            assistant_only_loss=assistant_only, progress_bar=progress_bar)
+
+    progress.update(phase="LoadingModel")
+    model = model_mod.load_model(cfg, cfg.training.gradient_checkpointing)
+    peft_config = model_mod.lora_config(cfg, model) if cfg.method != "full" else None
+    trainer_cls = make_trainer_class()
+    trainer_cls.long_samples = cfg.training.long_samples
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                          processing_class=tokenizer, peft_config=peft_config, callbacks=[progress_callback(progress)])
+    if not progress_bar:
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # the JSON progress lines say the same
+    report.overlong = trainer_cls.data_counts.get("train", {}).get("overlong", 0)
+    report.overlong_action = cfg.training.long_samples
+    return trainer, tokenizer, report
+
+
+def run(cfg: TrainerConfig, *, progress_bar: bool = False) -> dict[str, Any]:
+    """Train as `cfg` says and return the result (also written to result.json)."""
+    import datasets
+    import torch
+    import transformers
+
+    if not progress_bar:  # in a pod the log is read by machines and people: no progress bars in it
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+    out = Path(cfg.output.dir)
+    _writable(out)
+    previous_handler = signal.getsignal(signal.SIGTERM)
+    watch = SigtermWatch()
+    progress = Progress(cfg.run.id)
+    server = serve(progress, cfg.progress.host, cfg.progress.port) if is_main_process() else None
+    started = time.time()
+    try:
+        emit("start", runId=cfg.run.id, model=cfg.model.name, method=cfg.method)
+        progress.update(phase="LoadingData")
+        trainer, tokenizer, report = build_trainer(cfg, progress, progress_bar=progress_bar)
+        trainable, total = model_mod.count_parameters(trainer.model)
+        resume = latest_complete_checkpoint(out / CHECKPOINTS)
+        resumed_from = checkpoint_step(resume) if resume else 0
+        emit("train", resumeFromStep=resumed_from, trainRows=report.rows_train, evalRows=report.rows_eval,
+             overlong=report.overlong, trainableParameters=trainable, totalParameters=total)
+        watch.chain()
+        try:
+            output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        except torch.OutOfMemoryError as e:
+            raise OutOfMemory(f"CUDA ran out of memory at step {trainer.state.global_step}: lower "
+                              f"training.perDeviceTrainBatchSize or training.maxLength, use qlora, or give the run "
+                              f"more or larger GPUs ({str(e).splitlines()[0]})") from e
+        if watch.received:
+            raise Interrupted(f"stopped by SIGTERM at step {trainer.state.global_step}; a checkpoint was saved and "
+                              f"the next attempt resumes from it")
+
+        progress.update(phase="Saving")
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        eval_loss = trainer.evaluate().get("eval_loss") if trainer.eval_dataset is not None else None
+        final_dir = out / ("model" if cfg.method == "full" else "adapter")
+        trainer.save_model(str(final_dir))
+        if is_main_process():
+            tokenizer.save_pretrained(str(final_dir))
+        steps, tokens = trainer.state.global_step, trainer.state.num_input_tokens_seen
+        del trainer
+        merged_dir = None
+        if cfg.output.merge_adapter and cfg.method != "full" and is_main_process():
+            merged_dir = merge_adapter(cfg, final_dir, out / "merged")
+
+        result = {
+            "status": "Succeeded",
+            "runId": cfg.run.id,
+            "model": {"name": cfg.model.name, "revision": cfg.model.revision},
+            "method": cfg.method,
+            "adapterPath": final_dir.name,
+            "mergedPath": merged_dir.name if merged_dir else None,
+            "steps": steps,
+            "epochs": round(output.metrics["epoch"], 4) if output.metrics.get("epoch") else None,
+            "resumedFromStep": resumed_from,
+            "trainLoss": output.training_loss,
+            "firstLoss": losses[0] if losses else None,
+            "finalLoss": losses[-1] if losses else None,
+            "evalLoss": eval_loss,
+            "runtimeSeconds": round(time.time() - started, 2),
+            "trainRuntimeSeconds": output.metrics.get("train_runtime"),
+            "trainableParameters": trainable,
+            "totalParameters": total,
+            "trainedTokens": tokens,
+            "data": report.as_dict(),
+            "versions": library_versions(),
+        }
+        if is_main_process():
+            (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        progress.update(phase="Succeeded", percent=100, eta="0s")
+        emit("result", **result)
+        return result
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+
+def merge_adapter(cfg: TrainerConfig, adapter_dir: Path, merged_dir: Path) -> Path:
+    """Base model (unquantized, in its own dtype) + adapter, merged and saved for serving stacks without LoRA."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    dtype = model_mod.resolve_dtype(cfg.model.dtype)
+    base = AutoModelForCausalLM.from_pretrained(cfg.model.name, dtype=dtype,
+                                                trust_remote_code=cfg.model.trust_remote_code,
+                                                **({"revision": cfg.model.revision} if cfg.model.revision else {}))
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(str(merged_dir))
+    model_mod.load_tokenizer(cfg).save_pretrained(str(merged_dir))
+    return merged_dir
+
+
+# --------------------------------------------------------------------------------- result reporting
+
+
+TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
+
+
+def compact(result: dict[str, Any]) -> str:
+    """The result (or failure) in the few keys the operator reads, within the termination-message limit."""
+    keys = ("status", "exitCode", "reason", "message", "steps", "trainLoss", "evalLoss", "runtimeSeconds",
+            "trainableParameters", "totalParameters", "trainedTokens", "adapterPath", "mergedPath", "resumedFromStep")
+    small = {k: result[k] for k in keys if result.get(k) is not None}
+    text = json.dumps(small, separators=(",", ":"))
+    if len(text.encode()) > TERMINATION_LIMIT and "message" in small:
+        over = len(text.encode()) - TERMINATION_LIMIT + 16
+        small["message"] = small["message"].encode()[: max(0, len(small["message"].encode()) - over)].decode(
+            errors="ignore") + " …"
+        text = json.dumps(small, separators=(",", ":"))
+    return text
+
+
+def write_termination_message(result: dict[str, Any]) -> None:
+    path = os.environ.get("SFTOP_TERMINATION_LOG", "/dev/termination-log")
+    try:
+        Path(path).write_text(compact(result))
+    except OSError as e:
+        log.debug("no termination message written to %s: %s", path, e)
+
+
+def failure(code: ExitCode, reason: str, message: str) -> dict[str, Any]:
+    return {"status": "Failed", "exitCode": int(code), "reason": reason, "message": message}
