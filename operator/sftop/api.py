@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from sftop_trainer.config import (
@@ -27,6 +27,7 @@ from sftop_trainer.config import (
     TrainingSpec,
     cel_exactly_one,
     check_method,
+    error_lines,
     exactly_one,
 )
 
@@ -467,16 +468,3 @@ class SFTJob(BaseModel):
 
 def parse_spec(spec: dict[str, Any]) -> SFTJobSpec:
     return SFTJobSpec.model_validate(spec)
-
-
-def error_lines(err: ValidationError, prefix: str = "") -> list[str]:
-    """One `field.path: message` line per problem, in the manifest's own (camelCase) field names."""
-    out = []
-    for e in err.errors():
-        loc = [str(p) for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-after"))]
-        path = prefix + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".")
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field"
-        out.append(f"{path}: {msg}" if path else msg)
-    return out

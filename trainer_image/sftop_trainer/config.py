@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 TRAINER_CONFIG_VERSION = "trainer.sftop.dev/v1"
@@ -152,7 +152,8 @@ SchedulerType = Literal["linear", "cosine", "cosine_with_restarts", "polynomial"
 # output layout, resumption or progress reporting.
 MANAGED_SFT_FIELDS = frozenset({
     "output_dir", "resume_from_checkpoint", "report_to", "logging_dir", "push_to_hub", "hub_token",
-    "use_cpu", "save_strategy", "eval_strategy", "do_train", "do_eval", "local_rank",
+    "use_cpu", "save_strategy", "eval_strategy", "do_train", "do_eval", "local_rank", "logging_nan_inf_filter",
+    "enable_jit_checkpoint", "include_num_input_tokens_seen", "disable_tqdm",
 })
 
 
@@ -321,13 +322,32 @@ def check_method(method: str, lora: LoraSpec | None, quantization: QuantizationS
         raise ValueError("lora settings apply only to methods lora and qlora (method is full)")
 
 
+def error_lines(err: ValidationError, prefix: str = "") -> list[str]:
+    """One `field.path: message` line per problem, in the wire's own (camelCase) field names."""
+    out = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-after"))]
+        path = prefix + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        out.append(f"{path}: {msg}" if path else msg)
+    return out
+
+
 def load_config(path: str | Path) -> TrainerConfig:
-    """Read a TrainerConfig from JSON or YAML. Raises ValueError (with the field named) or OSError."""
+    """Read a TrainerConfig from JSON or YAML. Raises ValueError (naming the fields) or OSError."""
     text = Path(path).read_text()
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"neither JSON nor YAML: {e}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a trainer config is a mapping, got {type(data).__name__}")
-    return TrainerConfig.model_validate(data)
+        raise ValueError(f"a trainer config is a mapping, got {type(data).__name__}")
+    try:
+        return TrainerConfig.model_validate(data)
+    except ValidationError as e:
+        raise ValueError("; ".join(error_lines(e))) from None

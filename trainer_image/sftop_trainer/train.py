@@ -145,6 +145,8 @@ def build_sft_config(cfg: TrainerConfig, output_dir: Path, *, has_eval: bool, as
         bf16=gpu and dtype == "bfloat16",
         fp16=gpu and dtype == "float16",
         include_num_input_tokens_seen="non_padding",
+        # transformers hides NaN/inf losses from its logs by default; the trainer must see them to fail fast.
+        logging_nan_inf_filter=False,
         # transformers' own SIGTERM support: checkpoint at the next step boundary, then stop.
         enable_jit_checkpoint=True,
         disable_tqdm=not progress_bar,
@@ -279,11 +281,12 @@ def build_trainer(cfg: TrainerConfig, progress: Progress, *, progress_bar: bool 
     tokenizer = model_mod.load_tokenizer(cfg)
     train_ds, eval_ds, report = data_mod.prepare(cfg.dataset, cfg.training.seed,
                                                  conversational=bool(tokenizer.chat_template))
-    if data_mod.is_conversational(train_ds) and not tokenizer.chat_template:
+    conversational = data_mod.is_conversational(train_ds)
+    if conversational and not tokenizer.chat_template:
         raise ConfigError(f"the data is conversational ({report.format}) but {cfg.model.name} has no chat "
                           f"template; set spec.chatTemplate")
     assistant_only = False
-    if "messages" in train_ds.column_names:
+    if conversational:
         assistant_only = cfg.training.assistant_only_loss
         if assistant_only is None:
             assistant_only = model_mod.marks_generation(tokenizer)
