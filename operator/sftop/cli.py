@@ -2,6 +2,8 @@
 
     sftop crd                          print the SFTJob CustomResourceDefinition
     sftop validate FILE...             check SFTJob manifests offline; exit 1 when any is invalid
+    sftop run MANIFEST --local         run an SFTJob's training on this machine (CPU or local GPUs)
+    sftop demo                         build a tiny model and Task API data, fine-tune, show before/after
 """
 
 from __future__ import annotations
@@ -35,6 +37,35 @@ def _validate(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from sftop import local
+
+    if not args.local:
+        print("sftop run needs --local: in a cluster, `kubectl apply -f` the manifest and the operator runs it",
+              file=sys.stderr)
+        return 2
+    try:
+        run = local.run(Path(args.manifest), Path(args.volumes), args.name, progress_bar=not args.no_progress_bar)
+    except local.LocalRunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 64
+    if run.exit_code != 0:
+        print(f"run {run.run_id} of {run.name} failed ({run.message.get('reason')}): {run.message.get('message')}",
+              file=sys.stderr)
+        return run.exit_code
+    r = run.result or {}
+    print(f"run {run.run_id} of {run.name} succeeded: {r.get('steps')} steps, loss {r.get('firstLoss'):.4f} -> "
+          f"{r.get('finalLoss'):.4f}" + (f", eval loss {r['evalLoss']:.4f}" if r.get("evalLoss") is not None else ""))
+    print(f"adapter: {run.output_dir / r.get('adapterPath', '')}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from sftop import demo
+
+    return demo.main(Path(args.dir))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sftop", description="Fine-tune LLMs on Kubernetes with SFTJobs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -47,6 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE", help="YAML/JSON manifests, or folders of them")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the problems")
     p.set_defaults(func=_validate)
+
+    p = sub.add_parser("run", help="run an SFTJob's training on this machine")
+    p.add_argument("manifest", help="a file with the SFTJob (and the ConfigMaps it reads)")
+    p.add_argument("--local", action="store_true", help="run here, not in a cluster")
+    p.add_argument("--volumes", default=".sftop/volumes",
+                   help="folder whose subfolders stand for the claims the SFTJob names (default: .sftop/volumes)")
+    p.add_argument("--name", help="which SFTJob, when the file has several")
+    p.add_argument("--no-progress-bar", action="store_true", help="log JSON progress lines instead of a bar")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("demo", help="fine-tune a tiny model on Task API data, on the CPU, nothing downloaded")
+    p.add_argument("--dir", default="sftop-demo", help="working folder (default: ./sftop-demo)")
+    p.set_defaults(func=_demo)
     return parser
 
 

@@ -90,11 +90,22 @@ def _finish(code: int, result: dict, status_file: str | None) -> int:
     return code
 
 
+def quiet_known_noise() -> None:
+    """Silence messages that are harmless and would only confuse a reader of the log."""
+    import warnings
+
+    # bitsandbytes looks for an optional CPU kernel package at import; its absence changes nothing here.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # PEFT still calls transformers' old name for activation checkpointing.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=os.environ.get("SFTOP_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    quiet_known_noise()
     from sftop_trainer.config import load_config
     from sftop_trainer.train import failure
 

@@ -135,6 +135,11 @@ def serve(progress: Progress, host: str, port: int) -> ThreadingHTTPServer | Non
     return server
 
 
+JSON_LINES = True  # off under a progress bar: a terminal gets the bar, a pod's log the JSON lines
+
+
 def emit(event: str, **fields: Any) -> None:
     """One JSON line on stdout: the pod's log is the progress record of last resort."""
+    if not JSON_LINES:
+        return
     print(json.dumps({"event": event, "time": round(time.time(), 3), **fields}, default=str), flush=True)

@@ -27,6 +27,7 @@ from typing import Any
 
 from sftop_trainer import data as data_mod
 from sftop_trainer import model as model_mod
+from sftop_trainer import progress as progress_mod
 from sftop_trainer.config import TrainerConfig, default_learning_rate
 from sftop_trainer.errors import (
     ConfigError,
@@ -239,6 +240,18 @@ def progress_callback(progress: Progress):
     return ProgressCallback()
 
 
+def quiet_bar():
+    """transformers' progress bar, with the latest loss on the bar instead of a printed dict per log."""
+    from transformers import ProgressCallback
+
+    class QuietBar(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
+                self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
+
+    return QuietBar()
+
+
 class SigtermWatch:
     """Remembers whether SIGTERM arrived. Before training it stops the run at once (nothing to save yet); during
     training it passes the signal on to transformers' JIT checkpoint handler."""
@@ -303,10 +316,12 @@ def build_trainer(cfg: TrainerConfig, progress: Progress, *, progress_bar: bool 
     trainer_cls.long_samples = cfg.training.long_samples
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                           processing_class=tokenizer, peft_config=peft_config, callbacks=[progress_callback(progress)])
-    if not progress_bar:
-        from transformers import PrinterCallback
+    from transformers import PrinterCallback, ProgressCallback
 
-        trainer.remove_callback(PrinterCallback)  # the JSON progress lines say the same
+    trainer.remove_callback(PrinterCallback)  # the JSON progress lines say the same
+    if progress_bar:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(quiet_bar())
     report.overlong = trainer_cls.data_counts.get("train", {}).get("overlong", 0)
     report.overlong_action = cfg.training.long_samples
     return trainer, tokenizer, report
@@ -318,9 +333,10 @@ def run(cfg: TrainerConfig, *, progress_bar: bool = False) -> dict[str, Any]:
     import torch
     import transformers
 
-    if not progress_bar:  # in a pod the log is read by machines and people: no progress bars in it
-        datasets.disable_progress_bars()
-        transformers.utils.logging.disable_progress_bar()
+    # In a pod the log is read by machines and people: JSON lines, no progress bars. A terminal gets one bar.
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    progress_mod.JSON_LINES = not progress_bar
     out = Path(cfg.output.dir)
     _writable(out)
     previous_handler = signal.getsignal(signal.SIGTERM)
