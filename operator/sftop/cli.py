@@ -14,9 +14,9 @@ from pathlib import Path
 
 
 def _crd(args: argparse.Namespace) -> int:
-    from sftop.crd import crd_yaml
+    from sftop.crd import crd_yaml, reference_markdown
 
-    sys.stdout.write(crd_yaml())
+    sys.stdout.write(reference_markdown() if args.markdown else crd_yaml())
     return 0
 
 
@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("crd", help="print the SFTJob CustomResourceDefinition (YAML)")
+    p.add_argument("--markdown", action="store_true", help="print the API reference (docs/api.md) instead")
     p.set_defaults(func=_crd)
 
     p = sub.add_parser("validate", help="check SFTJob manifests against the CRD schema, its rules and the API "

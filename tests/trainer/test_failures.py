@@ -159,3 +159,11 @@ def test_config_contract_round_trips(tmp_path, suffix):
     path = tmp_path / f"config{suffix}"
     path.write_text(json.dumps(wire) if suffix == ".json" else yaml.safe_dump(wire))
     assert load_config(path) == cfg
+
+
+def test_exit_code_table_in_the_docs_matches_the_code():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "trainer.md").read_text()
+    for code, cls in EXIT_CLASSES.items():
+        assert f"| {int(code)} | {cls.reason} |" in doc

@@ -149,3 +149,10 @@ def test_cross_field_rules_hold_in_the_crd_and_in_the_models(spec_patch, words):
                     "output": {"pvc": {"claimName": "o"}}, **spec_patch}}
     assert any(words in p.message for p in schema_problems(doc)), "the CRD's CEL rules let it through"
     assert any(words in p.message for p in model_problems(doc)), "the pydantic models let it through"
+
+
+def test_api_reference_in_docs_is_generated_from_the_models():
+    from sftop.crd import reference_markdown
+
+    assert (ROOT / "docs" / "api.md").read_text() == reference_markdown(), \
+        "docs/api.md is stale: run `sftop crd --markdown > docs/api.md`"

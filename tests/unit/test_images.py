@@ -1,0 +1,35 @@
+"""The trainer image cannot be built here (no Docker engine): check what it is made of instead."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pins(path):
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            out[name.lower()] = version
+    return out
+
+
+def test_trainer_requirements_are_exact_pins_that_ci_tests():
+    image = pins(ROOT / "trainer_image" / "requirements.txt")
+    assert all(version and re.fullmatch(r"[0-9][0-9a-z.+]*", version) for version in image.values()), image
+    tested = pins(ROOT / "constraints.txt")
+    assert {name: tested.get(name) for name in image} == image, "the image must pin what CI tests"
+    assert {"torch", "transformers", "trl", "peft", "accelerate", "bitsandbytes", "datasets"} <= set(image)
+    assert not {"kopf", "kubernetes"} & set(image), "the trainer image has no operator dependencies"
+
+
+def test_trainer_dockerfile_runs_sftop_train_as_a_non_root_user():
+    text = (ROOT / "trainer_image" / "Dockerfile").read_text()
+    base = re.search(r"^FROM (\S+)", text, re.M).group(1)
+    assert ":" in base and not base.endswith(":latest"), f"unpinned base image {base}"
+    user = re.findall(r"^USER (\S+)", text, re.M)
+    assert user and user[-1].split(":")[0].isdigit() and user[-1].split(":")[0] != "0"
+    assert re.search(r'^ENTRYPOINT \["sftop-train"\]', text, re.M)
+    assert "pip install --no-deps /src" in text, "the package goes in without its extras"
