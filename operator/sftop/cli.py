@@ -4,6 +4,7 @@
     sftop validate FILE...             check SFTJob manifests offline; exit 1 when any is invalid
     sftop run MANIFEST --local         run an SFTJob's training on this machine (CPU or local GPUs)
     sftop demo                         build a tiny model and Task API data, fine-tune, show before/after
+    sftop operator                     run the operator (settings from SFTOP_* environment variables)
 """
 
 from __future__ import annotations
@@ -66,6 +67,22 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.main(Path(args.dir))
 
 
+def _operator(args: argparse.Namespace) -> int:
+    from sftop.settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.namespace:
+        settings = type(settings)(**{**settings.__dict__, "namespaces": tuple(args.namespace)})
+    from sftop import handlers
+
+    handlers.run(settings)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sftop", description="Fine-tune LLMs on Kubernetes with SFTJobs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -92,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="fine-tune a tiny model on Task API data, on the CPU, nothing downloaded")
     p.add_argument("--dir", default="sftop-demo", help="working folder (default: ./sftop-demo)")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("operator", help="run the operator (see sftop.settings for its SFTOP_* variables)")
+    p.add_argument("-n", "--namespace", action="append", help="watch this namespace (repeat); default: all")
+    p.set_defaults(func=_operator)
     return parser
 
 

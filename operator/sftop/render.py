@@ -90,3 +90,197 @@ def model_summary(spec: api.SFTJobSpec) -> str:
         return spec.model.hub.id
     assert spec.model.pvc is not None
     return f"pvc:{spec.model.pvc.claim_name}/{spec.model.pvc.path}"
+
+
+# ------------------------------------------------------------------------------ child manifests
+
+SFTJOB_LABEL = "sftop.dev/sftjob"
+RUN_LABEL = "sftop.dev/run"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+OUTPUT_ANNOTATION = "sftop.dev/output"
+CONTAINER = "trainer"
+CONFIG_FILE = "config.json"
+CONFIG_DIR = "/etc/sftop"
+TRAINER_UID = 1000
+
+
+def job_name(name: str, rid: str) -> str:
+    return f"{name}-{rid}"
+
+
+def child_labels(name: str, rid: str) -> dict[str, str]:
+    """Labels every child carries: how the operator (and users) find a run's objects."""
+    return {
+        "app.kubernetes.io/name": "sftop-trainer",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": "trainer",
+        "app.kubernetes.io/managed-by": "sftop",
+        SFTJOB_LABEL: name,
+        RUN_LABEL: rid,
+    }
+
+
+def output_path(spec: api.SFTJobSpec, namespace: str, name: str, rid: str) -> str:
+    """A run's output as users see it in status: <claim>:<folder>."""
+    return f"{spec.output.pvc.claim_name}:{run_folder(spec, namespace, name, rid)}"
+
+
+def config_map(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings) -> dict[str, Any]:
+    """The run's trainer config. It never holds a secret: the hub token reaches the pod as an env var."""
+    layout = Layout(output_dir=posixpath.join("/output", run_folder(spec, namespace, name, rid)),
+                    progress_port=settings.progress_port)
+    cfg = trainer_config(name, namespace, spec, rid, layout)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": job_name(name, rid), "namespace": namespace, "labels": child_labels(name, rid)},
+        "data": {CONFIG_FILE: json.dumps(cfg.dump(), indent=2, sort_keys=True)},
+    }
+
+
+def output_claim(namespace: str, spec: api.SFTJobSpec) -> dict[str, Any] | None:
+    """The output PersistentVolumeClaim to create when the SFTJob asks for one. It is never owned by the
+    SFTJob: deleting the SFTJob must not delete the adapters."""
+    new = spec.output.pvc.create
+    if new is None:
+        return None
+    claim: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": spec.output.pvc.claim_name, "namespace": namespace,
+                     "labels": {"app.kubernetes.io/managed-by": "sftop", "app.kubernetes.io/component": "output"}},
+        "spec": {"accessModes": list(new.access_modes), "resources": {"requests": {"storage": str(new.size)}}},
+    }
+    if new.storage_class_name:
+        claim["spec"]["storageClassName"] = new.storage_class_name
+    return claim
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """From the trainer's exit codes: a user error fails the Job at once (a retry would fail the same way); an
+    interruption after a checkpoint, and a disruption (preemption, eviction, node drain), are retried without
+    counting against backoffLimit."""
+    from sftop_trainer.errors import USER_ERROR_CODES, ExitCode
+
+    return {"rules": [
+        {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                              "values": list(USER_ERROR_CODES)}},
+        {"action": "Ignore", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                             "values": [int(ExitCode.INTERRUPTED)]}},
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+    ]}
+
+
+def _claims_read(spec: api.SFTJobSpec) -> list[str]:
+    claims = []
+    if spec.model.pvc is not None:
+        claims.append(spec.model.pvc.claim_name)
+    if spec.dataset.pvc is not None and spec.dataset.pvc.claim_name not in claims:
+        claims.append(spec.dataset.pvc.claim_name)
+    return claims
+
+
+def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings) -> dict[str, Any]:
+    """The run's batch/v1 Job: one pod that runs the trainer, hardened to the restricted Pod Security
+    Standard, with no Kubernetes API credentials."""
+    res = spec.resources
+    quantities = {"cpu": str(res.cpu or settings.default_cpu), "memory": str(res.memory or settings.default_memory)}
+    if res.gpus:
+        quantities[res.gpu_resource_name] = str(res.gpus)
+    labels = child_labels(name, rid)
+    job_labels = dict(labels)
+    if spec.queue_name:
+        job_labels[QUEUE_LABEL] = spec.queue_name
+    env: list[dict[str, Any]] = [
+        {"name": "HF_HOME", "value": "/cache/huggingface"},
+        {"name": "SFTOP_TERMINATION_LOG", "value": "/dev/termination-log"},
+    ]
+    if spec.hub_token_secret is not None:
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": spec.hub_token_secret.name, "key": spec.hub_token_secret.key}}})
+    # The whole output claim is mounted and the trainer creates its run folder in it: a subPath mount would
+    # make kubelet create that folder as root, which the non-root trainer then cannot write to.
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "output", "mountPath": "/output"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "cache", "mountPath": "/cache"},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": job_name(name, rid)}},
+        {"name": "output", "persistentVolumeClaim": {"claimName": spec.output.pvc.claim_name}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": str(res.shared_memory)}},
+        {"name": "cache", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    for i, claim in enumerate(_claims_read(spec)):
+        mounts.append({"name": f"input-{i}", "mountPath": POD_LAYOUT.claim(claim), "readOnly": True})
+        volumes.append({"name": f"input-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+    if spec.dataset.config_map is not None:
+        ref = spec.dataset.config_map
+        mounts.append({"name": "data", "mountPath": posixpath.join(POD_LAYOUT.configmap_root, ref.name),
+                       "readOnly": True})
+        volumes.append({"name": "data", "configMap": {"name": ref.name, "items": [{"key": ref.key, "path": ref.key}]}})
+    container = {
+        "name": CONTAINER,
+        "image": spec.image or settings.trainer_image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["--config", posixpath.join(CONFIG_DIR, CONFIG_FILE)],
+        "env": env,
+        "ports": [{"name": "progress", "containerPort": settings.progress_port, "protocol": "TCP"}],
+        "resources": {"requests": dict(quantities), "limits": dict(quantities)},
+        "volumeMounts": mounts,
+        "terminationMessagePath": "/dev/termination-log",
+        # A crash before the trainer wrote its message still leaves the log's tail in the pod status.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TRAINER_UID,
+            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "privileged": False,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": settings.termination_grace_seconds,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TRAINER_UID,
+                            "fsGroup": TRAINER_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if res.node_selector:
+        pod_spec["nodeSelector"] = dict(res.node_selector)
+    if res.tolerations:
+        pod_spec["tolerations"] = [t.model_dump(mode="json", by_alias=True, exclude_none=True)
+                                   for t in res.tolerations]
+    if res.affinity:
+        pod_spec["affinity"] = res.affinity
+    if res.priority_class_name:
+        pod_spec["priorityClassName"] = res.priority_class_name
+    if spec.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
+    policy = spec.run_policy
+    job_spec: dict[str, Any] = {
+        "backoffLimit": policy.backoff_limit,
+        "completions": 1,
+        "parallelism": 1,
+        # Kueue admits a queued Job by unsuspending it; without a queue it starts unless the user suspends it.
+        "suspend": spec.suspend or bool(spec.queue_name),
+        "podFailurePolicy": pod_failure_policy(),
+        "template": {"metadata": {"labels": labels,
+                                  "annotations": {OUTPUT_ANNOTATION: output_path(spec, namespace, name, rid)}},
+                     "spec": pod_spec},
+    }
+    if policy.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = policy.active_deadline_seconds
+    if policy.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = policy.ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": job_name(name, rid), "namespace": namespace, "labels": job_labels,
+                     "annotations": {OUTPUT_ANNOTATION: output_path(spec, namespace, name, rid)}},
+        "spec": job_spec,
+    }

@@ -1,0 +1,420 @@
+"""Reconciliation of SFTJobs: a watch cache, a work queue, and one idempotent `reconcile` per SFTJob.
+
+kopf watches SFTJobs, the runs' Jobs and their Pods and hands every event to `Controller.observe_*`, which
+updates the cache and queues the SFTJob concerned. Workers take SFTJobs off the queue (never the same one
+twice at a time) and reconcile each: render the run's children, create what is missing, read the Job and
+pods from the cache, and write the status the lifecycle rules derive from them. A reconcile that fails is
+retried with backoff; every SFTJob is reconciled again periodically, running ones at the progress interval.
+
+No finalizer and no kopf bookkeeping are written to SFTJobs: deleting one never waits for the operator,
+and its children go with it through their owner references.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import copy
+import json
+import logging
+import time
+import urllib.request
+from typing import Any
+
+from pydantic import ValidationError
+
+from sftop import api, lifecycle, render
+from sftop.kube import Kube, now
+from sftop.settings import Settings
+
+log = logging.getLogger(__name__)
+Key = tuple[str, str]  # (namespace, name) of an SFTJob
+MAX_PREVIOUS_RUNS = 10
+REFERENCE_RETRY = 20.0  # seconds between checks of a missing Secret, ConfigMap or claim
+ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+
+class WorkQueue:
+    """A set of keys to process, like client-go's: a key waits at most once, is processed by one worker at a
+    time, and a key added while it is processed is processed again afterwards. Call from the event loop."""
+
+    def __init__(self):
+        self._ready: collections.deque[Key] = collections.deque()
+        self._queued: set[Key] = set()
+        self._processing: set[Key] = set()
+        self._dirty: set[Key] = set()
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._wakeup = asyncio.Event()
+
+    def add(self, key: Key) -> None:
+        if key in self._processing:
+            self._dirty.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._ready.append(key)
+            self._wakeup.set()
+
+    def add_after(self, key: Key, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay
+        timer = self._timers.get(key)
+        if timer is not None and not timer.cancelled() and timer.when() <= due:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._timers[key] = loop.call_at(due, self._fire, key)
+
+    def _fire(self, key: Key) -> None:
+        self._timers.pop(key, None)
+        self.add(key)
+
+    def forget(self, key: Key) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+
+    async def get(self) -> Key:
+        while not self._ready:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        key = self._ready.popleft()
+        self._queued.discard(key)
+        self._processing.add(key)
+        return key
+
+    def done(self, key: Key) -> None:
+        self._processing.discard(key)
+        if key in self._dirty:
+            self._dirty.discard(key)
+            self.add(key)
+
+    def __len__(self) -> int:
+        return len(self._ready)
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """The JSON merge patch (RFC 7386) that turns `old` into `new`; None when they are equal."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return None if old == new else new
+    patch: dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        patch[key] = None
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif old[key] != value:
+            sub = merge_patch(old[key], value)
+            patch[key] = value if not isinstance(value, dict) else sub
+    return patch or None
+
+
+def fetch_progress(ip: str, port: int, timeout: float = 2.0) -> dict[str, Any] | None:
+    """The trainer's progress, read from its pod: no Kubernetes credentials involved anywhere."""
+    try:
+        with urllib.request.urlopen(f"http://{ip}:{port}/progress", timeout=timeout) as r:
+            data = json.loads(r.read().decode())
+    except (OSError, ValueError) as e:
+        log.debug("no progress from %s:%d: %s", ip, port, e)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def progress_status(data: dict[str, Any], stamp: str) -> dict[str, Any]:
+    keys = ("step", "totalSteps", "percent", "epoch", "loss", "learningRate", "tokensPerSecond", "eta")
+    out = {k: data[k] for k in keys if data.get(k) is not None}
+    out["updateTime"] = stamp
+    return out
+
+
+class Controller:
+    def __init__(self, settings: Settings, kube: Kube):
+        self.settings = settings
+        self.kube = kube
+        self.queue = WorkQueue()
+        self.sftjobs: dict[Key, dict[str, Any]] = {}
+        self.jobs: dict[Key, dict[str, Any]] = {}
+        self.pods: dict[Key, dict[str, Any]] = {}
+        self.failures: dict[Key, int] = {}
+        self.progress_read: dict[Key, float] = {}
+        self.reconciles = 0
+
+    # ------------------------------------------------------------------------- watch events (async)
+
+    def observe_sftjob(self, event_type: str | None, obj: dict[str, Any]) -> None:
+        key = (obj["metadata"].get("namespace"), obj["metadata"]["name"])
+        if event_type == "DELETED":
+            self.sftjobs.pop(key, None)
+            self.queue.forget(key)
+            self.failures.pop(key, None)
+            self.progress_read.pop(key, None)
+            return
+        self.sftjobs[key] = obj
+        self.queue.add(key)
+
+    def _observe_child(self, cache: dict[Key, dict[str, Any]], event_type: str | None, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        key = (meta.get("namespace"), meta["name"])
+        if event_type == "DELETED":
+            cache.pop(key, None)
+        else:
+            cache[key] = obj
+        parent = (meta.get("labels") or {}).get(render.SFTJOB_LABEL)
+        if parent:
+            self.queue.add((meta.get("namespace"), parent))
+
+    def observe_job(self, event_type: str | None, obj: dict[str, Any]) -> None:
+        self._observe_child(self.jobs, event_type, obj)
+
+    def observe_pod(self, event_type: str | None, obj: dict[str, Any]) -> None:
+        self._observe_child(self.pods, event_type, obj)
+
+    # ------------------------------------------------------------------------------------- workers
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self._worker() for _ in range(self.settings.workers)))
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            try:
+                delay = await asyncio.to_thread(self.reconcile, key)
+                self.failures.pop(key, None)
+            except Exception:
+                count = self.failures[key] = self.failures.get(key, 0) + 1
+                delay = ERROR_BACKOFF[min(count, len(ERROR_BACKOFF)) - 1]
+                log.exception("reconciling SFTJob %s/%s failed (attempt %d); retrying in %.0fs", *key, count, delay)
+            finally:
+                self.queue.done(key)
+            if key in self.sftjobs:
+                self.queue.add_after(key, min(delay, self.settings.resync_interval) if delay
+                                     else self.settings.resync_interval)
+
+    # ----------------------------------------------------------------------------------- reconcile
+
+    def reconcile(self, key: Key) -> float | None:
+        """Make the cluster match one SFTJob and its status match the cluster. Returns when to look again."""
+        self.reconciles += 1
+        body = self.sftjobs.get(key)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        namespace, name = key
+        status = copy.deepcopy(body.get("status") or {})
+        generation = body["metadata"].get("generation")
+        try:
+            spec = api.SFTJobSpec.model_validate(body.get("spec") or {})
+        except ValidationError as e:
+            return self._invalid(body, status, generation, api.error_lines(e, "spec."))
+
+        rid = render.run_id(spec)
+        jname = render.job_name(name, rid)
+        current = status.get("run") or {}
+        if current.get("id") and current["id"] != rid:
+            status = self._supersede(body, status, spec, rid)
+        elif current.get("id") == rid and status.get("phase") in lifecycle.TERMINAL:
+            # A finished run stays finished: only the generation the status speaks for moves.
+            if status.get("observedGeneration") != generation:
+                self._write(body, status, {**status, "observedGeneration": generation})
+            return None
+
+        job = self.jobs.get((namespace, jname))
+        if job is None:
+            missing = self._missing_reference(namespace, spec)
+            if missing is not None:
+                reason, message = missing
+                new = self._base_status(status, spec, rid, namespace, name, generation)
+                new.update(phase="Pending", message=message)
+                new["conditions"] = lifecycle.set_condition(new.get("conditions", []), "Accepted", "False", reason,
+                                                            message, generation, now())
+                self._write(body, status, new, event=("Warning", reason, message))
+                return REFERENCE_RETRY
+            job = self._create_children(body, spec, rid)
+        job = self._apply_suspend(job, spec)
+
+        pods = [p for (ns, _), p in self.pods.items()
+                if ns == namespace and (p["metadata"].get("labels") or {}).get(render.RUN_LABEL) == rid
+                and (p["metadata"].get("labels") or {}).get(render.SFTJOB_LABEL) == name]
+        seen = lifecycle.observe(spec.suspend, bool(spec.queue_name), job, pods)
+        stamp = now()
+        new = self._base_status(status, spec, rid, namespace, name, generation)
+        new.update(phase=seen.phase, message=seen.message)
+        run = new["run"]
+        for field, value in (("startTime", seen.start_time), ("completionTime", seen.completion_time)):
+            if value:
+                run[field] = value
+        run["attempts"] = max(seen.attempts, run.get("attempts", 0))
+        conditions = lifecycle.set_condition(new.get("conditions", []), "Accepted", "True", "Accepted",
+                                             "the spec is valid and its references exist", generation, stamp)
+        new["conditions"] = lifecycle.phase_conditions(conditions, seen.phase, seen.reason, seen.message,
+                                                       generation, stamp)
+        if seen.phase == "Running" and seen.pod_ip:
+            self._read_progress(key, seen.pod_ip, new, stamp)
+        if seen.phase == "Succeeded":
+            new["result"] = self._result(seen.result, run.get("outputPath"))
+            progress = dict(new.get("progress") or {})
+            progress.update(percent=100, eta="0s", updateTime=stamp)
+            if progress.get("totalSteps") is not None or new["result"].get("steps") is not None:
+                progress["step"] = progress["totalSteps"] = new["result"].get("steps") or progress.get("totalSteps")
+            if new["result"].get("trainLoss") is not None and "loss" not in progress:
+                progress["loss"] = new["result"]["trainLoss"]
+            new["progress"] = progress
+        event = None
+        if (seen.phase, seen.reason) != (status.get("phase"), _reason(status, status.get("phase"))):
+            event = ("Warning" if seen.warning else "Normal", seen.reason, seen.message)
+        self._write(body, status, new, event=event)
+        if seen.phase == "Running":
+            return self.settings.progress_interval
+        if seen.phase in ("Pending", "Queued"):
+            return min(30.0, self.settings.resync_interval)
+        return None
+
+    # ------------------------------------------------------------------------------------- helpers
+
+    def _base_status(self, status: dict[str, Any], spec: api.SFTJobSpec, rid: str, namespace: str, name: str,
+                     generation: int | None) -> dict[str, Any]:
+        new = copy.deepcopy(status)
+        new["observedGeneration"] = generation
+        new["model"] = render.model_summary(spec)
+        run = dict(new.get("run") or {})
+        if run.get("id") != rid:
+            run = {}
+        run.update(id=rid, jobName=render.job_name(name, rid),
+                   outputPath=render.output_path(spec, namespace, name, rid))
+        run.setdefault("attempts", 0)
+        new["run"] = run
+        return new
+
+    def _invalid(self, body: dict[str, Any], status: dict[str, Any], generation: int | None,
+                 problems: list[str]) -> None:
+        message = "invalid spec: " + "; ".join(problems)
+        new = copy.deepcopy(status)
+        stamp = now()
+        new.update(phase="Failed", message=message, observedGeneration=generation)
+        conditions = lifecycle.set_condition(new.get("conditions", []), "Accepted", "False", "InvalidSpec", message,
+                                             generation, stamp)
+        new["conditions"] = lifecycle.phase_conditions(conditions, "Failed", "InvalidSpec", message, generation, stamp)
+        changed = status.get("message") != message or status.get("phase") != "Failed"
+        self._write(body, status, new, event=("Warning", "InvalidSpec", message) if changed else None)
+        return None
+
+    def _supersede(self, body: dict[str, Any], status: dict[str, Any], spec: api.SFTJobSpec,
+                   rid: str) -> dict[str, Any]:
+        """The spec's training inputs changed: the current run becomes a previous run (its output stays where
+        it is), an unfinished one is stopped, and a new run starts."""
+        old = status["run"]
+        namespace = body["metadata"]["namespace"]
+        if status.get("phase") not in lifecycle.TERMINAL:
+            self.kube.stop_job(namespace, old["jobName"])
+        previous = {"id": old["id"], "jobName": old["jobName"], "phase": status.get("phase") or "Pending"}
+        if old.get("outputPath"):
+            previous["outputPath"] = old["outputPath"]
+        new = copy.deepcopy(status)
+        new["previousRuns"] = [previous] + [r for r in status.get("previousRuns", []) if r.get("id") != rid
+                                            and r.get("id") != old["id"]][: MAX_PREVIOUS_RUNS - 1]
+        for field in ("progress", "result"):
+            new.pop(field, None)
+        new["run"] = {"id": rid}
+        message = (f"the spec's training inputs changed: run {rid} replaces run {old['id']}, whose output stays "
+                   f"at {old.get('outputPath')}")
+        self.kube.post_event(body, "Normal", "NewRun", message)
+        return new
+
+    def _missing_reference(self, namespace: str, spec: api.SFTJobSpec) -> tuple[str, str] | None:
+        """The first Secret, ConfigMap or claim the spec names that does not exist (or lacks its key).
+        A missing reference waits: in GitOps the Secret may arrive after the SFTJob."""
+        checks: list[tuple[str, str, str | None, str]] = []
+        if spec.hub_token_secret is not None:
+            checks.append(("Secret", spec.hub_token_secret.name, spec.hub_token_secret.key, "spec.hubTokenSecret"))
+        if spec.dataset.config_map is not None:
+            checks.append(("ConfigMap", spec.dataset.config_map.name, spec.dataset.config_map.key,
+                           "spec.dataset.configMap"))
+        if spec.model.pvc is not None:
+            checks.append(("PersistentVolumeClaim", spec.model.pvc.claim_name, None, "spec.model.pvc.claimName"))
+        if spec.dataset.pvc is not None:
+            checks.append(("PersistentVolumeClaim", spec.dataset.pvc.claim_name, None, "spec.dataset.pvc.claimName"))
+        if spec.output.pvc.create is None:
+            checks.append(("PersistentVolumeClaim", spec.output.pvc.claim_name, None, "spec.output.pvc.claimName"))
+        for kind, name, key, field in checks:
+            obj = self.kube.exists(kind, namespace, name)
+            short = {"PersistentVolumeClaim": "PVC"}.get(kind, kind)
+            if obj is None:
+                return f"{short}NotFound", (f"{field}: {kind} {name} does not exist in namespace {namespace}; the run "
+                                            f"starts when it does")
+            if key is not None and key not in (obj.get("data") or {}) and key not in (obj.get("stringData") or {}):
+                return f"{short}KeyNotFound", f"{field}: {kind} {name} has no key {key!r}; the run starts when it does"
+        return None
+
+    def _create_children(self, body: dict[str, Any], spec: api.SFTJobSpec, rid: str) -> dict[str, Any]:
+        import kopf
+
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        claim = render.output_claim(namespace, spec)
+        if claim is not None:
+            self.kube.ensure_claim(claim)  # not adopted: output outlives the SFTJob
+        config_map = render.config_map(name, namespace, spec, rid, self.settings)
+        kopf.adopt(config_map, owner=body)
+        self.kube.ensure_config_map(config_map)
+        job = render.job(name, namespace, spec, rid, self.settings)
+        kopf.adopt(job, owner=body, nested=("spec.template",))
+        created = self.kube.ensure_job(job)
+        self.jobs[(namespace, created["metadata"]["name"])] = created
+        log.info("SFTJob %s/%s: run %s, Job %s", namespace, name, rid, created["metadata"]["name"])
+        return created
+
+    def _apply_suspend(self, job: dict[str, Any], spec: api.SFTJobSpec) -> dict[str, Any]:
+        """spec.suspend drives the Job's suspend; with a queue, only Kueue lets a Job start."""
+        suspended = bool((job.get("spec") or {}).get("suspend"))
+        conditions = lifecycle.conditions_of(job)
+        if lifecycle.holds(conditions, "Complete") or lifecycle.holds(conditions, "Failed"):
+            return job
+        want = spec.suspend if not spec.queue_name else (spec.suspend or suspended)
+        if want != suspended:
+            job = self.kube.set_job_suspended(job["metadata"]["namespace"], job["metadata"]["name"], want)
+            self.jobs[(job["metadata"]["namespace"], job["metadata"]["name"])] = job
+        return job
+
+    def _read_progress(self, key: Key, ip: str, new: dict[str, Any], stamp: str) -> None:
+        last = self.progress_read.get(key, 0.0)
+        if time.monotonic() - last < self.settings.progress_interval * 0.9 and new.get("progress"):
+            return
+        self.progress_read[key] = time.monotonic()
+        data = fetch_progress(ip, self.settings.progress_port)
+        if data and data.get("step") is not None:
+            new["progress"] = progress_status(data, stamp)
+
+    @staticmethod
+    def _result(message: dict[str, Any] | None, output_path: str | None) -> dict[str, Any]:
+        message = message or {}
+        result: dict[str, Any] = {}
+        if output_path and message.get("adapterPath"):
+            result["adapterPath"] = f"{output_path}/{message['adapterPath']}"
+        if output_path and message.get("mergedPath"):
+            result["mergedPath"] = f"{output_path}/{message['mergedPath']}"
+        for src, dst in (("trainLoss", "trainLoss"), ("evalLoss", "evalLoss"), ("steps", "steps"),
+                         ("runtimeSeconds", "runtimeSeconds"), ("trainableParameters", "trainableParameters"),
+                         ("totalParameters", "totalParameters"), ("trainedTokens", "trainedTokens")):
+            if message.get(src) is not None:
+                result[dst] = message[src]
+        return result
+
+    def _write(self, body: dict[str, Any], old: dict[str, Any], new: dict[str, Any],
+               event: tuple[str, str, str] | None = None) -> None:
+        """Patch the status when it changed (only the difference), then post the event."""
+        new = {k: v for k, v in new.items() if v is not None and v != {} and v != []}
+        patch = merge_patch(body.get("status") or {}, new)
+        if patch is not None:
+            meta = body["metadata"]
+            self.kube.patch_status(meta["namespace"], meta["name"], patch)
+            body["status"] = new  # the cache sees our own write before its watch event arrives
+        if event is not None and patch is not None:
+            self.kube.post_event(body, *event)
+
+
+def _reason(status: dict[str, Any], phase: str | None) -> str | None:
+    for c in status.get("conditions") or []:
+        if c.get("type") == phase and c.get("status") == "True":
+            return c.get("reason")
+    if phase == "Pending":
+        for c in status.get("conditions") or []:
+            if c.get("type") == "Accepted" and c.get("status") == "False":
+                return c.get("reason")
+    return None

@@ -1,0 +1,94 @@
+"""kopf wiring: thin handlers that feed watch events to the controller. Run with `sftop operator`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from sftop import api, render
+from sftop.controller import Controller
+from sftop.kube import Kube
+from sftop.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STATE: dict[str, Any] = {}  # the running controller and its task, for the handlers below
+
+
+def settings() -> Settings:
+    if "settings" not in STATE:
+        STATE["settings"] = Settings.from_env()
+    return STATE["settings"]
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    if settings().k8s_server:
+        return kopf.ConnectionInfo(server=settings().k8s_server, insecure=True)
+    return kopf.login_via_client(**kwargs)
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
+    ours = STATE.get("settings") or Settings.from_env()
+    STATE["settings"] = ours
+    # Only on.event handlers: kopf writes no state, annotation or finalizer onto SFTJobs.
+    settings.posting.enabled = False  # the controller posts its own, user-facing events
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.error_backoffs = [1, 2, 5, 10, 30]
+    if not ours.clusterwide:
+        settings.scanning.disabled = True  # a namespaced operator may not list namespaces
+    controller = Controller(ours, Kube(ours))
+    STATE["controller"] = controller
+    STATE["task"] = asyncio.create_task(controller.run(), name="sftop-workers")
+    logger.info(f"sftop operator: watching {'all namespaces' if ours.clusterwide else ', '.join(ours.namespaces)}, "
+                f"trainer image {ours.trainer_image}, {ours.workers} workers")
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    task = STATE.pop("task", None)
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    controller = STATE.pop("controller", None)
+    if controller is not None:
+        controller.kube.close()
+
+
+@kopf.on.probe(id="sftjobs")
+def probe(**_: Any) -> int:
+    controller = STATE.get("controller")
+    if controller is None or STATE["task"].done():
+        raise kopf.PermanentError("the reconcile workers are not running")
+    return len(controller.sftjobs)
+
+
+# Async on purpose: they only touch the controller's cache and queue, which live on the event loop.
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+async def sftjob_event(event: kopf.RawEvent, **_: Any) -> None:
+    STATE["controller"].observe_sftjob(event.get("type"), event["object"])
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={render.SFTJOB_LABEL: kopf.PRESENT})
+async def job_event(event: kopf.RawEvent, **_: Any) -> None:
+    STATE["controller"].observe_job(event.get("type"), event["object"])
+
+
+@kopf.on.event("", "v1", "pods", labels={render.SFTJOB_LABEL: kopf.PRESENT})
+async def pod_event(event: kopf.RawEvent, **_: Any) -> None:
+    STATE["controller"].observe_pod(event.get("type"), event["object"])
+
+
+def run(ours: Settings) -> None:
+    """Run the operator until it is stopped (SIGTERM/SIGINT)."""
+    STATE["settings"] = ours
+    kopf.configure(verbose=ours.log_level == "DEBUG",
+                   log_format=kopf.LogFormat.JSON if ours.log_format == "json" else kopf.LogFormat.PLAIN)
+    logging.getLogger().setLevel(ours.log_level)
+    kopf.run(standalone=True, clusterwide=ours.clusterwide, namespaces=list(ours.namespaces),
+             liveness_endpoint=f"http://0.0.0.0:{ours.health_port}/healthz" if ours.health_port else None)

@@ -1,0 +1,151 @@
+"""The operator's calls to the Kubernetes API: create-or-read children, patch status, post events.
+
+Everything here is idempotent and safe to repeat: a create that finds the object (409) reads it instead; a
+transient failure (5xx, 429, a dropped connection) is retried with backoff before it reaches the caller.
+Reads of SFTJobs, Jobs and Pods come from the watch cache (sftop.controller), not from here.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import socket
+import time
+import uuid
+from typing import Any, Callable, TypeVar
+
+import kubernetes
+from kubernetes.client.rest import ApiException
+
+from sftop import api
+from sftop.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def transient(e: Exception) -> bool:
+    if isinstance(e, ApiException):
+        return e.status in (429, 500, 502, 503, 504) or e.status == 0
+    return isinstance(e, (ConnectionError, TimeoutError, OSError))
+
+
+def retrying(call: Callable[[], T]) -> T:
+    """Run `call`, retrying transient API failures with backoff; the last failure is raised."""
+    for delay in RETRY_DELAYS:
+        try:
+            return call()
+        except Exception as e:  # only what `transient` accepts is retried
+            if not transient(e):
+                raise
+            log.warning("transient API error, retrying in %.1fs: %s", delay, str(e).splitlines()[0][:200])
+            time.sleep(delay)
+    return call()
+
+
+class Kube:
+    """Thin, typed access to the API groups the operator uses."""
+
+    def __init__(self, settings: Settings):
+        if settings.k8s_server:
+            config = kubernetes.client.Configuration()
+            config.host = settings.k8s_server
+            config.verify_ssl = False
+            client = kubernetes.client.ApiClient(config)
+        else:
+            try:
+                kubernetes.config.load_incluster_config()
+            except kubernetes.config.ConfigException:
+                kubernetes.config.load_kube_config()
+            client = kubernetes.client.ApiClient()
+        self.client = client
+        self.core = kubernetes.client.CoreV1Api(client)
+        self.batch = kubernetes.client.BatchV1Api(client)
+        self.custom = kubernetes.client.CustomObjectsApi(client)
+        self.instance = socket.gethostname()
+
+    def close(self) -> None:
+        self.client.close()
+
+    # ----------------------------------------------------------------------------------- children
+
+    def _create_or_read(self, create: Callable[[], Any], read: Callable[[], Any]) -> dict[str, Any]:
+        try:
+            obj = retrying(create)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            obj = retrying(read)
+        return self.client.sanitize_for_serialization(obj)
+
+    def ensure_config_map(self, body: dict[str, Any]) -> dict[str, Any]:
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        return self._create_or_read(lambda: self.core.create_namespaced_config_map(ns, body),
+                                    lambda: self.core.read_namespaced_config_map(name, ns))
+
+    def ensure_job(self, body: dict[str, Any]) -> dict[str, Any]:
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        return self._create_or_read(lambda: self.batch.create_namespaced_job(ns, body),
+                                    lambda: self.batch.read_namespaced_job(name, ns))
+
+    def ensure_claim(self, body: dict[str, Any]) -> dict[str, Any]:
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        return self._create_or_read(lambda: self.core.create_namespaced_persistent_volume_claim(ns, body),
+                                    lambda: self.core.read_namespaced_persistent_volume_claim(name, ns))
+
+    def set_job_suspended(self, namespace: str, name: str, suspend: bool) -> dict[str, Any]:
+        obj = retrying(lambda: self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}}))
+        return self.client.sanitize_for_serialization(obj)
+
+    def stop_job(self, namespace: str, name: str) -> None:
+        """Delete a superseded run's Job and its pod (the pod gets SIGTERM and saves a checkpoint)."""
+        try:
+            retrying(lambda: self.batch.delete_namespaced_job(
+                name, namespace, body=kubernetes.client.V1DeleteOptions(propagation_policy="Background")))
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    # --------------------------------------------------------------------------------- references
+
+    def exists(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        read = {"Secret": self.core.read_namespaced_secret,
+                "ConfigMap": self.core.read_namespaced_config_map,
+                "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim}[kind]
+        try:
+            obj = retrying(lambda: read(name, namespace))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return self.client.sanitize_for_serialization(obj)
+
+    # ------------------------------------------------------------------------------ SFTJob status
+
+    def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        retrying(lambda: self.custom.patch_namespaced_custom_object_status(
+            api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": patch}))
+
+    def post_event(self, owner: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        """A core/v1 Event about the SFTJob, as `kubectl describe sftjob` lists them. Never fatal."""
+        meta = owner["metadata"]
+        stamp = now()
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": api.API_VERSION, "kind": api.KIND, "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta.get("uid"),
+                               "resourceVersion": meta.get("resourceVersion")},
+            "reason": reason, "message": message[:1024], "type": kind,
+            "source": {"component": "sftop-operator"}, "reportingComponent": "sftop.dev/operator",
+            "reportingInstance": self.instance, "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
+        }
+        try:
+            retrying(lambda: self.core.create_namespaced_event(meta["namespace"], event))
+        except Exception as e:  # an event is a courtesy; the status already says the same
+            log.warning("could not post event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], e)

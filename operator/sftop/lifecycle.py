@@ -1,0 +1,206 @@
+"""Job and Pod state -> the SFTJob's phase, reason and conditions. Pure functions of their inputs.
+
+Phases (docs/status.md draws the transitions):
+
+    Pending    accepted; waiting for references, for the Job, or for its pod to be scheduled and started
+    Queued     the Job waits for admission by Kueue (suspended, with a queue)
+    Running    the trainer container runs
+    Succeeded  the trainer finished and wrote the adapter            (final for the run)
+    Failed     the spec is invalid, or the run failed beyond retries  (final for the run)
+    Suspended  spec.suspend is true; the pod stopped after a checkpoint
+
+A run's final phase never changes again: a late or re-delivered event about a finished run is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from sftop_trainer.errors import EXIT_CLASSES
+
+TERMINAL = frozenset({"Succeeded", "Failed"})
+CONDITION_TYPES = ("Accepted", "Queued", "Running", "Suspended", "Succeeded", "Failed")
+# Container waiting reasons that mean the pod cannot start without someone acting.
+STUCK_WAITING = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
+                 "CreateContainerError", "CrashLoopBackOff", "RunContainerError"}
+
+
+@dataclass
+class Observation:
+    phase: str
+    reason: str
+    message: str
+    start_time: str | None = None
+    completion_time: str | None = None
+    attempts: int = 0
+    result: dict[str, Any] | None = None  # the trainer's termination message, when it succeeded
+    pod_ip: str | None = None  # of the running trainer pod, for progress
+    warning: bool = False  # whether users should look (an Event of type Warning)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def conditions_of(obj: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    return {c.get("type"): c for c in ((obj or {}).get("status") or {}).get("conditions") or []}
+
+
+def holds(conds: dict[str, dict[str, Any]], kind: str) -> dict[str, Any] | None:
+    c = conds.get(kind)
+    return c if c and c.get("status") == "True" else None
+
+
+def termination_message(pod: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(the trainer container's terminated state, its termination message parsed as JSON when it is JSON)."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        state = cs.get("state") or {}
+        terminated = state.get("terminated") or (cs.get("lastState") or {}).get("terminated")
+        if terminated:
+            try:
+                message = json.loads(terminated.get("message") or "")
+            except ValueError:
+                message = None
+            return terminated, message if isinstance(message, dict) else None
+    return None, None
+
+
+def failure_of(pod: dict[str, Any]) -> tuple[str, str] | None:
+    """(reason, message) of a pod whose trainer failed, in the trainer's own terms where it left them."""
+    terminated, message = termination_message(pod)
+    if terminated is None:
+        if (pod.get("status") or {}).get("phase") == "Failed":
+            status = pod["status"]
+            return status.get("reason") or "PodFailed", status.get("message") or "the pod failed"
+        return None
+    code = terminated.get("exitCode")
+    if code == 0:
+        return None
+    if terminated.get("reason") == "OOMKilled":
+        return "OOMKilled", ("the trainer ran out of memory (container memory limit); raise spec.resources.memory "
+                             "or lower the batch size")
+    cls = EXIT_CLASSES.get(code)
+    if cls is not None:
+        text = (message or {}).get("message") or cls.meaning
+        return cls.reason, text
+    if code in (137, 143):
+        return "Killed", f"the trainer was killed (exit code {code})"
+    text = (message or {}).get("message") or (terminated.get("message") or "").strip()[-1000:]
+    return "TrainerError", f"exit code {code}" + (f": {text}" if text else "")
+
+
+def _by_start(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(pods, key=lambda p: (p.get("metadata", {}).get("creationTimestamp") or "",
+                                       p.get("metadata", {}).get("name") or ""))
+
+
+def _pending_reason(pod: dict[str, Any]) -> tuple[str, str, bool]:
+    """Why a pod that is not running yet is waiting: (reason, message, whether a user must act)."""
+    status = pod.get("status") or {}
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting")
+        if waiting and waiting.get("reason"):
+            reason = waiting["reason"]
+            return reason, waiting.get("message") or reason, reason in STUCK_WAITING
+    scheduled = conditions_of(pod).get("PodScheduled")
+    if scheduled and scheduled.get("status") == "False":
+        return scheduled.get("reason") or "Unschedulable", scheduled.get("message") or "the pod cannot be scheduled", \
+            scheduled.get("reason") == "Unschedulable"
+    return "PodStarting", "the trainer pod is starting", False
+
+
+def observe(suspend: bool, queued: bool, job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> Observation:
+    """What a run's Job and pods say about it."""
+    if job is None:
+        return Observation("Pending", "CreatingJob", "creating the run's Job")
+    status = job.get("status") or {}
+    conds = conditions_of(job)
+    pods = _by_start(pods)
+    attempts = max(len(pods), int(status.get("failed") or 0) + int(status.get("succeeded") or 0)
+                   + int(status.get("active") or 0))
+    base = dict(start_time=status.get("startTime"), attempts=attempts)
+
+    complete = holds(conds, "Complete") or holds(conds, "SuccessCriteriaMet")
+    if complete:
+        result = None
+        for pod in reversed(pods):
+            terminated, message = termination_message(pod)
+            if terminated is not None and terminated.get("exitCode") == 0:
+                result = message
+                break
+        done = status.get("completionTime") or complete.get("lastTransitionTime")
+        return Observation("Succeeded", "Succeeded", "the trainer finished and wrote its output", completion_time=done,
+                           result=result, **base)
+
+    failed = holds(conds, "Failed") or holds(conds, "FailureTarget")
+    if failed:
+        cause = next((f for f in map(failure_of, reversed(pods)) if f), None)
+        job_reason = failed.get("reason") or "JobFailed"
+        if job_reason in ("DeadlineExceeded",):
+            reason, message = job_reason, f"the run exceeded runPolicy.activeDeadlineSeconds ({failed.get('message')})"
+        elif cause is not None:
+            reason, message = cause
+            if job_reason == "BackoffLimitExceeded":
+                message = f"{message} (failed {status.get('failed') or attempts} time(s); backoffLimit reached)"
+        else:
+            reason, message = job_reason, failed.get("message") or "the Job failed"
+        return Observation("Failed", reason, message, completion_time=failed.get("lastTransitionTime"),
+                           warning=True, **base)
+
+    if job.get("spec", {}).get("suspend"):
+        active = [p for p in pods if (p.get("status") or {}).get("phase") in ("Pending", "Running")]
+        if suspend:
+            note = " (stopping its pod after a checkpoint)" if active else ""
+            return Observation("Suspended", "Suspended", f"spec.suspend is true{note}", **base)
+        if queued:
+            return Observation("Queued", "WaitingForAdmission",
+                               f"waiting for Kueue to admit the run (queue {job['metadata'].get('labels', {}).get('kueue.x-k8s.io/queue-name')})",
+                               **base)
+        return Observation("Pending", "Resuming", "resuming the Job", **base)
+
+    last_failure = next((f for f in map(failure_of, reversed(pods)) if f), None)
+    retry_note = f"; attempt {attempts}, after: {last_failure[0]}: {last_failure[1]}" if last_failure and attempts > 1 \
+        else ""
+    for pod in reversed(pods):
+        phase = (pod.get("status") or {}).get("phase")
+        if phase == "Running" and not (pod.get("metadata") or {}).get("deletionTimestamp"):
+            return Observation("Running", "Training", "the trainer is running" + retry_note,
+                               pod_ip=(pod.get("status") or {}).get("podIP"), **base)
+        if phase == "Pending":
+            reason, message, stuck = _pending_reason(pod)
+            return Observation("Pending", reason, message + retry_note, warning=stuck, **base)
+    if last_failure is not None:
+        return Observation("Pending", "Retrying", f"retrying after: {last_failure[0]}: {last_failure[1]}", **base)
+    return Observation("Pending", "WaitingForPod", "waiting for the Job to start the trainer pod", **base)
+
+
+def set_condition(conditions: list[dict[str, Any]], kind: str, status: str, reason: str, message: str,
+                  generation: int | None, now: str) -> list[dict[str, Any]]:
+    """Conditions with `kind` set; lastTransitionTime moves only when the status changes."""
+    out, found = [], False
+    for c in conditions:
+        if c.get("type") == kind:
+            found = True
+            same = c.get("status") == status
+            c = {"type": kind, "status": status, "reason": reason, "message": message,
+                 "lastTransitionTime": c.get("lastTransitionTime") if same and c.get("lastTransitionTime") else now}
+            if generation is not None:
+                c["observedGeneration"] = generation
+        out.append(c)
+    if not found:
+        c = {"type": kind, "status": status, "reason": reason, "message": message, "lastTransitionTime": now}
+        if generation is not None:
+            c["observedGeneration"] = generation
+        out.append(c)
+    return sorted(out, key=lambda c: CONDITION_TYPES.index(c["type"]) if c["type"] in CONDITION_TYPES else 99)
+
+
+def phase_conditions(conditions: list[dict[str, Any]], phase: str, reason: str, message: str,
+                     generation: int | None, now: str) -> list[dict[str, Any]]:
+    """The condition named like the phase is True; the other phase conditions that exist turn False (with the
+    current phase's reason), and those that never held are not added."""
+    for kind in ("Queued", "Running", "Suspended", "Succeeded", "Failed"):
+        if kind == phase:
+            conditions = set_condition(conditions, kind, "True", reason, message, generation, now)
+        elif any(c.get("type") == kind for c in conditions):
+            conditions = set_condition(conditions, kind, "False", reason, f"now {phase}", generation, now)
+    return conditions
