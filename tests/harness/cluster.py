@@ -1,0 +1,162 @@
+"""Test helpers around the API server: run the operator in-process, apply SFTJobs, and play the Job
+controller and kubelet by writing Job and Pod status the way they do."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from typing import Any, Callable
+
+import kmock
+import kopf
+
+from harness.apiserver import SFTJOBS, ApiServer
+
+NS = "team-a"
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = predicate()
+        except (KeyError, ValueError, TypeError, IndexError):
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {getattr(predicate, '__name__', predicate)}")
+        await asyncio.sleep(interval)
+
+
+def obj(emu: ApiServer, resource: str, name: str, namespace: str = NS) -> dict[str, Any] | None:
+    key = (kmock.resource(resource), namespace, name)
+    if key not in emu.objects or emu.objects[key].deleted:
+        return None
+    return copy.deepcopy(emu.objects[key].raw)
+
+
+def objs(emu: ApiServer, resource: str, namespace: str = NS) -> list[dict[str, Any]]:
+    res = kmock.resource(resource)
+    return [copy.deepcopy(o.raw) for (r, ns, _), o in list(emu.objects.items())
+            if r == res and ns == namespace and not o.deleted]
+
+
+def requests(emu: ApiServer, method: str, path_part: str) -> list[Any]:
+    return [r for r in list(emu) if r.method.value.upper() == method.upper() and path_part in r.url.path]
+
+
+def sftjob(name: str = "chat", **spec: Any) -> dict[str, Any]:
+    base = {"model": {"hub": {"id": "Qwen/Qwen2.5-0.5B-Instruct", "revision": "7ae557604adf67be50417f59c2c2f167def9a775"}},
+            "dataset": {"inline": [{"prompt": "hi", "completion": "hello"}]},
+            "training": {"maxSteps": 10},
+            "output": {"pvc": {"claimName": "adapters", "create": {"size": "1Gi"}}}}
+    base.update(spec)
+    return {"apiVersion": "sftop.dev/v1alpha1", "kind": "SFTJob", "metadata": {"name": name, "namespace": NS},
+            "spec": base}
+
+
+class Operator:
+    """The real operator (kopf + sftop.handlers) in this event loop, against the emulated API server."""
+
+    def __init__(self, emu: ApiServer):
+        self.emu = emu
+        self.task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        from sftop import handlers
+        from sftop.settings import Settings
+
+        handlers.STATE.clear()
+        handlers.STATE["settings"] = Settings.from_env()
+        ready = asyncio.Event()
+        self.task = asyncio.create_task(kopf.operator(
+            registry=kopf.get_default_registry(), settings=kopf.OperatorSettings(), clusterwide=True,
+            standalone=True, ready_flag=ready))
+        await asyncio.wait_for(ready.wait(), 15)
+        # kopf's ready flag fires before its watches open; objects created earlier are replayed, but tests that
+        # count requests want the watches in place.
+        start = len(list(self.emu))
+        for plural in ("sftjobs", "jobs", "pods"):
+            await wait_for(lambda: any(r.params.get("watch") == "true" and r.url.path.endswith("/" + plural)
+                                       for r in list(self.emu)[start - 50 if start > 50 else 0:]), 15)
+
+    @property
+    def controller(self):
+        from sftop import handlers
+
+        return handlers.STATE["controller"]
+
+    async def stop(self) -> None:
+        """Stop it as a crash or SIGKILL would: no cleanup handlers run."""
+        from sftop import handlers
+
+        tasks = [t for t in (self.task, handlers.STATE.get("task")) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except BaseException:  # noqa: B036 - a cancelled operator may end in any way; it is gone either way
+                pass
+        self.task = None
+
+
+async def apply(emu: ApiServer, manifest: dict[str, Any]) -> Any:
+    ns = manifest["metadata"].get("namespace", NS)
+    return await emu.post(f"/apis/sftop.dev/v1alpha1/namespaces/{ns}/sftjobs", json=manifest)
+
+
+async def patch(emu: ApiServer, path: str, body: dict[str, Any]) -> Any:
+    resp = await emu.patch(path, json=body, headers={"Content-Type": "application/merge-patch+json"})
+    assert resp.status < 300, await resp.text()
+    return await resp.json()
+
+
+def status_of(emu: ApiServer, name: str = "chat") -> dict[str, Any]:
+    return (obj(emu, SFTJOBS, name) or {}).get("status") or {}
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    return next((c for c in status.get("conditions", []) if c["type"] == kind), None)
+
+
+# ------------------------------------------------------------------ the Job controller and kubelet, by hand
+
+
+async def make_pod(emu: ApiServer, job: dict[str, Any], suffix: str = "a1b2c") -> dict[str, Any]:
+    """A pod for `job`, as the Job controller creates it (labels, owner reference), not yet scheduled."""
+    template = job["spec"]["template"]
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": f"{job['metadata']['name']}-{suffix}", "namespace": job["metadata"]["namespace"],
+                        "labels": {**template["metadata"]["labels"], "job-name": job["metadata"]["name"],
+                                   "batch.kubernetes.io/job-name": job["metadata"]["name"]},
+                        "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job["metadata"]["name"],
+                                             "uid": job["metadata"]["uid"], "controller": True}]},
+           "spec": copy.deepcopy(template["spec"]),
+           "status": {"phase": "Pending"}}
+    resp = await emu.post(f"/api/v1/namespaces/{job['metadata']['namespace']}/pods", json=pod)
+    assert resp.status == 201, await resp.text()
+    return await resp.json()
+
+
+async def pod_status(emu: ApiServer, pod: dict[str, Any], status: dict[str, Any]) -> None:
+    meta = pod["metadata"]
+    await patch(emu, f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status", {"status": status})
+
+
+async def job_status(emu: ApiServer, job: dict[str, Any], status: dict[str, Any]) -> None:
+    meta = job["metadata"]
+    await patch(emu, f"/apis/batch/v1/namespaces/{meta['namespace']}/jobs/{meta['name']}/status", {"status": status})
+
+
+def running(ip: str = "127.0.0.1") -> dict[str, Any]:
+    return {"phase": "Running", "podIP": ip,
+            "containerStatuses": [{"name": "trainer", "ready": True, "state": {"running": {"startedAt": "2026-11-22T00:00:00Z"}}}]}
+
+
+def terminated(code: int, message: str = "", reason: str | None = None) -> dict[str, Any]:
+    state = {"exitCode": code, "message": message, "reason": reason or ("Completed" if code == 0 else "Error")}
+    return {"phase": "Succeeded" if code == 0 else "Failed",
+            "containerStatuses": [{"name": "trainer", "ready": False, "state": {"terminated": state}}]}
