@@ -218,6 +218,11 @@ class Controller:
 
         job = self.jobs.get((namespace, jname))
         if job is None:
+            # Not in the cache: maybe only not yet (a restart, a watch that lags). Ask before creating anything.
+            job = self.kube.read_job(namespace, jname)
+            if job is not None:
+                self.jobs[(namespace, jname)] = job
+        if job is None:
             missing = self._missing_reference(namespace, spec)
             if missing is not None:
                 reason, message = missing

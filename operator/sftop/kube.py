@@ -98,6 +98,15 @@ class Kube:
         return self._create_or_read(lambda: self.core.create_namespaced_persistent_volume_claim(ns, body),
                                     lambda: self.core.read_namespaced_persistent_volume_claim(name, ns))
 
+    def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj = retrying(lambda: self.batch.read_namespaced_job(name, namespace))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return self.client.sanitize_for_serialization(obj)
+
     def set_job_suspended(self, namespace: str, name: str, suspend: bool) -> dict[str, Any]:
         obj = retrying(lambda: self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}}))
         return self.client.sanitize_for_serialization(obj)

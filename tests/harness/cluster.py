@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import threading
 import time
 from typing import Any, Callable
 
@@ -58,11 +59,27 @@ def sftjob(name: str = "chat", **spec: Any) -> dict[str, Any]:
 
 
 class Operator:
-    """The real operator (kopf + sftop.handlers) in this event loop, against the emulated API server."""
+    """The real operator (kopf + sftop.handlers) against the emulated API server, in a thread with its own event
+    loop, as in its own process: kopf treats every task of its loop as its own and cancels them all on exit."""
 
     def __init__(self, emu: ApiServer):
         self.emu = emu
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.task: asyncio.Task | None = None
+        self.thread: threading.Thread | None = None
+
+    def _main(self, ready: threading.Event) -> None:
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.task = self.loop.create_task(kopf.operator(
+            registry=kopf.get_default_registry(), settings=kopf.OperatorSettings(), clusterwide=True,
+            standalone=True, ready_flag=ready))
+        try:
+            self.loop.run_until_complete(self.task)
+        except BaseException:  # noqa: B036 - cancelled on purpose, or crashed: either way the operator is gone
+            pass
+        finally:
+            self.loop.close()
 
     async def start(self) -> None:
         from sftop import handlers
@@ -70,17 +87,15 @@ class Operator:
 
         handlers.STATE.clear()
         handlers.STATE["settings"] = Settings.from_env()
-        ready = asyncio.Event()
-        self.task = asyncio.create_task(kopf.operator(
-            registry=kopf.get_default_registry(), settings=kopf.OperatorSettings(), clusterwide=True,
-            standalone=True, ready_flag=ready))
-        await asyncio.wait_for(ready.wait(), 15)
-        # kopf's ready flag fires before its watches open; objects created earlier are replayed, but tests that
-        # count requests want the watches in place.
-        start = len(list(self.emu))
+        ready = threading.Event()
+        since = len(list(self.emu))
+        self.thread = threading.Thread(target=self._main, args=(ready,), name="operator", daemon=True)
+        self.thread.start()
+        assert await asyncio.to_thread(ready.wait, 15), "the operator did not start"
+        # kopf's ready flag fires before its watches open: wait for them, so tests can count requests.
         for plural in ("sftjobs", "jobs", "pods"):
             await wait_for(lambda: any(r.params.get("watch") == "true" and r.url.path.endswith("/" + plural)
-                                       for r in list(self.emu)[start - 50 if start > 50 else 0:]), 15)
+                                       for r in list(self.emu)[since:]), 15)
 
     @property
     def controller(self):
@@ -88,19 +103,20 @@ class Operator:
 
         return handlers.STATE["controller"]
 
+    def enqueue(self, namespace: str, name: str) -> None:
+        """Ask the operator to reconcile an SFTJob now, as a re-delivered event would."""
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self.controller.queue.add, (namespace, name))
+
     async def stop(self) -> None:
         """Stop it as a crash or SIGKILL would: no cleanup handlers run."""
-        from sftop import handlers
-
-        tasks = [t for t in (self.task, handlers.STATE.get("task")) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except BaseException:  # noqa: B036 - a cancelled operator may end in any way; it is gone either way
-                pass
-        self.task = None
+        if self.thread is None:
+            return
+        if self.loop is not None and self.task is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.task.cancel)
+        await asyncio.to_thread(self.thread.join, 30)
+        assert not self.thread.is_alive(), "the operator did not stop"
+        self.thread = None
 
 
 async def apply(emu: ApiServer, manifest: dict[str, Any]) -> Any:

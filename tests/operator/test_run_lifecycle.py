@@ -107,7 +107,7 @@ async def test_a_stale_event_never_turns_succeeded_back_into_running(apiserver, 
     # a late, re-delivered view of the world: the pod running, the Job without its Complete condition
     await pod_status(apiserver, pod, running())
     await job_status(apiserver, job, {"succeeded": 0, "active": 1, "conditions": []})
-    operator.controller.queue.add((NS, "chat"))
+    operator.enqueue(NS, "chat")
     import asyncio
 
     await asyncio.sleep(1.0)

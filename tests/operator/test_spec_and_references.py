@@ -1,0 +1,158 @@
+"""What the schema cannot check, the operator does: invalid specs fail once with the field named, missing
+references wait with a reason, spec changes start new runs, suspend and resume, deletion keeps the output."""
+
+import asyncio
+
+import kmock
+
+from harness.apiserver import SFTJOBS
+from harness.cluster import (NS, apply, condition, job_status, make_pod, obj, objs, patch, pod_status, requests,
+                             running, sftjob, status_of, wait_for)
+
+SFTJOB_PATH = f"/apis/sftop.dev/v1alpha1/namespaces/{NS}/sftjobs/chat"
+
+
+async def test_invalid_spec_fails_once_with_the_field_named(apiserver, operator):
+    manifest = sftjob(dataset={"inline": [{"text": "x"}], "evalSplit": {"name": "test"}})
+    assert (await apply(apiserver, manifest)).status == 201  # the CRD cannot see this rule; the operator can
+    status = await wait_for(lambda: status_of(apiserver).get("phase") == "Failed" and status_of(apiserver))
+    accepted = condition(status, "Accepted")
+    assert accepted["status"] == "False" and accepted["reason"] == "InvalidSpec"
+    assert "spec.dataset" in status["message"] and "evalSplit.name" in status["message"]
+    assert not objs(apiserver, "batch/v1/jobs")
+    operator.enqueue(NS, "chat")
+    await asyncio.sleep(1.0)
+    events = [e for e in objs(apiserver, "v1/events") if e["reason"] == "InvalidSpec"]
+    assert len(events) == 1, "an invalid spec is reported once, not in a loop"
+    assert len(requests(apiserver, "PATCH", "/sftjobs/chat/status")) == 1
+
+
+async def test_a_spec_the_schema_let_through_is_still_checked(apiserver, operator):
+    # an SFTJob stored before the CRD had its current schema: the operator must not trust the server
+    manifest = sftjob()
+    manifest["spec"]["training"] = {"learningRate": -1}
+    manifest["metadata"].update(uid="0a0a", generation=1, resourceVersion="1")
+    apiserver.objects[kmock.resource(SFTJOBS), NS, "chat"] = manifest
+    operator.loop.call_soon_threadsafe(operator.controller.observe_sftjob, None, manifest)
+    status = await wait_for(lambda: status_of(apiserver).get("phase") == "Failed" and status_of(apiserver))
+    assert "spec.training.learningRate" in status["message"] and "greater than 0" in status["message"]
+
+
+async def test_missing_secret_waits_with_a_reason_then_runs(apiserver, operator):
+    await apply(apiserver, sftjob(hubTokenSecret={"name": "hf-token"}))
+    status = await wait_for(lambda: condition(status_of(apiserver), "Accepted") and status_of(apiserver))
+    accepted = condition(status, "Accepted")
+    assert status["phase"] == "Pending" and accepted["reason"] == "SecretNotFound"
+    assert "spec.hubTokenSecret" in accepted["message"] and "hf-token" in accepted["message"]
+    assert not objs(apiserver, "batch/v1/jobs")
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hf-token", "namespace": NS},
+              "data": {"token": "aGZfc2VjcmV0"}}
+    await apiserver.post(f"/api/v1/namespaces/{NS}/secrets", json=secret)
+    job = (await wait_for(lambda: objs(apiserver, "batch/v1/jobs"), timeout=30))[0]
+    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}} in env
+    for config in objs(apiserver, "v1/configmaps"):
+        assert "aGZfc2VjcmV0" not in str(config) and "hf_secret" not in str(config)
+    await wait_for(lambda: condition(status_of(apiserver), "Accepted")["status"] == "True")
+    assert "aGZfc2VjcmV0" not in str(status_of(apiserver))
+
+
+async def test_missing_claim_is_named(apiserver, operator):
+    await apply(apiserver, sftjob(output={"pvc": {"claimName": "adapters"}}))
+    status = await wait_for(lambda: condition(status_of(apiserver), "Accepted") and status_of(apiserver))
+    assert condition(status, "Accepted")["reason"] == "PVCNotFound"
+    assert "spec.output.pvc.claimName" in status["message"]
+
+
+async def test_spec_change_starts_a_new_run_and_keeps_the_old_output(apiserver, operator):
+    await apply(apiserver, sftjob())
+    first = (await wait_for(lambda: objs(apiserver, "batch/v1/jobs")))[0]
+    first_status = await wait_for(lambda: status_of(apiserver).get("run") and status_of(apiserver))
+    # a metadata-only change starts nothing
+    await patch(apiserver, SFTJOB_PATH, {"metadata": {"labels": {"team": "nlp"}}})
+    await asyncio.sleep(0.5)
+    assert len(objs(apiserver, "batch/v1/jobs")) == 1
+
+    await patch(apiserver, SFTJOB_PATH, {"spec": {"training": {"maxSteps": 20}}})
+    status = await wait_for(lambda: status_of(apiserver)["run"]["id"] != first_status["run"]["id"]
+                            and status_of(apiserver))
+    second_job = await wait_for(lambda: obj(apiserver, "batch/v1/jobs", status["run"]["jobName"]))
+    assert status["observedGeneration"] == 2
+    assert status["previousRuns"][0]["id"] == first_status["run"]["id"]
+    assert status["previousRuns"][0]["outputPath"] == first_status["run"]["outputPath"]
+    assert status["run"]["outputPath"] != first_status["run"]["outputPath"]
+    # the unfinished first run was stopped; its output (on the claim) is not touched
+    await wait_for(lambda: obj(apiserver, "batch/v1/jobs", first["metadata"]["name"]) is None)
+    assert second_job and obj(apiserver, "v1/persistentvolumeclaims", "adapters")
+    assert any(e["reason"] == "NewRun" for e in objs(apiserver, "v1/events"))
+
+
+async def test_suspend_and_resume(apiserver, operator):
+    await apply(apiserver, sftjob())
+    job = (await wait_for(lambda: objs(apiserver, "batch/v1/jobs")))[0]
+    pod = await make_pod(apiserver, job)
+    await pod_status(apiserver, pod, running())
+    await wait_for(lambda: status_of(apiserver).get("phase") == "Running")
+    await patch(apiserver, SFTJOB_PATH, {"spec": {"suspend": True}})
+    await wait_for(lambda: obj(apiserver, "batch/v1/jobs", job["metadata"]["name"])["spec"]["suspend"] is True)
+    status = await wait_for(lambda: status_of(apiserver).get("phase") == "Suspended" and status_of(apiserver))
+    assert condition(status, "Suspended")["status"] == "True"
+    assert len(objs(apiserver, "batch/v1/jobs")) == 1, "suspend is not a new run"
+    await patch(apiserver, SFTJOB_PATH, {"spec": {"suspend": False}})
+    await wait_for(lambda: obj(apiserver, "batch/v1/jobs", job["metadata"]["name"])["spec"]["suspend"] is False)
+    await wait_for(lambda: status_of(apiserver).get("phase") == "Running")
+    assert condition(status_of(apiserver), "Suspended")["status"] == "False"
+
+
+async def test_queued_run_waits_for_kueue_and_is_never_unsuspended_by_the_operator(apiserver, operator):
+    await apply(apiserver, sftjob(queueName="team-a"))
+    job = (await wait_for(lambda: objs(apiserver, "batch/v1/jobs")))[0]
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a" and job["spec"]["suspend"] is True
+    status = await wait_for(lambda: status_of(apiserver).get("phase") == "Queued" and status_of(apiserver))
+    assert condition(status, "Queued")["reason"] == "WaitingForAdmission"
+    await asyncio.sleep(0.5)
+    assert obj(apiserver, "batch/v1/jobs", job["metadata"]["name"])["spec"]["suspend"] is True
+    # Kueue admits it
+    await patch(apiserver, f"/apis/batch/v1/namespaces/{NS}/jobs/{job['metadata']['name']}", {"spec": {"suspend": False}})
+    pod = await make_pod(apiserver, job)
+    await pod_status(apiserver, pod, running())
+    await wait_for(lambda: status_of(apiserver).get("phase") == "Running")
+
+
+async def test_deleting_the_sftjob_removes_its_children_but_not_the_output(apiserver, operator):
+    await apply(apiserver, sftjob())
+    job = (await wait_for(lambda: objs(apiserver, "batch/v1/jobs")))[0]
+    pod = await make_pod(apiserver, job)
+    await wait_for(lambda: status_of(apiserver).get("run"))
+    assert not obj(apiserver, SFTJOBS, "chat")["metadata"].get("finalizers"), "no finalizer: deletion never waits"
+    resp = await apiserver.delete(SFTJOB_PATH)
+    assert resp.status == 200
+    assert obj(apiserver, SFTJOBS, "chat") is None, "deleted at once, with the operator running or not"
+    await wait_for(lambda: not objs(apiserver, "batch/v1/jobs") and not objs(apiserver, "v1/configmaps")
+                   and obj(apiserver, "v1/pods", pod["metadata"]["name"]) is None)
+    assert obj(apiserver, "v1/persistentvolumeclaims", "adapters") is not None
+
+
+async def test_progress_is_read_from_the_trainer_pod(apiserver, operator):
+    import dataclasses
+
+    from sftop_trainer.progress import Progress, serve
+
+    progress = Progress("r1")
+    progress.update(phase="Training", loss=0.75, learningRate=1e-4)
+    progress.step(3, 10, 0.3, 300)
+    progress.step(4, 10, 0.4, 400)
+    server = serve(progress, "127.0.0.1", 18931)
+    try:
+        operator.controller.settings = dataclasses.replace(operator.controller.settings, progress_port=18931)
+        await apply(apiserver, sftjob())
+        job = (await wait_for(lambda: objs(apiserver, "batch/v1/jobs")))[0]
+        pod = await make_pod(apiserver, job)
+        await pod_status(apiserver, pod, running("127.0.0.1"))
+        status = await wait_for(lambda: status_of(apiserver).get("progress") and status_of(apiserver))
+        p = status["progress"]
+        assert (p["step"], p["totalSteps"], p["percent"], p["loss"]) == (4, 10, 40, 0.75)
+        assert p["eta"] and p["updateTime"]
+    finally:
+        server.shutdown()
+        server.server_close()
