@@ -1,0 +1,112 @@
+"""The emulated API server copies the real one where the operator depends on it; each rule, checked."""
+
+import kmock
+
+from harness.apiserver import SFTJOBS, matches
+from harness.cluster import NS, apply, obj, patch, sftjob
+
+PATH = f"/apis/sftop.dev/v1alpha1/namespaces/{NS}/sftjobs"
+
+
+async def create_cm(emu, body):
+    return await emu.post(f"/api/v1/namespaces/{NS}/configmaps", json=body)
+
+
+async def test_create_fills_in_identity_namespace_and_answers_201(apiserver):
+    resp = await create_cm(apiserver, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}})
+    assert resp.status == 201
+    meta = (await resp.json())["metadata"]
+    assert meta["namespace"] == NS and meta["uid"] and meta["creationTimestamp"] and meta["resourceVersion"]
+    assert meta["generation"] == 1
+
+
+async def test_generate_name(apiserver):
+    resp = await create_cm(apiserver, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "ev."}})
+    name = (await resp.json())["metadata"]["name"]
+    assert name.startswith("ev.") and len(name) == 8
+
+
+async def test_create_of_an_existing_object_is_a_conflict(apiserver):
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}}
+    await create_cm(apiserver, body)
+    assert (await create_cm(apiserver, body)).status == 409
+
+
+async def test_resource_version_and_generation(apiserver):
+    await apply(apiserver, sftjob())
+    before = obj(apiserver, SFTJOBS, "chat")["metadata"]
+    await patch(apiserver, f"{PATH}/chat", {"metadata": {"labels": {"a": "b"}}})
+    after_label = obj(apiserver, SFTJOBS, "chat")["metadata"]
+    assert int(after_label["resourceVersion"]) > int(before["resourceVersion"]) and after_label["generation"] == 1
+    await patch(apiserver, f"{PATH}/chat", {"spec": {"training": {"maxSteps": 5}}})
+    assert obj(apiserver, SFTJOBS, "chat")["metadata"]["generation"] == 2
+    await patch(apiserver, f"{PATH}/chat/status", {"status": {"phase": "Running"}})
+    assert obj(apiserver, SFTJOBS, "chat")["metadata"]["generation"] == 2
+
+
+async def test_status_subresource_split(apiserver):
+    manifest = sftjob()
+    manifest["status"] = {"phase": "Succeeded"}
+    await apply(apiserver, manifest)
+    assert "status" not in obj(apiserver, SFTJOBS, "chat"), "status is ignored on create"
+    await patch(apiserver, f"{PATH}/chat", {"status": {"phase": "Succeeded"}})
+    assert "status" not in obj(apiserver, SFTJOBS, "chat"), "status is ignored on the main resource"
+    await patch(apiserver, f"{PATH}/chat/status", {"status": {"phase": "Running"}, "spec": {"method": "full"}})
+    stored = obj(apiserver, SFTJOBS, "chat")
+    assert stored["status"] == {"phase": "Running"} and stored["spec"]["method"] == "lora"
+
+
+async def test_schema_defaults_pruning_and_rejection(apiserver):
+    manifest = sftjob()
+    manifest["spec"]["training"]["learningrate"] = 0.1
+    assert (await apply(apiserver, manifest)).status == 201
+    spec = obj(apiserver, SFTJOBS, "chat")["spec"]
+    assert "learningrate" not in spec["training"], "unknown fields are pruned"
+    assert spec["method"] == "lora" and spec["training"]["perDeviceTrainBatchSize"] == 4, "defaults are applied"
+
+    strict = await apiserver.post(f"{PATH}?fieldValidation=Strict", json=sftjob("strict", epochz=1))
+    assert strict.status == 422 and "epochz" in (await strict.json())["message"]
+
+    bad = sftjob("bad", method="full", quantization={})
+    resp = await apply(apiserver, bad)
+    body = await resp.json()
+    assert resp.status == 422 and body["reason"] == "Invalid"
+    assert 'SFTJob.sftop.dev "bad" is invalid' in body["message"] and "only to method qlora" in body["message"]
+
+    resp = await apiserver.patch(f"{PATH}/chat", json={"spec": {"training": {"learningRate": -1}}},
+                                 headers={"Content-Type": "application/merge-patch+json"})
+    assert resp.status == 422 and "spec.training.learningRate" in (await resp.json())["message"]
+
+
+async def test_list_has_kind_and_filters_by_label(apiserver):
+    for name, team in (("a", "x"), ("b", "y")):
+        await create_cm(apiserver, {"apiVersion": "v1", "kind": "ConfigMap",
+                                    "metadata": {"name": name, "labels": {"team": team}}})
+    resp = await apiserver.get(f"/api/v1/namespaces/{NS}/configmaps?labelSelector=team%3Dx")
+    body = await resp.json()
+    assert body["kind"] == "ConfigMapList" and body["apiVersion"] == "v1" and body["metadata"]["resourceVersion"]
+    assert [i["metadata"]["name"] for i in body["items"]] == ["a"]
+    assert matches({"a": "1"}, "a,!b,a!=2") and not matches({"a": "1"}, "a=2")
+
+
+async def test_garbage_collector_deletes_dependents(apiserver):
+    owner = await (await create_cm(apiserver, {"apiVersion": "v1", "kind": "ConfigMap",
+                                               "metadata": {"name": "owner"}})).json()
+    ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"]}
+    child = await (await create_cm(apiserver, {"apiVersion": "v1", "kind": "ConfigMap",
+                                               "metadata": {"name": "child", "ownerReferences": [ref]}})).json()
+    grandchild_ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "child", "uid": child["metadata"]["uid"]}
+    await create_cm(apiserver, {"apiVersion": "v1", "kind": "ConfigMap",
+                                "metadata": {"name": "grandchild", "ownerReferences": [grandchild_ref]}})
+    await create_cm(apiserver, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "unrelated"}})
+    await apiserver.delete(f"/api/v1/namespaces/{NS}/configmaps/owner")
+    assert obj(apiserver, "v1/configmaps", "child") is None and obj(apiserver, "v1/configmaps", "grandchild") is None
+    assert obj(apiserver, "v1/configmaps", "unrelated") is not None
+
+
+async def test_fault_injection(apiserver):
+    apiserver.fail_next("POST", "/configmaps", 503)
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}}
+    assert (await create_cm(apiserver, body)).status == 503
+    assert (await create_cm(apiserver, body)).status == 201
+    assert (kmock.resource("v1/configmaps"), NS, "a") in apiserver.objects

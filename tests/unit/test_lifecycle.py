@@ -1,0 +1,55 @@
+"""Pod and Job states -> phase and reason (pure)."""
+
+import json
+
+from sftop.lifecycle import observe, phase_conditions, set_condition
+
+JOB = {"metadata": {"name": "chat-abc", "labels": {}}, "spec": {"suspend": False}, "status": {}}
+
+
+def pod(status, name="chat-abc-x", created="2026-11-22T10:00:00Z"):
+    return {"metadata": {"name": name, "creationTimestamp": created}, "status": status}
+
+
+def waiting(reason, message=""):
+    return {"phase": "Pending", "containerStatuses": [{"name": "trainer", "state": {"waiting": {"reason": reason,
+                                                                                               "message": message}}}]}
+
+
+def test_image_pull_backoff_is_a_warning_with_its_reason():
+    seen = observe(False, False, JOB, [pod(waiting("ImagePullBackOff", "Back-off pulling image x"))])
+    assert (seen.phase, seen.reason, seen.warning) == ("Pending", "ImagePullBackOff", True)
+
+
+def test_retry_after_a_crash_says_which_attempt_and_why():
+    failed = pod({"phase": "Failed", "containerStatuses": [{"name": "trainer", "state": {"terminated": {
+        "exitCode": 1, "message": json.dumps({"status": "Failed", "message": "RuntimeError: boom"})}}}]},
+        created="2026-11-22T10:00:00Z")
+    second = pod({"phase": "Running", "podIP": "10.0.0.7"}, name="chat-abc-y", created="2026-11-22T10:01:00Z")
+    job = {**JOB, "status": {"failed": 1, "active": 1}}
+    seen = observe(False, False, job, [second, failed])
+    assert seen.phase == "Running" and seen.attempts == 2 and seen.pod_ip == "10.0.0.7"
+    assert "attempt 2" in seen.message and "boom" in seen.message
+
+
+def test_deadline_exceeded():
+    job = {**JOB, "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                                             "message": "Job was active longer than specified deadline"}]}}
+    seen = observe(False, False, job, [])
+    assert (seen.phase, seen.reason) == ("Failed", "DeadlineExceeded") and "activeDeadlineSeconds" in seen.message
+
+
+def test_suspended_and_queued():
+    job = {**JOB, "spec": {"suspend": True}}
+    assert observe(True, False, job, []).phase == "Suspended"
+    assert observe(False, True, job, []).phase == "Queued"
+
+
+def test_condition_transition_time_moves_only_on_change():
+    conds = set_condition([], "Running", "True", "Training", "", 1, "t1")
+    conds = set_condition(conds, "Running", "True", "Training", "still", 1, "t2")
+    assert conds[0]["lastTransitionTime"] == "t1"
+    conds = phase_conditions(conds, "Succeeded", "Succeeded", "done", 1, "t3")
+    running = next(c for c in conds if c["type"] == "Running")
+    assert running["status"] == "False" and running["lastTransitionTime"] == "t3"
+    assert [c["type"] for c in conds] == ["Running", "Succeeded"]

@@ -1,0 +1,104 @@
+"""The run's children, rendered from SFTJob specs without a cluster."""
+
+import json
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from harness.pss import restricted_violations
+from sftop import api, render
+from sftop.settings import Settings, SettingsError
+from sftop_trainer.config import TrainerConfig
+from sftop_trainer.errors import ExitCode
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+SFTJOBS = [d for p in sorted(EXAMPLES.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text())
+           if d and d.get("kind") == "SFTJob"]
+
+
+def parse(doc):
+    job = api.SFTJob.model_validate(doc)
+    return job.metadata.name, job.metadata.namespace or "default", job.spec
+
+
+@pytest.mark.parametrize("doc", SFTJOBS, ids=[d["metadata"]["name"] for d in SFTJOBS])
+def test_every_example_renders_a_valid_restricted_job_and_config(doc):
+    name, ns, spec = parse(doc)
+    rid = render.run_id(spec)
+    job = render.job(name, ns, spec, rid, Settings())
+    kubernetes_validate.validate(job, "1.32.0", strict=True)
+    pod = job["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+    assert pod["automountServiceAccountToken"] is False and pod["restartPolicy"] == "Never"
+    container = pod["containers"][0]
+    assert container["resources"]["requests"] == container["resources"]["limits"]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    config_map = render.config_map(name, ns, spec, rid, Settings())
+    kubernetes_validate.validate(config_map, "1.32.0", strict=True)
+    config = TrainerConfig.model_validate(json.loads(config_map["data"]["config.json"]))
+    assert config.output.dir == f"/output/{render.run_folder(spec, ns, name, rid)}"
+    claim = render.output_claim(ns, spec)
+    if claim is not None:
+        kubernetes_validate.validate(claim, "1.32.0", strict=True)
+
+
+def test_gpus_requests_equal_limits_and_placement():
+    _, _, spec = parse(next(d for d in SFTJOBS if d["metadata"]["name"] == "team-a-nightly"))
+    job = render.job("team-a-nightly", "team-a", spec, "abcd1234", Settings())
+    pod = job["spec"]["template"]["spec"]
+    limits = pod["containers"][0]["resources"]["limits"]
+    assert limits == {"cpu": "16", "memory": "96Gi", "nvidia.com/gpu": "2"}
+    assert pod["priorityClassName"] == "training-high"
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a" and job["spec"]["suspend"] is True
+    assert (job["spec"]["backoffLimit"], job["spec"]["activeDeadlineSeconds"], job["spec"]["ttlSecondsAfterFinished"]) \
+        == (5, 43200, 86400)
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
+
+
+def test_read_volumes_are_read_only_and_the_token_is_an_env_reference():
+    _, _, spec = parse(next(d for d in SFTJOBS if d["metadata"]["name"] == "support-bot"))
+    pod = render.job("support-bot", "team-nlp", spec, "r1", Settings())["spec"]["template"]["spec"]
+    inputs = [v for v in pod["volumes"] if v["name"].startswith("input-")]
+    assert {v["persistentVolumeClaim"]["claimName"] for v in inputs} == {"base-models", "datasets"}
+    assert all(v["persistentVolumeClaim"]["readOnly"] for v in inputs)
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert all(mounts[v["name"]]["readOnly"] for v in inputs)
+    _, _, gated = parse(next(d for d in SFTJOBS if d["metadata"]["name"] == "llama31-8b-qlora"))
+    env = render.job("x", "ns", gated, "r1", Settings())["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}} in env
+
+
+def test_pod_failure_policy_follows_the_trainer_exit_codes():
+    rules = render.pod_failure_policy()["rules"]
+    fail = next(r for r in rules if r["action"] == "FailJob")["onExitCodes"]["values"]
+    assert set(fail) == {ExitCode.INVALID_CONFIG, ExitCode.INVALID_DATA, ExitCode.MODEL_LOAD_FAILED,
+                         ExitCode.OUT_OF_MEMORY, ExitCode.LOSS_NOT_FINITE}
+    ignore = [r for r in rules if r["action"] == "Ignore"]
+    assert any(ExitCode.INTERRUPTED in r.get("onExitCodes", {}).get("values", []) for r in ignore)
+    assert any(c["type"] == "DisruptionTarget" for r in ignore for c in r.get("onPodConditions", []))
+
+
+def test_run_id_changes_with_training_inputs_only():
+    _, _, spec = parse(SFTJOBS[0])
+    rid = render.run_id(spec)
+    same = spec.model_copy(update={"suspend": True, "queue_name": "q"})
+    assert render.run_id(same) == rid
+    explicit_default = api.SFTJobSpec.model_validate({**spec.dump(), "suspend": False, "resources": {"gpus": 1}})
+    assert render.run_id(explicit_default) == rid
+    changed = api.SFTJobSpec.model_validate({**spec.dump(), "training": {**spec.training.dump(), "seed": 7}})
+    assert render.run_id(changed) != rid
+
+
+def test_settings_from_environment():
+    s = Settings.from_env({"SFTOP_NAMESPACES": "team-a, team-b", "SFTOP_TRAINER_IMAGE": "reg/t:1",
+                           "SFTOP_PROGRESS_INTERVAL": "5", "SFTOP_LOG_FORMAT": "json"})
+    assert s.namespaces == ("team-a", "team-b") and not s.clusterwide and s.trainer_image == "reg/t:1"
+    assert s.progress_interval == 5.0 and s.log_format == "json"
+    assert Settings.from_env({}).clusterwide
+    with pytest.raises(SettingsError, match="SFTOP_WORKERS"):
+        Settings.from_env({"SFTOP_WORKERS": "many"})
+    with pytest.raises(SettingsError, match="SFTOP_LOG_FORMAT"):
+        Settings.from_env({"SFTOP_LOG_FORMAT": "xml"})
