@@ -86,7 +86,7 @@ def test_run_id_changes_with_training_inputs_only():
     rid = render.run_id(spec)
     same = spec.model_copy(update={"suspend": True, "queue_name": "q"})
     assert render.run_id(same) == rid
-    explicit_default = api.SFTJobSpec.model_validate({**spec.dump(), "suspend": False, "resources": {"gpus": 1}})
+    explicit_default = api.SFTJobSpec.model_validate({**spec.dump(), "suspend": False, "training": {**spec.training.dump(), "seed": 42}})
     assert render.run_id(explicit_default) == rid
     changed = api.SFTJobSpec.model_validate({**spec.dump(), "training": {**spec.training.dump(), "seed": 7}})
     assert render.run_id(changed) != rid
