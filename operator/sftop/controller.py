@@ -238,6 +238,12 @@ class Controller:
         pods = [p for (ns, _), p in self.pods.items()
                 if ns == namespace and (p["metadata"].get("labels") or {}).get(render.RUN_LABEL) == rid
                 and (p["metadata"].get("labels") or {}).get(render.SFTJOB_LABEL) == name]
+        conditions = lifecycle.conditions_of(job)
+        finished = any(lifecycle.holds(conditions, c) for c in ("Complete", "SuccessCriteriaMet", "Failed"))
+        if finished and not any(lifecycle.termination_message(p)[0] for p in pods):
+            # The Job says it finished but no finished pod is cached yet (a restart: watches fill in any order).
+            # The result is in that pod; ask for it rather than finalize the run without it.
+            pods = self.kube.list_pods(namespace, f"{render.SFTJOB_LABEL}={name},{render.RUN_LABEL}={rid}")
         seen = lifecycle.observe(spec.suspend, bool(spec.queue_name), job, pods)
         stamp = now()
         new = self._base_status(status, spec, rid, namespace, name, generation)

@@ -107,6 +107,10 @@ class Kube:
             raise
         return self.client.sanitize_for_serialization(obj)
 
+    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        pods = retrying(lambda: self.core.list_namespaced_pod(namespace, label_selector=selector))
+        return [self.client.sanitize_for_serialization(p) for p in pods.items]
+
     def set_job_suspended(self, namespace: str, name: str, suspend: bool) -> dict[str, Any]:
         obj = retrying(lambda: self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}}))
         return self.client.sanitize_for_serialization(obj)

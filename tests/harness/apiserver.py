@@ -16,6 +16,9 @@ checks each one.
 | label selectors | filters LIST by `labelSelector` (equality, inequality, existence) |
 | garbage collector | deletes the objects whose ownerReferences name a deleted object (background propagation) |
 | faults | can answer chosen requests with an error, for fault-injection tests (`fail_next`) |
+
+kmock matches each request against its whole request history, which makes a long test or a benchmark
+quadratic; this server matches against the requests in flight only, and records every request in `log`.
 """
 
 from __future__ import annotations
@@ -103,6 +106,8 @@ class ApiServer(kmock.KubernetesEmulator):
         self.revision = itertools.count(1)
         self.schema = open_api_schema()
         self.faults: list[tuple[str, str, int]] = []  # (method, path fragment, status)
+        self.log: list[Any] = []  # every request, in order
+        self.inflight: dict[int, Any] = {}
         self[kmock.action.CREATE] << 201 << (lambda request: request.data)
 
     # ---------------------------------------------------------------------------------------- faults
@@ -121,7 +126,18 @@ class ApiServer(kmock.KubernetesEmulator):
 
     # -------------------------------------------------------------------------------------- requests
 
+    def __iter__(self):
+        return iter(list(self.inflight.values()))
+
     async def _handle(self, request: Any):
+        self.log.append(request)
+        self.inflight[id(request)] = request
+        try:
+            return await self._serve(request)
+        finally:
+            self.inflight.pop(id(request), None)
+
+    async def _serve(self, request: Any):
         if request.resource is not None:
             try:
                 fault = self._fault(request)

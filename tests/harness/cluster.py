@@ -45,7 +45,7 @@ def objs(emu: ApiServer, resource: str, namespace: str = NS) -> list[dict[str, A
 
 
 def requests(emu: ApiServer, method: str, path_part: str) -> list[Any]:
-    return [r for r in list(emu) if r.method.value.upper() == method.upper() and path_part in r.url.path]
+    return [r for r in emu.log if r.method.value.upper() == method.upper() and path_part in r.url.path]
 
 
 def sftjob(name: str = "chat", **spec: Any) -> dict[str, Any]:
@@ -88,14 +88,14 @@ class Operator:
         handlers.STATE.clear()
         handlers.STATE["settings"] = Settings.from_env()
         ready = threading.Event()
-        since = len(list(self.emu))
+        since = len(self.emu.log)
         self.thread = threading.Thread(target=self._main, args=(ready,), name="operator", daemon=True)
         self.thread.start()
         assert await asyncio.to_thread(ready.wait, 15), "the operator did not start"
         # kopf's ready flag fires before its watches open: wait for them, so tests can count requests.
         for plural in ("sftjobs", "jobs", "pods"):
             await wait_for(lambda: any(r.params.get("watch") == "true" and r.url.path.endswith("/" + plural)
-                                       for r in list(self.emu)[since:]), 15)
+                                       for r in self.emu.log[since:]), 15)
 
     @property
     def controller(self):
