@@ -8,7 +8,11 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from pathlib import Path  # noqa: E402
 
+import kmock  # noqa: E402
 import pytest  # noqa: E402
+
+from harness.apiserver import ApiServer  # noqa: E402
+from harness.cluster import Operator  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +30,25 @@ def tiny_model_without_template(tmp_path_factory) -> Path:
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model-plain"), corpus(task_api_rows(400, seed=1)),
                             chat_template=None)
+
+
+@pytest.fixture
+async def apiserver():
+    """The emulated API server (tests/harness/apiserver.py) on a loopback port."""
+    async with ApiServer() as emu, kmock.Server(emu):
+        yield emu
+
+
+@pytest.fixture
+async def operator(apiserver, monkeypatch):
+    """The real operator, in-process, against `apiserver`."""
+    monkeypatch.setenv("SFTOP_K8S_SERVER", str(apiserver.url).rstrip("/"))
+    monkeypatch.setenv("SFTOP_PROGRESS_INTERVAL", "1")
+    monkeypatch.setenv("SFTOP_RESYNC_INTERVAL", "5")
+    monkeypatch.setenv("SFTOP_TRAINER_IMAGE", "ghcr.io/sftop/sftop-trainer:test")
+    op = Operator(apiserver)
+    await op.start()
+    try:
+        yield op
+    finally:
+        await op.stop()

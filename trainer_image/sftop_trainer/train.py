@@ -342,7 +342,9 @@ def run(cfg: TrainerConfig, *, progress_bar: bool = False) -> dict[str, Any]:
     previous_handler = signal.getsignal(signal.SIGTERM)
     watch = SigtermWatch()
     progress = Progress(cfg.run.id)
-    server = serve(progress, cfg.progress.host, cfg.progress.port) if is_main_process() else None
+    # SFTOP_PROGRESS_HOST: several trainers on one host (a test node, a workstation) each listen on their own address.
+    host = os.environ.get("SFTOP_PROGRESS_HOST") or cfg.progress.host
+    server = serve(progress, host, cfg.progress.port) if is_main_process() else None
     started = time.time()
     try:
         emit("start", runId=cfg.run.id, model=cfg.model.name, method=cfg.method)

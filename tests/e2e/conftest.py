@@ -1,0 +1,39 @@
+import shutil
+import socket
+
+import pytest
+
+from harness.cluster import Operator
+from harness.node import Node
+from sftop_trainer.tiny import task_api_rows, write_jsonl
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+async def cluster(apiserver, tmp_path, tiny_model, monkeypatch):
+    """An API server, a node that runs trainer pods as local processes, and the operator: one machine's
+    cluster. The claims `models` (the tiny model at tiny/) and `data` (tasks.jsonl) exist."""
+    monkeypatch.setenv("SFTOP_K8S_SERVER", str(apiserver.url).rstrip("/"))
+    monkeypatch.setenv("SFTOP_PROGRESS_INTERVAL", "1")
+    monkeypatch.setenv("SFTOP_PROGRESS_PORT", str(free_port()))
+    monkeypatch.setenv("SFTOP_RESYNC_INTERVAL", "10")
+    monkeypatch.setenv("SFTOP_TERMINATION_GRACE_SECONDS", "30")
+    node = Node(apiserver, tmp_path)
+    shutil.copytree(tiny_model, node.volume("models") / "tiny")
+    write_jsonl(task_api_rows(96), node.volume("data") / "tasks.jsonl")
+    for claim in ("models", "data"):
+        await apiserver.post("/api/v1/namespaces/team-a/persistentvolumeclaims", json={
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+    operator = Operator(apiserver)
+    async with node:
+        await operator.start()
+        try:
+            yield apiserver, node, operator
+        finally:
+            await operator.stop()

@@ -1,0 +1,111 @@
+"""From an applied SFTJob to an adapter on the volume and a Succeeded status: the operator, the real trainer on
+the CPU, and a node that runs its pods (tests/harness/node.py)."""
+
+import asyncio
+import json
+
+from harness.cluster import NS, apply, condition, objs, patch, requests, status_of, wait_for
+
+PATH = f"/apis/sftop.dev/v1alpha1/namespaces/{NS}/sftjobs/tiny"
+
+
+def manifest(steps=40, save=10, data="tasks.jsonl", **training):
+    return {"apiVersion": "sftop.dev/v1alpha1", "kind": "SFTJob", "metadata": {"name": "tiny", "namespace": NS},
+            "spec": {"model": {"pvc": {"claimName": "models", "path": "tiny"}},
+                     "dataset": {"pvc": {"claimName": "data", "path": data}},
+                     "training": {"maxSteps": steps, "learningRate": 3.0e-3, "loggingSteps": 1, "saveSteps": save,
+                                  "perDeviceTrainBatchSize": 4, **training},
+                     "resources": {"gpus": 0, "cpu": 1, "memory": "2Gi"},
+                     "runPolicy": {"backoffLimit": 2},
+                     "output": {"pvc": {"claimName": "adapters", "create": {"size": "1Gi"}}}}}
+
+
+def phase(emu):
+    return status_of(emu, "tiny").get("phase")
+
+
+def trainer_pods(emu):
+    return sorted((p for p in objs(emu, "v1/pods")), key=lambda p: p["metadata"]["name"])
+
+
+async def test_run_succeeds_with_progress_result_and_adapter(cluster):
+    emu, node, _ = cluster
+    assert (await apply(emu, manifest(steps=60))).status == 201
+    seen = []
+
+    def mid_run_progress():
+        p = status_of(emu, "tiny").get("progress") or {}
+        if p:
+            seen.append(p)
+        return p and 0 < p.get("percent", 0) < 100 and p.get("loss") is not None
+
+    await wait_for(mid_run_progress, timeout=60, interval=0.2)
+    status = await wait_for(lambda: phase(emu) == "Succeeded" and status_of(emu, "tiny"), timeout=60)
+    result = status["result"]
+    run = status["run"]
+    assert result["steps"] == 60 and result["trainLoss"] > 0
+    assert result["adapterPath"] == f"adapters:{NS}/tiny/{run['id']}/adapter"
+    folder = node.volume("adapters") / NS / "tiny" / run["id"]
+    assert (folder / "adapter" / "adapter_model.safetensors").exists()
+    assert json.loads((folder / "result.json").read_text())["steps"] == 60
+    assert status["progress"]["percent"] == 100 and run["attempts"] == 1
+    assert condition(status, "Succeeded")["status"] == "True"
+
+
+async def test_killed_pod_is_retried_and_resumes_from_its_checkpoint(cluster):
+    emu, node, _ = cluster
+    await apply(emu, manifest(steps=120, save=10))
+    await wait_for(lambda: (status_of(emu, "tiny").get("progress") or {}).get("step", 0) >= 25, timeout=60,
+                   interval=0.2)
+    first = trainer_pods(emu)[0]["metadata"]["name"]
+    node.kill(NS, first)
+    status = await wait_for(lambda: phase(emu) == "Succeeded" and status_of(emu, "tiny"), timeout=90)
+    assert status["run"]["attempts"] == 2
+    folder = node.volume("adapters") / NS / "tiny" / status["run"]["id"]
+    result = json.loads((folder / "result.json").read_text())
+    assert result["resumedFromStep"] >= 20, "the retry started over instead of resuming"
+    assert result["steps"] == 120
+
+
+async def test_suspend_checkpoints_and_resume_continues_from_that_step(cluster):
+    emu, node, _ = cluster
+    await apply(emu, manifest(steps=300, save=1000))
+    await wait_for(lambda: (status_of(emu, "tiny").get("progress") or {}).get("step", 0) >= 10, timeout=60,
+                   interval=0.2)
+    await patch(emu, PATH, {"spec": {"suspend": True}})
+    await wait_for(lambda: phase(emu) == "Suspended" and not [p for p in objs(emu, "v1/pods")], timeout=60)
+    run = status_of(emu, "tiny")["run"]
+    checkpoints = list((node.volume("adapters") / NS / "tiny" / run["id"] / "checkpoints").glob("checkpoint-*"))
+    assert len(checkpoints) == 1, "saveSteps is 1000: the checkpoint is the one the suspension asked for"
+    stopped_at = int(checkpoints[0].name.split("-")[1])
+    await patch(emu, PATH, {"spec": {"suspend": False}})
+    status = await wait_for(lambda: phase(emu) == "Succeeded" and status_of(emu, "tiny"), timeout=90)
+    result = json.loads((node.volume("adapters") / NS / "tiny" / run["id"] / "result.json").read_text())
+    assert result["resumedFromStep"] == stopped_at > 0 and result["steps"] == 300
+    assert status["run"]["id"] == run["id"] and len(objs(emu, "batch/v1/jobs")) == 1
+
+
+async def test_operator_restarted_mid_run_finishes_without_a_duplicate_job(cluster):
+    emu, node, operator = cluster
+    await apply(emu, manifest(steps=80))
+    await wait_for(lambda: phase(emu) == "Running", timeout=60)
+    await operator.stop()
+    await asyncio.sleep(2)
+    await operator.start()
+    await wait_for(lambda: phase(emu) == "Succeeded", timeout=90)
+    assert len(objs(emu, "batch/v1/jobs")) == 1 and len(requests(emu, "POST", "/jobs")) == 1
+    assert len(trainer_pods(emu)) == 1
+
+
+async def test_data_error_fails_with_the_line_and_no_retry(cluster):
+    emu, node, _ = cluster
+    lines = (node.volume("data") / "tasks.jsonl").read_text().splitlines()
+    lines[6] = lines[6][:20]
+    (node.volume("data") / "broken.jsonl").write_text("\n".join(lines) + "\n")
+    await apply(emu, manifest(data="broken.jsonl"))
+    status = await wait_for(lambda: phase(emu) == "Failed" and status_of(emu, "tiny"), timeout=60)
+    failed = condition(status, "Failed")
+    assert failed["reason"] == "InvalidData" and "line 7" in failed["message"]
+    await asyncio.sleep(1)
+    assert len(trainer_pods(emu)) == 1, "a data error is not retried"
+    assert status["run"]["attempts"] == 1

@@ -1,0 +1,309 @@
+"""A node for end-to-end tests: it plays the Job controller and the kubelet against the emulated API server.
+
+For every Job that should have a pod, it creates the Pod, runs the pod's container as a local process (the real
+trainer on the CPU), and reports back what a kubelet and the Job controller would: pod phase, podIP, container
+state, exit code and termination message; the Job's active/succeeded/failed counts, startTime, completionTime
+and conditions (Complete; Failed with BackoffLimitExceeded or PodFailurePolicy; Suspended), following the Job's
+backoffLimit and podFailurePolicy. It honours Job suspend and pod deletion: SIGTERM, then the grace period,
+then SIGKILL.
+
+How a pod's world maps onto this machine:
+- volumes: a PersistentVolumeClaim is the folder `<root>/volumes/<claimName>`; a ConfigMap volume is written
+  to a folder per pod; emptyDirs are folders per pod. Each container path (mountPath) is rewritten to its local
+  folder in the container's args, env values and the ConfigMap files it mounts.
+- network: each pod gets its own loopback address 127.0.0.<n> as its podIP and is told to listen there
+  (SFTOP_PROGRESS_HOST), as a pod's network namespace would make it.
+- the image: the container runs `python -m sftop_trainer` from this environment, whatever its image says.
+- the termination message: the trainer writes `SFTOP_TERMINATION_LOG`, which points at a file per pod;
+  with FallbackToLogsOnError an empty message on failure becomes the log's tail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import itertools
+import json
+import os
+import re
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kmock
+
+from harness.apiserver import ApiServer, _now
+
+JOBS = kmock.resource("batch/v1/jobs")
+PODS = kmock.resource("v1/pods")
+SECRETS = kmock.resource("v1/secrets")
+CONFIGMAPS = kmock.resource("v1/configmaps")
+
+
+@dataclass
+class Container:
+    pod: str
+    namespace: str
+    job: str
+    ip: str
+    proc: asyncio.subprocess.Process
+    folder: Path
+    grace: float
+    log_task: asyncio.Task
+    stopping: bool = False
+    counted: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Node:
+    def __init__(self, emu: ApiServer, root: Path, interval: float = 0.1):
+        self.emu, self.root, self.interval = emu, Path(root), interval
+        self.containers: dict[tuple[str, str], Container] = {}
+        self.finished: set[tuple[str, str]] = set()  # pods whose container ran to its end
+        self.addresses = (f"127.0.0.{i}" for i in itertools.count(2))
+        self.names = itertools.count(1)
+        self.task: asyncio.Task | None = None
+
+    def volume(self, claim: str) -> Path:
+        path = self.root / "volumes" / claim
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # ------------------------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Node:
+        self.task = asyncio.create_task(self._loop(), name="node")
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        for c in list(self.containers.values()):
+            if c.proc.returncode is None:
+                c.proc.kill()
+                await c.proc.wait()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.sync()
+            except Exception as e:  # a node keeps running; the test sees what it reported
+                print(f"node: {type(e).__name__}: {e}", file=sys.stderr)
+            await asyncio.sleep(self.interval)
+
+    def _objects(self, resource: Any) -> list[dict[str, Any]]:
+        return [copy.deepcopy(o.raw) for (r, _, _), o in list(self.emu.objects.items()) if r == resource and not o.deleted]
+
+    async def _write(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        call = {"post": self.emu.post, "patch": self.emu.patch}[method]
+        resp = await call(path, json=body, headers={"Content-Type": "application/merge-patch+json"})
+        return await resp.json() if resp.status < 300 else None
+
+    # ------------------------------------------------------------------------------------- one pass
+
+    async def sync(self) -> None:
+        pods = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in self._objects(PODS)}
+        # pods deleted through the API (or by the garbage collector): stop their containers
+        for key, c in list(self.containers.items()):
+            if key not in pods and not c.stopping and c.proc.returncode is None:
+                asyncio.create_task(self._stop(c))
+        for key, c in list(self.containers.items()):
+            if c.proc.returncode is not None and not c.counted and key in pods:
+                await self._report_exit(c, pods[key])
+        for job in self._objects(JOBS):
+            await self._sync_job(job, [p for p in pods.values() if p["metadata"].get("labels", {}).get("job-name")
+                                        == job["metadata"]["name"] and p["metadata"]["namespace"]
+                                        == job["metadata"]["namespace"]])
+
+    async def _sync_job(self, job: dict[str, Any], pods: list[dict[str, Any]]) -> None:
+        meta, spec = job["metadata"], job["spec"]
+        status = job.get("status") or {}
+        conditions = status.get("conditions") or []
+        if any(c["type"] in ("Complete", "Failed") and c["status"] == "True" for c in conditions):
+            return
+        path = f"/apis/batch/v1/namespaces/{meta['namespace']}/jobs/{meta['name']}/status"
+        live = [p for p in pods if p.get("status", {}).get("phase") in ("Pending", "Running")]
+        if spec.get("suspend"):
+            for p in live:
+                c = self.containers.get((p["metadata"]["namespace"], p["metadata"]["name"]))
+                if c is not None and not c.stopping:
+                    asyncio.create_task(self._stop(c, delete_pod=True))
+            if not any(c["type"] == "Suspended" and c["status"] == "True" for c in conditions):
+                await self._write("patch", path, {"status": {"active": 0, "conditions": conditions + [
+                    {"type": "Suspended", "status": "True", "reason": "JobSuspended", "lastTransitionTime": _now()}]}})
+            return
+        if any(c["type"] == "Suspended" and c["status"] == "True" for c in conditions):
+            conditions = [c for c in conditions if c["type"] != "Suspended"]
+            await self._write("patch", path, {"status": {"conditions": conditions or None}})
+        succeeded = [p for p in pods if p.get("status", {}).get("phase") == "Succeeded"]
+        failed = [p for p in pods if p.get("status", {}).get("phase") == "Failed"
+                  and not p["metadata"].get("annotations", {}).get("test.sftop.dev/ignored")]
+        update: dict[str, Any] = {"active": len(live), "succeeded": len(succeeded), "failed": len(failed)}
+        if succeeded:
+            update.update(completionTime=_now(), active=0, conditions=conditions + [
+                {"type": "Complete", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": _now()}])
+        else:
+            verdict = self._failure_verdict(spec, failed)
+            if verdict is not None:
+                update["conditions"] = conditions + [{"type": "Failed", "status": "True", "reason": verdict[0],
+                                                      "message": verdict[1], "lastTransitionTime": _now()}]
+                for p in live:
+                    c = self.containers.get((p["metadata"]["namespace"], p["metadata"]["name"]))
+                    if c is not None:
+                        asyncio.create_task(self._stop(c, delete_pod=True))
+            elif not live:
+                await self._start_pod(job)
+                update["active"] = 1
+                update.setdefault("startTime", status.get("startTime") or _now())
+        if any(update.get(k) != status.get(k) for k in update):
+            await self._write("patch", path, {"status": update})
+
+    @staticmethod
+    def _failure_verdict(spec: dict[str, Any], failed: list[dict[str, Any]]) -> tuple[str, str] | None:
+        for p in failed:
+            code = p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"]
+            for rule in (spec.get("podFailurePolicy") or {}).get("rules", []):
+                codes = rule.get("onExitCodes") or {}
+                if rule["action"] == "FailJob" and code in codes.get("values", []):
+                    return "PodFailurePolicy", f"Container trainer for pod {p['metadata']['name']} failed with exit " \
+                                               f"code {code} matching FailJob rule"
+        if len(failed) > spec.get("backoffLimit", 6):
+            return "BackoffLimitExceeded", "Job has reached the specified backoff limit"
+        return None
+
+    # ------------------------------------------------------------------------------------------ pods
+
+    async def _start_pod(self, job: dict[str, Any]) -> None:
+        meta, template = job["metadata"], job["spec"]["template"]
+        name = f"{meta['name']}-{next(self.names):05d}"
+        ip = next(self.addresses)
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": meta["namespace"],
+                            "labels": {**template["metadata"].get("labels", {}), "job-name": meta["name"],
+                                       "batch.kubernetes.io/job-name": meta["name"]},
+                            "annotations": dict(template["metadata"].get("annotations", {})),
+                            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],
+                                                 "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}]},
+               "spec": copy.deepcopy(template["spec"]), "status": {"phase": "Pending"}}
+        created = await self._write("post", f"/api/v1/namespaces/{meta['namespace']}/pods", pod)
+        if created is None:
+            return
+        folder = self.root / "pods" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        spec = pod["spec"]
+        container = spec["containers"][0]
+        mounts = self._mounts(meta["namespace"], spec, container, folder)
+        env = {**{k: v for k, v in os.environ.items() if k.startswith(("PATH", "HOME", "HF_", "PYTHON", "LANG"))},
+               "SFTOP_TERMINATION_LOG": str(folder / "termination-log"), "SFTOP_PROGRESS_HOST": ip,
+               "PYTHONUNBUFFERED": "1"}
+        for item in container.get("env", []):
+            env[item["name"]] = self._env_value(meta["namespace"], item, mounts)
+        env["SFTOP_TERMINATION_LOG"] = str(folder / "termination-log")
+        args = [rewrite(a, mounts) for a in container.get("args", [])]
+        log = open(folder / "log", "wb")
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "sftop_trainer", *args,
+                                                    stdout=log, stderr=asyncio.subprocess.STDOUT, env=env,
+                                                    start_new_session=True)
+        log.close()
+        c = Container(name, meta["namespace"], meta["name"], ip, proc, folder,
+                      float(spec.get("terminationGracePeriodSeconds", 30)),
+                      asyncio.create_task(proc.wait()))
+        self.containers[(meta["namespace"], name)] = c
+        await self._write("patch", f"/api/v1/namespaces/{meta['namespace']}/pods/{name}/status", {"status": {
+            "phase": "Running", "podIP": ip, "startTime": _now(),
+            "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}],
+            "containerStatuses": [{"name": "trainer", "ready": True, "restartCount": 0, "image": container["image"],
+                                   "state": {"running": {"startedAt": _now()}}}]}})
+
+    def _mounts(self, namespace: str, spec: dict[str, Any], container: dict[str, Any],
+                folder: Path) -> dict[str, str]:
+        """container path -> local folder, with the volumes' contents in place."""
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        local: dict[str, str] = {}
+        for m in container.get("volumeMounts", []):
+            v = volumes[m["volumeName"] if "volumeName" in m else m["name"]]
+            if "persistentVolumeClaim" in v:
+                path = self.volume(v["persistentVolumeClaim"]["claimName"])
+                if m.get("subPath"):
+                    path = path / m["subPath"]
+                    path.mkdir(parents=True, exist_ok=True)
+            else:
+                path = folder / "volumes" / m["name"]
+                path.mkdir(parents=True, exist_ok=True)
+            local[m["mountPath"]] = str(path)
+        for m in container.get("volumeMounts", []):  # ConfigMap contents, with container paths made local
+            v = volumes[m["name"]]
+            if "configMap" in v:
+                cm = self.emu.objects[CONFIGMAPS, namespace, v["configMap"]["name"]].raw
+                items = v["configMap"].get("items") or [{"key": k, "path": k} for k in cm.get("data", {})]
+                for item in items:
+                    (Path(local[m["mountPath"]]) / item["path"]).write_text(rewrite(cm["data"][item["key"]], local))
+        return local
+
+    def _env_value(self, namespace: str, item: dict[str, Any], mounts: dict[str, str]) -> str:
+        if "value" in item:
+            return rewrite(item["value"], mounts)
+        ref = item["valueFrom"]["secretKeyRef"]
+        secret = self.emu.objects[SECRETS, namespace, ref["name"]].raw
+        return base64.b64decode(secret["data"][ref["key"]]).decode()
+
+    async def _stop(self, c: Container, delete_pod: bool = False) -> None:
+        """What kubelet does to a deleted pod: SIGTERM, the grace period, SIGKILL."""
+        c.stopping = True
+        if c.proc.returncode is None:
+            os.killpg(c.proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.shield(c.log_task), c.grace)
+            except asyncio.TimeoutError:
+                os.killpg(c.proc.pid, signal.SIGKILL)
+                await c.log_task
+        if delete_pod:
+            await self.emu.delete(f"/api/v1/namespaces/{c.namespace}/pods/{c.pod}")
+
+    def kill(self, namespace: str, pod: str) -> None:
+        """The container dies at once (a node failure, SIGKILL): no checkpoint."""
+        c = self.containers[(namespace, pod)]
+        os.killpg(c.proc.pid, signal.SIGKILL)
+
+    async def _report_exit(self, c: Container, pod: dict[str, Any]) -> None:
+        c.counted = True
+        code = c.proc.returncode
+        code = 128 - code if code < 0 else code  # killed by a signal: 128 + its number, as a container runtime says
+        message_file = c.folder / "termination-log"
+        message = message_file.read_text() if message_file.exists() else ""
+        if not message and code != 0:  # FallbackToLogsOnError
+            message = (c.folder / "log").read_bytes()[-2048:].decode(errors="replace")
+        state = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": message,
+                 "startedAt": pod.get("status", {}).get("startTime"), "finishedAt": _now()}
+        status: dict[str, Any] = {"phase": "Succeeded" if code == 0 else "Failed",
+                                  "containerStatuses": [{"name": "trainer", "ready": False, "restartCount": 0,
+                                                         "state": {"terminated": state}}]}
+        path = f"/api/v1/namespaces/{c.namespace}/pods/{c.pod}"
+        if self._ignored(pod, code):  # podFailurePolicy Ignore: the Job controller does not count it
+            await self._write("patch", path, {"metadata": {"annotations": {"test.sftop.dev/ignored": "true"}}})
+        await self._write("patch", f"{path}/status", {"status": status})
+
+    def _ignored(self, pod: dict[str, Any], code: int) -> bool:
+        job = self.emu.objects[JOBS, pod["metadata"]["namespace"], pod["metadata"]["labels"]["job-name"]]
+        if job.deleted:
+            return False
+        rules = (job.raw["spec"].get("podFailurePolicy") or {}).get("rules", [])
+        return any(r["action"] == "Ignore" and code in (r.get("onExitCodes") or {}).get("values", []) for r in rules)
+
+
+def rewrite(text: str, mounts: dict[str, str]) -> str:
+    """Container paths -> local paths, in one pass (a replacement is never rewritten again), longest mount
+    first, and only where a whole path starts (`/output/x`, not `/outputs`)."""
+    if not mounts:
+        return text
+    alternatives = "|".join(re.escape(p) for p in sorted(mounts, key=len, reverse=True))
+    pattern = re.compile(rf"(?<![\w./-])({alternatives})(?=/|\"|'|\s|$)")
+    return pattern.sub(lambda m: mounts[m.group(1)], text)
+
+
+def events(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.read_text(errors="replace").splitlines() if line.startswith("{")]
