@@ -4,6 +4,8 @@ the CPU, and a node that runs its pods (tests/harness/node.py)."""
 import asyncio
 import json
 
+import yaml
+
 from harness.cluster import NS, apply, condition, objs, patch, requests, status_of, wait_for
 
 PATH = f"/apis/sftop.dev/v1alpha1/namespaces/{NS}/sftjobs/tiny"
@@ -28,18 +30,33 @@ def trainer_pods(emu):
     return sorted((p for p in objs(emu, "v1/pods")), key=lambda p: p["metadata"]["name"])
 
 
-async def test_run_succeeds_with_progress_result_and_adapter(cluster):
+async def kubectl(emu, *args):
+    proc = await asyncio.create_subprocess_exec(
+        "kubectl", "--server", str(emu.url).rstrip("/"), "--namespace", NS, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def test_kubectl_apply_runs_to_succeeded_with_progress_result_and_adapter(cluster, tmp_path):
     emu, node, _ = cluster
-    assert (await apply(emu, manifest(steps=60))).status == 201
-    seen = []
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(manifest(steps=60)))
+    # kubectl cannot download OpenAPI from the emulated server: client-side validation off (the server validates)
+    assert "sftjob.sftop.dev/tiny created" in await kubectl(emu, "apply", "--validate=false", "-f", str(path))
 
     def mid_run_progress():
         p = status_of(emu, "tiny").get("progress") or {}
-        if p:
-            seen.append(p)
-        return p and 0 < p.get("percent", 0) < 100 and p.get("loss") is not None
+        return p if p and 0 < p.get("percent", 0) < 100 and p.get("loss") is not None and p.get("eta") else None
 
-    await wait_for(mid_run_progress, timeout=60, interval=0.2)
+    progress = await wait_for(mid_run_progress, timeout=60, interval=0.2)
+    table = await kubectl(emu, "get", "sftjobs")
+    header, row = table.splitlines()[:2]
+    assert header.split() == ["NAME", "PHASE", "MODEL", "METHOD", "PROGRESS", "LOSS", "ETA", "AGE"]
+    cells = row.split()
+    assert cells[:4] == ["tiny", "Running", "pvc:models/tiny", "lora"] and 0 < int(cells[4]) < 100
+    assert float(cells[5]) > 0 and cells[6].endswith("s") and progress["step"] > 0
     status = await wait_for(lambda: phase(emu) == "Succeeded" and status_of(emu, "tiny"), timeout=60)
     result = status["result"]
     run = status["run"]
@@ -50,6 +67,11 @@ async def test_run_succeeds_with_progress_result_and_adapter(cluster):
     assert json.loads((folder / "result.json").read_text())["steps"] == 60
     assert status["progress"]["percent"] == 100 and run["attempts"] == 1
     assert condition(status, "Succeeded")["status"] == "True"
+    described = await kubectl(emu, "describe", "sftjob", "tiny")
+    events = described.split("Events:", 1)[1]
+    for reason in ("PodStarting", "Training", "Succeeded"):
+        assert reason in events, described
+    assert "Succeeded" in (await kubectl(emu, "get", "sft", "tiny")).splitlines()[1]
 
 
 async def test_killed_pod_is_retried_and_resumes_from_its_checkpoint(cluster):

@@ -13,7 +13,9 @@ checks each one.
 | status subresource | for resources with a status subresource, ignores status on create and on writes to the main resource, and writes only status through /status |
 | CRD schema | drops null values of non-nullable fields, prunes unknown fields (rejects them with fieldValidation=Strict), applies defaults, and rejects an SFTJob that breaks the CRD's schema or CEL rules with 422 Invalid |
 | list kind | answers LIST with kind `<Kind>List`, apiVersion and metadata.resourceVersion |
-| label selectors | filters LIST by `labelSelector` (equality, inequality, existence) |
+| label selectors | filters LIST by `labelSelector` (equality, inequality, existence) and `fieldSelector` (equality) |
+| tables | answers `Accept: ...;as=Table` (kubectl get) for SFTJobs with the CRD's printer columns |
+| discovery | core group version `v1` (kmock says `/v1`); subresources without short names or categories |
 | garbage collector | deletes the objects whose ownerReferences name a deleted object (background propagation) |
 | faults | can answer chosen requests with an error, for fault-injection tests (`fail_next`) |
 
@@ -28,6 +30,7 @@ import copy
 import datetime
 import itertools
 import random
+import re
 import string
 import uuid
 from typing import Any
@@ -242,12 +245,32 @@ class ApiServer(kmock.KubernetesEmulator):
             if child:
                 await self._collect_garbage(child)
 
+    async def _serve_version(self, request: Any):
+        answer = await super()._serve_version(request)
+        if request.resource.group == "":
+            answer["groupVersion"] = request.resource.version
+        for res in answer["resources"]:
+            if "/" in res["name"]:
+                res.update(shortNames=[], categories=[], singularName="")
+        return answer
+
+    async def _serve_fetch(self, request: Any):
+        answer = await super()._serve_fetch(request)
+        if _wants_table(request) and _res(request.resource) == SFTJOBS:
+            return table([answer])
+        return answer
+
     async def _serve_list(self, request: Any):
         answer = await super()._serve_list(request)
         selector = request.params.get("labelSelector")
         if selector:
             answer["items"] = [o for o in answer["items"]
                                if matches(o.get("metadata", {}).get("labels") or {}, selector)]
+        fields = request.params.get("fieldSelector")
+        if fields:
+            answer["items"] = [o for o in answer["items"] if field_matches(o, fields)]
+        if _wants_table(request) and _res(request.resource) == SFTJOBS:
+            return table(answer["items"])
         info = self.resources[request.resource]
         kind = info.kind if info is not None and info.kind else request.resource.plural.capitalize()
         answer["kind"] = f"{kind}List"
@@ -256,5 +279,72 @@ class ApiServer(kmock.KubernetesEmulator):
         return answer
 
 
-async def settle(seconds: float = 0.05) -> None:
-    await asyncio.sleep(seconds)
+def field_matches(obj: dict[str, Any], selector: str) -> bool:
+    for term in filter(None, selector.split(",")):
+        key, _, want = term.replace("==", "=").partition("=")
+        value: Any = obj
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if str(value if value is not None else "") != want:
+            return False
+    return True
+
+
+def _wants_table(request: Any) -> bool:
+    return "as=Table" in (request.headers.get("Accept") or "")
+
+
+def jsonpath(obj: Any, path: str) -> list[Any]:
+    """The JSONPath subset printer columns use: `.a.b`, `.a[0]`, `.a[*].b`, `.a[?(@.k=="v")].b`."""
+    values = [obj]
+    for token in re.findall(r'\.([A-Za-z0-9_-]+)|\[(\d+|\*|\?\(@\.([A-Za-z0-9_]+)==["\']([^"\']*)["\']\))\]', path):
+        key, index, fkey, fval = token
+        out = []
+        for v in values:
+            if key:
+                if isinstance(v, dict) and key in v:
+                    out.append(v[key])
+            elif isinstance(v, list):
+                if index == "*":
+                    out += v
+                elif fkey:
+                    out += [i for i in v if isinstance(i, dict) and str(i.get(fkey)) == fval]
+                elif int(index) < len(v):
+                    out.append(v[int(index)])
+        values = out
+    return values
+
+
+def _age(stamp: str | None) -> str:
+    if not stamp:
+        return "<unknown>"
+    then = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+    seconds = int((datetime.datetime.now(datetime.timezone.utc) - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def table(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """A meta.k8s.io/v1 Table of SFTJobs, as the API server renders the CRD's additionalPrinterColumns."""
+    from sftop.crd import PRINTER_COLUMNS
+
+    columns = [{"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0}]
+    columns += [{"name": c["name"], "type": c["type"], "format": "", "description": c.get("description", ""),
+                 "priority": c.get("priority", 0)} for c in PRINTER_COLUMNS]
+    rows = []
+    for obj in items:
+        cells: list[Any] = [obj["metadata"]["name"]]
+        for c in PRINTER_COLUMNS:
+            found = jsonpath(obj, c["jsonPath"])
+            if c["type"] == "date":
+                cells.append(_age(found[0] if found else None))
+            elif not found:
+                cells.append(None)
+            else:
+                cells.append(",".join(str(v) for v in found) if len(found) > 1 else found[0])
+        rows.append({"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                                                "metadata": obj["metadata"]}})
+    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": "1"},
+            "columnDefinitions": columns, "rows": rows}

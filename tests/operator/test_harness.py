@@ -110,3 +110,30 @@ async def test_fault_injection(apiserver):
     assert (await create_cm(apiserver, body)).status == 503
     assert (await create_cm(apiserver, body)).status == 201
     assert (kmock.resource("v1/configmaps"), NS, "a") in apiserver.objects
+
+
+async def test_table_for_kubectl_get_has_the_printer_columns(apiserver):
+    await apply(apiserver, sftjob())
+    await patch(apiserver, f"{PATH}/chat/status", {"status": {"phase": "Running", "progress": {"percent": 40,
+                                                                                              "loss": 1.5}}})
+    resp = await apiserver.get(PATH, headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"})
+    body = await resp.json()
+    assert body["kind"] == "Table"
+    names = [c["name"] for c in body["columnDefinitions"]]
+    assert names[:6] == ["Name", "Phase", "Model", "Method", "Progress", "Loss"]
+    cells = dict(zip(names, body["rows"][0]["cells"]))
+    assert (cells["Phase"], cells["Progress"], cells["Loss"], cells["Method"]) == ("Running", 40, 1.5, "lora")
+
+
+async def test_field_selector_and_core_discovery(apiserver):
+    for name, kind in (("a", "SFTJob"), ("b", "Pod")):
+        await apiserver.post(f"/api/v1/namespaces/{NS}/events", json={
+            "apiVersion": "v1", "kind": "Event", "metadata": {"name": name},
+            "involvedObject": {"kind": kind, "name": "chat"}, "reason": "R", "message": "m"})
+    resp = await apiserver.get(f"/api/v1/namespaces/{NS}/events?fieldSelector=involvedObject.kind%3DSFTJob")
+    assert [e["metadata"]["name"] for e in (await resp.json())["items"]] == ["a"]
+    discovery = await (await apiserver.get("/api/v1")).json()
+    assert discovery["groupVersion"] == "v1"
+    sft = await (await apiserver.get("/apis/sftop.dev/v1alpha1")).json()
+    status = next(r for r in sft["resources"] if r["name"] == "sftjobs/status")
+    assert status["shortNames"] == [] and status["categories"] == []
