@@ -35,7 +35,7 @@ def peak_rss_mib(pid: int) -> float:
 async def one(n: int) -> dict:
     async with ApiServer() as emu, kmock.Server(emu) as server:
         url = str(server.url).rstrip("/")
-        env = {**os.environ, "SFTOP_K8S_SERVER": url, "SFTOP_HEALTH_PORT": "0", "SFTOP_LOG_LEVEL": "WARNING",
+        env = {**os.environ, "SFTOP_K8S_SERVER": url, "SFTOP_HEALTH_PORT": "0", "SFTOP_METRICS_PORT": "0", "SFTOP_LOG_LEVEL": "WARNING",
                "SFTOP_RESYNC_INTERVAL": "600"}
         proc = subprocess.Popen([sys.executable, "-m", "sftop.cli", "operator"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

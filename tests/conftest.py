@@ -35,8 +35,14 @@ def tiny_model_without_template(tmp_path_factory) -> Path:
 @pytest.fixture
 async def apiserver():
     """The emulated API server (tests/harness/apiserver.py) on a loopback port."""
+    from harness.apiserver import forbidden_requests
+    from sftop.rbac import RULES
+
     async with ApiServer() as emu, kmock.Server(emu):
         yield emu
+        # Every request the operator made here must be one its RBAC (the Helm chart's) allows.
+        forbidden = forbidden_requests(emu, RULES)
+        assert forbidden == [], f"the operator made requests its RBAC rules do not allow: {forbidden}"
 
 
 @pytest.fixture
@@ -46,6 +52,7 @@ async def operator(apiserver, monkeypatch):
     monkeypatch.setenv("SFTOP_PROGRESS_INTERVAL", "1")
     monkeypatch.setenv("SFTOP_RESYNC_INTERVAL", "5")
     monkeypatch.setenv("SFTOP_TRAINER_IMAGE", "ghcr.io/sftop/sftop-trainer:test")
+    monkeypatch.setenv("SFTOP_METRICS_PORT", "0")
     op = Operator(apiserver)
     await op.start()
     try:

@@ -137,6 +137,7 @@ class Controller:
         self.failures: dict[Key, int] = {}
         self.progress_read: dict[Key, float] = {}
         self.reconciles = 0
+        self.errors = 0
 
     # ------------------------------------------------------------------------- watch events (async)
 
@@ -180,6 +181,7 @@ class Controller:
                 delay = await asyncio.to_thread(self.reconcile, key)
                 self.failures.pop(key, None)
             except Exception:
+                self.errors += 1
                 count = self.failures[key] = self.failures.get(key, 0) + 1
                 delay = ERROR_BACKOFF[min(count, len(ERROR_BACKOFF)) - 1]
                 log.exception("reconciling SFTJob %s/%s failed (attempt %d); retrying in %.0fs", *key, count, delay)

@@ -45,6 +45,10 @@ async def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any
     controller = Controller(ours, Kube(ours))
     STATE["controller"] = controller
     STATE["task"] = asyncio.create_task(controller.run(), name="sftop-workers")
+    if ours.metrics_port:
+        from sftop import metrics
+
+        STATE["metrics"] = await metrics.serve(controller, ours.metrics_port)
     logger.info(f"sftop operator: watching {'all namespaces' if ours.clusterwide else ', '.join(ours.namespaces)}, "
                 f"trainer image {ours.trainer_image}, {ours.workers} workers")
 
@@ -55,6 +59,9 @@ async def cleanup(**_: Any) -> None:
     if task is not None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+    runner = STATE.pop("metrics", None)
+    if runner is not None:
+        await runner.cleanup()
     controller = STATE.pop("controller", None)
     if controller is not None:
         controller.kube.close()

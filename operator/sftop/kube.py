@@ -18,7 +18,7 @@ import kubernetes
 from kubernetes.client.rest import ApiException
 
 from sftop import api
-from sftop.settings import Settings
+from sftop.settings import Settings, _version
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,6 +63,7 @@ class Kube:
             except kubernetes.config.ConfigException:
                 kubernetes.config.load_kube_config()
             client = kubernetes.client.ApiClient()
+        client.user_agent = f"sftop-operator/{_version()}"  # what audit logs (and the tests) see
         self.client = client
         self.core = kubernetes.client.CoreV1Api(client)
         self.batch = kubernetes.client.BatchV1Api(client)

@@ -13,7 +13,8 @@
 | SFTOP_WORKERS | 8 | SFTJobs reconciled at the same time |
 | SFTOP_LOG_FORMAT | text | text or json |
 | SFTOP_LOG_LEVEL | INFO | Python log level |
-| SFTOP_HEALTH_PORT | 8081 | port of the liveness endpoint (/healthz) |
+| SFTOP_HEALTH_PORT | 8081 | port of the liveness endpoint (/healthz); 0 turns it off |
+| SFTOP_METRICS_PORT | 8080 | port of the Prometheus metrics endpoint (/metrics); 0 turns it off |
 | SFTOP_K8S_SERVER | (empty) | talk to this API server URL instead of the in-cluster or kubeconfig one (tests) |
 """
 
@@ -49,6 +50,7 @@ class Settings:
     log_format: str = "text"
     log_level: str = "INFO"
     health_port: int = 8081
+    metrics_port: int = 8080
     k8s_server: str | None = None
 
     @property
@@ -85,6 +87,7 @@ class Settings:
         number("SFTOP_TERMINATION_GRACE_SECONDS", int, 1)
         number("SFTOP_WORKERS", int, 1)
         number("SFTOP_HEALTH_PORT", int, 0)
+        number("SFTOP_METRICS_PORT", int, 0)
         if env.get("SFTOP_K8S_SERVER"):
             kw["k8s_server"] = env["SFTOP_K8S_SERVER"]
         return cls(**kw)

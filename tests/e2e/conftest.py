@@ -23,6 +23,7 @@ async def cluster(apiserver, tmp_path, tiny_model, monkeypatch):
     monkeypatch.setenv("SFTOP_PROGRESS_PORT", str(free_port()))
     monkeypatch.setenv("SFTOP_RESYNC_INTERVAL", "10")
     monkeypatch.setenv("SFTOP_TERMINATION_GRACE_SECONDS", "30")
+    monkeypatch.setenv("SFTOP_METRICS_PORT", "0")
     node = Node(apiserver, tmp_path)
     shutil.copytree(tiny_model, node.volume("models") / "tiny")
     write_jsonl(task_api_rows(96), node.volume("data") / "tasks.jsonl")

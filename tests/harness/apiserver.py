@@ -348,3 +348,30 @@ def table(items: list[dict[str, Any]]) -> dict[str, Any]:
                                                 "metadata": obj["metadata"]}})
     return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": "1"},
             "columnDefinitions": columns, "rows": rows}
+
+
+OPERATOR_AGENTS = ("kopf/", "sftop-operator/")
+
+
+def verb(request: Any) -> str:
+    method = request.method.value.upper()
+    if method == "GET":
+        if request.params.get("watch") in ("true", "1"):
+            return "watch"
+        return "get" if request.name else "list"
+    return {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}[method]
+
+
+def forbidden_requests(emu: ApiServer, rules: list[dict[str, Any]]) -> list[str]:
+    """The operator's requests (by User-Agent) that `rules` would not allow; discovery is open to everyone."""
+    from sftop.rbac import allows
+
+    out = []
+    for r in emu.log:
+        if not (r.headers.get("User-Agent") or "").startswith(OPERATOR_AGENTS) or r.resource is None \
+                or r.resource.plural is None:
+            continue
+        resource = r.resource.plural + (f"/{r.subresource}" if r.subresource else "")
+        if not allows(rules, r.resource.group, resource, verb(r)):
+            out.append(f"{verb(r)} {r.resource.group or 'core'}/{resource} ({r.method.value} {r.url.path_qs})")
+    return sorted(set(out))

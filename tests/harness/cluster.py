@@ -17,7 +17,9 @@ from harness.apiserver import SFTJOBS, ApiServer
 NS = "team-a"
 
 
-async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
+                   explain: Callable[[], Any] | None = None) -> Any:
+    """Poll `predicate` until it returns something true; on timeout, fail with what `explain` says."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -27,7 +29,9 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {getattr(predicate, '__name__', predicate)}")
+            detail = f"; {explain()}" if explain else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {getattr(predicate, '__name__', predicate)}"
+                                 f"{detail}")
         await asyncio.sleep(interval)
 
 

@@ -1,0 +1,40 @@
+"""Exactly what the operator may do in the API: the rules of its ClusterRole (or its Roles when it watches a
+list of namespaces). The Helm chart takes them from helm/sftop/files/rbac-rules.yaml, which a test keeps equal
+to these, and the operator and end-to-end suites check every request the operator made against them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from sftop import api
+
+RULES: list[dict[str, Any]] = [
+    # kopf follows CustomResourceDefinitions to learn when the resources it watches appear or change
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
+    # watch SFTJobs, write only their status
+    {"apiGroups": [api.GROUP], "resources": [api.PLURAL], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [api.GROUP], "resources": [f"{api.PLURAL}/status"], "verbs": ["get", "patch"]},
+    # the runs' Jobs: create, suspend/resume, stop a superseded run
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+    # the trainer pods: state, termination message, IP for progress
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    # the trainer-config ConfigMaps; a ConfigMap data source is checked to exist
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create"]},
+    # output claims (created when asked) and input claims (checked to exist)
+    {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "create"]},
+    # a hub token Secret is checked to exist and to have its key; never listed or watched
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+    # Events on SFTJobs
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+]
+
+
+def rules_yaml() -> str:
+    return ("# Generated from operator/sftop/rbac.py; a test keeps them equal.\n"
+            + yaml.safe_dump({"rules": RULES}, sort_keys=False))
+
+
+def allows(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -> bool:
+    return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in rules)
