@@ -15,7 +15,7 @@ checks each one.
 | list kind | answers LIST with kind `<Kind>List`, apiVersion and metadata.resourceVersion |
 | label selectors | filters LIST by `labelSelector` (equality, inequality, existence) and `fieldSelector` (equality) |
 | tables | answers `Accept: ...;as=Table` (kubectl get) for SFTJobs with the CRD's printer columns |
-| discovery | core group version `v1` (kmock says `/v1`); subresources without short names or categories |
+| discovery | core group version `v1` (kmock says `/v1`); subresources without short names or categories; /version says 1.32 |
 | garbage collector | deletes the objects whose ownerReferences name a deleted object (background propagation) |
 | faults | can answer chosen requests with an error, for fault-injection tests (`fail_next`) |
 
@@ -244,6 +244,9 @@ class ApiServer(kmock.KubernetesEmulator):
         for child in doomed:
             if child:
                 await self._collect_garbage(child)
+
+    async def _serve_server_version(self, request: Any):
+        return {"major": "1", "minor": "32", "gitVersion": "v1.32.0", "platform": "linux/amd64"}
 
     async def _serve_version(self, request: Any):
         answer = await super()._serve_version(request)

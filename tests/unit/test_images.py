@@ -33,3 +33,28 @@ def test_trainer_dockerfile_runs_sftop_train_as_a_non_root_user():
     assert user and user[-1].split(":")[0].isdigit() and user[-1].split(":")[0] != "0"
     assert re.search(r'^ENTRYPOINT \["sftop-train"\]', text, re.M)
     assert "pip install --no-deps /src" in text, "the package goes in without its extras"
+
+
+def test_operator_image_has_no_ml_stack_and_runs_as_non_root():
+    deps = pins(ROOT / "operator" / "requirements.txt")
+    assert {"kopf", "kubernetes", "pydantic"} <= set(deps)
+    assert not {"torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate"} & set(deps)
+    tested = pins(ROOT / "constraints.txt")
+    assert {name: tested.get(name) for name in deps} == deps, "the image must pin what CI tests"
+    text = (ROOT / "operator" / "Dockerfile").read_text()
+    base = re.search(r"^FROM (\S+)", text, re.M).group(1)
+    assert ":" in base and not base.endswith(":latest")
+    user = re.findall(r"^USER (\S+)", text, re.M)[-1].split(":")[0]
+    assert user.isdigit() and user != "0"
+    assert re.search(r'^ENTRYPOINT \["sftop", "operator"\]', text, re.M)
+
+
+def test_operator_package_imports_without_the_ml_stack():
+    """The operator image installs no torch: importing the operator must not need it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None; sys.modules['trl'] = None\n"
+            "import sftop.handlers, sftop.cli, sftop.render, sftop.controller, sftop.validate\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

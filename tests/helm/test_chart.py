@@ -1,0 +1,182 @@
+"""The Helm chart: lints, renders valid least-privilege objects for each way it is used, rejects bad values."""
+
+import asyncio
+import glob
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from harness.pss import restricted_violations
+from sftop.crd import crd
+from sftop.rbac import RULES, rules_yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "sftop"
+TOOL = Path(__file__).with_name("helm_tool.py")
+
+
+def python312() -> str:
+    """An interpreter helm-sdkpy runs on (>= 3.12): SFTOP_HELM_PYTHON, python3.12/3.13 on PATH, or pyenv's."""
+    candidates = [os.environ.get("SFTOP_HELM_PYTHON"), shutil.which("python3.13"), shutil.which("python3.12")]
+    candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.1[2-9]*/bin/python")), reverse=True)
+    for candidate in filter(None, candidates):
+        out = subprocess.run([candidate, "-c", "import sys; print(sys.version_info >= (3, 12))"],
+                             capture_output=True, text=True)
+        if out.stdout.strip() == "True":
+            return candidate
+    pytest.fail("the chart tests need Python >= 3.12 for helm-sdkpy: set SFTOP_HELM_PYTHON")
+
+
+@pytest.fixture(scope="session")
+def helm_python() -> str:
+    venv = ROOT / ".venv-helm"
+    python = venv / "bin" / "python"
+    if not python.exists() or subprocess.run([python, "-c", "import helm_sdkpy, yaml"]).returncode != 0:
+        subprocess.run([python312(), "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([python, "-m", "pip", "install", "-q", "-r", str(Path(__file__).with_name("requirements.txt"))],
+                       check=True)
+    return str(python)
+
+
+def lint(helm_python, values):
+    out = subprocess.run([helm_python, str(TOOL), "lint", str(CHART), json.dumps(values)], capture_output=True,
+                         text=True, env={**os.environ, "HELM_DRIVER": "memory"})
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)["lint"]
+
+
+async def render(helm_python, apiserver, tmp_path, values):
+    url = str(apiserver.url).rstrip("/")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "test", "cluster": {"server": url, "insecure-skip-tls-verify": True}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test", "namespace": "sftop-system"}}],
+        "users": [{"name": "test", "user": {"token": "test"}}]}))
+    proc = await asyncio.create_subprocess_exec(
+        helm_python, str(TOOL), "render", str(CHART), json.dumps(values), str(kubeconfig), "sftop", "sftop-system",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, "HELM_DRIVER": "memory"})
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    answer = json.loads(out)
+    if "error" in answer:
+        return answer["error"]
+    return [d for d in yaml.safe_load_all(answer["manifest"]) if d]
+
+
+VARIANTS = {
+    "default": {},
+    "two-namespaces": {"watchNamespaces": ["team-a", "team-b"]},
+    "service-monitor": {"metrics": {"enabled": True, "serviceMonitor": {"enabled": True, "labels": {"release": "kps"}}}},
+    "network-policy": {"networkPolicy": {"enabled": True}, "watchNamespaces": ["team-a"]},
+}
+
+
+@pytest.mark.parametrize("variant", ["default", "non-default"])
+def test_chart_lints(helm_python, variant):
+    values = {} if variant == "default" else {**VARIANTS["two-namespaces"], **VARIANTS["service-monitor"],
+                                              "logging": {"level": "DEBUG", "format": "text"}, "replicaCount": 0}
+    result = lint(helm_python, values)
+    assert result["Errors"] is None, result
+
+
+def test_a_bad_value_fails_lint(helm_python):
+    assert lint(helm_python, {"replicaCount": "two"})["Errors"]
+
+
+async def test_a_bad_value_is_rejected_by_the_schema_with_the_field_named(helm_python, apiserver, tmp_path):
+    error = await render(helm_python, apiserver, tmp_path, {"replicaCount": "two"})
+    assert isinstance(error, str) and "/replicaCount" in error and "want integer" in error
+    error = await render(helm_python, apiserver, tmp_path, {"loging": {"level": "INFO"}})
+    assert isinstance(error, str) and "loging" in error
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+async def test_rendered_objects_are_valid_and_least_privilege(helm_python, apiserver, tmp_path, variant):
+    # a cluster with the prometheus-operator's CRD, for the ServiceMonitor
+    apiserver.resources["monitoring.coreos.com/v1/servicemonitors"] = dict(
+        kind="ServiceMonitor", singular="servicemonitor", namespaced=True,
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"})
+    objects = await render(helm_python, apiserver, tmp_path, VARIANTS[variant])
+    assert isinstance(objects, list), objects
+    kinds = {}
+    for obj in objects:
+        kinds.setdefault(obj["kind"], []).append(obj)
+        if obj["kind"] == "ServiceMonitor":  # a prometheus-operator CRD: no schema in kubernetes-validate
+            assert obj["spec"]["endpoints"][0]["port"] == "metrics"
+            continue
+        kubernetes_validate.validate(obj, "1.32.0", strict=True)
+    # the CRD is the generated one
+    assert kinds["CustomResourceDefinition"][0]["spec"] == crd()["spec"]
+    assert kinds["CustomResourceDefinition"][0]["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    # the operator: one replica at a time, hardened, probed
+    deployment = kinds["Deployment"][0]
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    pod = deployment["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+    container = pod["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["SFTOP_NAMESPACES"] == ",".join(VARIANTS[variant].get("watchNamespaces", []))
+    # RBAC: exactly the operator's rules, no wildcards, scoped as the values say
+    roles = kinds.get("ClusterRole", []) + kinds.get("Role", [])
+    for role in roles:
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], role["metadata"]["name"]
+    if VARIANTS[variant].get("watchNamespaces"):
+        assert sorted(r["metadata"]["namespace"] for r in kinds["Role"]) == sorted(VARIANTS[variant]["watchNamespaces"])
+        assert all(r["rules"] == RULES for r in kinds["Role"])
+        cluster_rules = [rule for r in kinds["ClusterRole"] for rule in r["rules"]]
+        assert cluster_rules == [{"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+                                  "verbs": ["list", "watch"]}]
+    else:
+        assert "Role" not in kinds and kinds["ClusterRole"][0]["rules"] == RULES
+    if variant == "service-monitor":
+        assert kinds["ServiceMonitor"][0]["metadata"]["labels"]["release"] == "kps" and "Service" in kinds
+    if variant == "network-policy":
+        policies = kinds["NetworkPolicy"]
+        ingress = next(p for p in policies if p["metadata"]["namespace"] == "team-a")
+        assert ingress["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "sftop-trainer"}
+        assert ingress["spec"]["ingress"][0]["ports"] == [{"port": 8080, "protocol": "TCP"}]
+
+
+def test_chart_files_are_the_generated_crd_and_rules():
+    assert (CHART / "files" / "sftjobs.sftop.dev.yaml").read_text() == (ROOT / "crds" / "sftjobs.sftop.dev.yaml").read_text()
+    assert (CHART / "files" / "rbac-rules.yaml").read_text() == rules_yaml()
+
+
+def test_every_value_is_documented():
+    """Each value carries a `# --` comment, unless it sits inside a documented value or is a group of them."""
+    lines = [line for line in (CHART / "values.yaml").read_text().splitlines() if line.strip()]
+    documented_parents: list[tuple[int, bool]] = []  # (indent, documented) of the open keys above
+    for i, line in enumerate(lines):
+        if line.strip().startswith(("#", "-")):
+            continue
+        indent = len(line) - len(line.lstrip())
+        while documented_parents and documented_parents[-1][0] >= indent:
+            documented_parents.pop()
+        documented = lines[i - 1].strip().startswith("# --") if i else False
+        key, _, value = line.strip().partition(":")
+        group = value.strip() == "" and i + 1 < len(lines) and \
+            len(lines[i + 1]) - len(lines[i + 1].lstrip()) > indent and not documented
+        if not (documented or group or any(d for _, d in documented_parents)):
+            pytest.fail(f"values.yaml: {key} has no '# --' comment")
+        documented_parents.append((indent, documented))
+
+
+def test_schema_covers_every_value():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert set(values) <= set(schema["properties"])
+    import jsonschema
+
+    jsonschema.validate(values, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**values, "replicaCount": "two"}, schema)
