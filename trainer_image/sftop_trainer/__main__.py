@@ -5,8 +5,8 @@
 
 The config is a `sftop_trainer.config.TrainerConfig` (JSON or YAML); the operator renders it from an SFTJob and
 `sftop run --local` renders the same. A Hugging Face token, when needed, comes from the HF_TOKEN environment
-variable. With several visible GPUs the command relaunches itself through `accelerate launch`, one process
-per GPU (data parallel), and exits with the training processes' exit code.
+variable. With several visible GPUs the command relaunches itself through torchrun, one process per GPU; the
+Trainer's accelerate backend runs them data parallel. It exits with the training processes' exit code.
 
 Exit codes (sftop_trainer.errors): 0 success, 1 unexpected error, 64 invalid config, 65 invalid data, 66 model
 load failure, 67 CUDA out of memory, 68 loss not finite, 69 interrupted after a checkpoint.
@@ -53,24 +53,22 @@ def process_count(requested: int | None) -> int:
     return max(1, torch.cuda.device_count())
 
 
-def launch_command(processes: int, config: str, status_file: str, gpu: bool) -> list[str]:
-    """`accelerate launch` of this module, one process per GPU (or per requested CPU process)."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
-           "--num_machines", "1", "--main_process_port", os.environ.get("SFTOP_MASTER_PORT", "29500")]
-    cmd += ["--multi_gpu"] if gpu else ["--cpu", "--multi_gpu"]
-    return cmd + ["-m", "sftop_trainer", "--config", config, "--no-progress-bar", "--status-file", status_file]
+def launch_command(processes: int, config: str, status_file: str) -> list[str]:
+    """torchrun of this module, one process per GPU (or per requested CPU process). Inside each process, the
+    Trainer's accelerate backend does the data parallelism (DDP: NCCL on GPUs, gloo on CPUs)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+            "--nproc_per_node", str(processes), "-m", "sftop_trainer", "--config", config, "--no-progress-bar",
+            "--status-file", status_file]
 
 
 def launch(processes: int, config: str) -> int:
-    """Run the training processes and exit with their class of failure (accelerate's launcher turns any
-    failure into exit code 1, so the workers leave their real code in a status file)."""
-    import torch
-
+    """Run the training processes and exit with their class of failure (the launcher turns any failure into
+    exit code 1, so the workers leave their real code in a status file)."""
     with tempfile.TemporaryDirectory(prefix="sftop-") as tmp:
         status = Path(tmp) / "status.json"
-        cmd = launch_command(processes, config, str(status), torch.cuda.is_available())
+        cmd = launch_command(processes, config, str(status))
         log.info("launching %d training processes: %s", processes, " ".join(cmd))
-        child = subprocess.Popen(cmd, start_new_session=True)
+        child = subprocess.Popen(cmd, start_new_session=True, env={**os.environ, "SFTOP_LAUNCHED": "1"})
         forward = lambda signum, frame: os.killpg(child.pid, signum)  # noqa: E731
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
@@ -121,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         return fail(ExitCode.INVALID_CONFIG, f"invalid trainer config {args.config}: {e}")
 
-    if "LOCAL_RANK" not in os.environ:
+    if "LOCAL_RANK" not in os.environ and not os.environ.get("SFTOP_LAUNCHED"):
         processes = process_count(args.processes)
         if processes > 1:
             return launch(processes, args.config)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -140,6 +141,6 @@ JSON_LINES = True  # off under a progress bar: a terminal gets the bar, a pod's 
 
 def emit(event: str, **fields: Any) -> None:
     """One JSON line on stdout: the pod's log is the progress record of last resort."""
-    if not JSON_LINES:
+    if not JSON_LINES or os.environ.get("RANK", "0") != "0":  # one record per run, from its first process
         return
     print(json.dumps({"event": event, "time": round(time.time(), 3), **fields}, default=str), flush=True)
