@@ -27,7 +27,7 @@ from sftop_trainer.config import (
     TrainingSpec,
     cel_exactly_one,
     check_method,
-    error_lines,
+    error_lines,  # noqa: F401 - part of this module's interface (field-named error lines)
     exactly_one,
 )
 

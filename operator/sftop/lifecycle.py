@@ -152,8 +152,8 @@ def observe(suspend: bool, queued: bool, job: dict[str, Any] | None, pods: list[
             note = " (stopping its pod after a checkpoint)" if active else ""
             return Observation("Suspended", "Suspended", f"spec.suspend is true{note}", **base)
         if queued:
-            return Observation("Queued", "WaitingForAdmission",
-                               f"waiting for Kueue to admit the run (queue {job['metadata'].get('labels', {}).get('kueue.x-k8s.io/queue-name')})",
+            queue = (job["metadata"].get("labels") or {}).get("kueue.x-k8s.io/queue-name")
+            return Observation("Queued", "WaitingForAdmission", f"waiting for Kueue to admit the run (queue {queue})",
                                **base)
         return Observation("Pending", "Resuming", "resuming the Job", **base)
 

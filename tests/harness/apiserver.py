@@ -25,7 +25,6 @@ quadratic; this server matches against the requests in flight only, and records 
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import datetime
 import itertools

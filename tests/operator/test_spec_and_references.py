@@ -6,7 +6,7 @@ import asyncio
 import kmock
 
 from harness.apiserver import SFTJOBS
-from harness.cluster import (NS, apply, condition, job_status, make_pod, obj, objs, patch, pod_status, requests,
+from harness.cluster import (NS, apply, condition, make_pod, obj, objs, patch, pod_status, requests,
                              running, sftjob, status_of, wait_for)
 
 SFTJOB_PATH = f"/apis/sftop.dev/v1alpha1/namespaces/{NS}/sftjobs/chat"
