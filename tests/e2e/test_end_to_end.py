@@ -105,7 +105,7 @@ async def test_killed_pod_is_retried_and_resumes_from_its_checkpoint(cluster):
 
 async def test_suspend_checkpoints_and_resume_continues_from_that_step(cluster):
     emu, node, _ = cluster
-    await apply(emu, manifest(steps=200, save=1000))
+    await apply(emu, manifest(steps=600, save=1000))  # long enough to be suspended mid-run
     await until(emu, lambda: (status_of(emu, "tiny").get("progress") or {}).get("step", 0) >= 10, node)
     await patch(emu, PATH, {"spec": {"suspend": True}})
     await until(emu, lambda: phase(emu) == "Suspended" and not [p for p in objs(emu, "v1/pods")], node)
@@ -116,7 +116,7 @@ async def test_suspend_checkpoints_and_resume_continues_from_that_step(cluster):
     await patch(emu, PATH, {"spec": {"suspend": False}})
     status = await until(emu, lambda: phase(emu) == "Succeeded" and status_of(emu, "tiny"), node)
     result = json.loads((node.volume("adapters") / NS / "tiny" / run["id"] / "result.json").read_text())
-    assert result["resumedFromStep"] == stopped_at > 0 and result["steps"] == 200
+    assert result["resumedFromStep"] == stopped_at > 0 and result["steps"] == 600
     assert status["run"]["id"] == run["id"] and len(objs(emu, "batch/v1/jobs")) == 1
 
 

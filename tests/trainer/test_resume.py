@@ -37,22 +37,23 @@ def get(url):
 
 def test_sigterm_checkpoints_and_restart_resumes_from_that_step(train_config, tmp_path):
     port = free_port()
-    config = train_config(training={"maxSteps": 120, "loggingSteps": 1, "saveSteps": 1000},
+    # long enough that SIGTERM (and transformers' 3 s wait before its checkpoint) lands mid-run on a fast machine
+    config = train_config(training={"maxSteps": 600, "loggingSteps": 1, "saveSteps": 1000},
                           progress={"host": "127.0.0.1", "port": port})
     term = tmp_path / "termination-log"
     first = start(config, term)
     try:
         seen = None
         for event in events(first):
-            if event["event"] == "progress" and event["step"] >= 5:
+            if event["event"] == "progress" and event["step"] >= 30:
                 seen = event
                 break
         assert seen, "the trainer never reported progress"
         progress = json.loads(get(f"http://127.0.0.1:{port}/progress"))
-        assert progress["phase"] == "Training" and progress["totalSteps"] == 120
-        assert 0 < progress["step"] < 120 and 0 < progress["percent"] < 100 and "loss" in progress
+        assert progress["phase"] == "Training" and progress["totalSteps"] == 600
+        assert 0 < progress["step"] < 600 and 0 < progress["percent"] < 100 and "loss" in progress
         metrics = get(f"http://127.0.0.1:{port}/metrics")
-        assert "# TYPE sftop_trainer_step gauge" in metrics and 'sftop_trainer_total_steps{run=""} 120' in metrics
+        assert "# TYPE sftop_trainer_step gauge" in metrics and 'sftop_trainer_total_steps{run=""} 600' in metrics
         first.send_signal(signal.SIGTERM)
         for _ in events(first):
             pass
@@ -64,14 +65,14 @@ def test_sigterm_checkpoints_and_restart_resumes_from_that_step(train_config, tm
     checkpoints = sorted((tmp_path / "out" / "checkpoints").glob("checkpoint-*"))
     assert len(checkpoints) == 1, "saveSteps is 1000: the only checkpoint is the one SIGTERM asked for"
     stopped_at = int(checkpoints[0].name.split("-")[1])
-    assert 5 <= stopped_at < 120
+    assert 5 <= stopped_at < 600
 
     second = start(config, term)
     steps = [e["step"] for e in events(second) if e["event"] == "progress"]
     assert second.wait(120) == 0
     assert steps[0] > stopped_at, f"restarted at step {steps[0]}, not after {stopped_at}"
     result = json.loads((tmp_path / "out" / "result.json").read_text())
-    assert result["resumedFromStep"] == stopped_at and result["steps"] == 120
+    assert result["resumedFromStep"] == stopped_at and result["steps"] == 600
     assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").exists()
 
 

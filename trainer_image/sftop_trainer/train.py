@@ -362,10 +362,12 @@ def run(cfg: TrainerConfig, *, progress_bar: bool = False) -> dict[str, Any]:
             raise OutOfMemory(f"CUDA ran out of memory at step {trainer.state.global_step}: lower "
                               f"training.perDeviceTrainBatchSize or training.maxLength, use qlora, or give the run "
                               f"more or larger GPUs ({str(e).splitlines()[0]})") from e
-        if watch.received:
+        if watch.received and trainer.state.global_step < trainer.state.max_steps:
             raise Interrupted(f"stopped by SIGTERM at step {trainer.state.global_step}; a checkpoint was saved and "
                               f"the next attempt resumes from it")
 
+        # SIGTERM during the last steps: training is complete, so the adapter is saved as usual (seconds) and the
+        # run succeeds instead of being redone.
         progress.update(phase="Saving")
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         eval_loss = trainer.evaluate().get("eval_loss") if trainer.eval_dataset is not None else None
