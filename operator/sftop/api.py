@@ -17,7 +17,6 @@ from sftop_trainer.config import (
     DataFormat,
     Dtype,
     EvalSplit,
-    FILE_SUFFIXES,
     HubDataset,
     LoraSpec,
     Method,
@@ -26,6 +25,8 @@ from sftop_trainer.config import (
     Spec,
     TrainingSpec,
     cel_exactly_one,
+    check_data_file,
+    check_eval_split,
     check_method,
     error_lines,  # noqa: F401 - part of this module's interface (field-named error lines)
     exactly_one,
@@ -142,8 +143,7 @@ class DataPVC(PVCPath):
 
     @model_validator(mode="after")
     def _suffix(self) -> DataPVC:
-        if not self.path.lower().endswith(FILE_SUFFIXES):
-            raise ValueError(f"path must name a {', '.join(FILE_SUFFIXES)} file (got {self.path!r})")
+        check_data_file(self.path, "path")
         return self
 
 
@@ -193,9 +193,7 @@ class DatasetSpec(Spec):
     @model_validator(mode="after")
     def _rules(self) -> DatasetSpec:
         exactly_one(self, ("hub", "pvc", "config_map", "inline"), "dataset")
-        if self.eval_split is not None and self.eval_split.name is not None and self.hub is None:
-            raise ValueError("evalSplit.name names a split of a Hub dataset; use evalSplit.fraction for other "
-                             "sources")
+        check_eval_split(self.eval_split, self.hub)
         return self
 
 

@@ -68,6 +68,18 @@ def exactly_one(model: BaseModel, fields: tuple[str, ...], what: str) -> None:
         raise ValueError(f"{what} needs exactly one of {names} (found: {found})")
 
 
+def check_eval_split(eval_split: EvalSplit | None, hub: object | None) -> None:
+    """A named eval split exists only for Hub datasets; files and inline rows split off a fraction."""
+    if eval_split is not None and eval_split.name is not None and hub is None:
+        raise ValueError("evalSplit.name names a split of a Hub dataset; use evalSplit.fraction for files, "
+                         "ConfigMaps and inline rows")
+
+
+def check_data_file(path: str, what: str) -> None:
+    if not path.lower().endswith(FILE_SUFFIXES):
+        raise ValueError(f"{what} must name a {', '.join(FILE_SUFFIXES)} file (got {path!r})")
+
+
 def cel_exactly_one(fields: tuple[str, ...], what: str) -> dict[str, str]:
     """The same rule as a CEL `x-kubernetes-validations` entry, checked by the API server."""
     names = [to_camel(f) for f in fields]
@@ -265,11 +277,9 @@ class DataSource(Spec):
     @model_validator(mode="after")
     def _rules(self) -> DataSource:
         exactly_one(self, ("hub", "path", "rows"), "dataset")
-        if self.eval_split is not None and self.eval_split.name is not None and self.hub is None:
-            raise ValueError("evalSplit.name names a split of a Hub dataset; use evalSplit.fraction for files "
-                             "and inline rows")
-        if self.path is not None and not self.path.lower().endswith(FILE_SUFFIXES):
-            raise ValueError(f"dataset path must end in one of {', '.join(FILE_SUFFIXES)} (got {self.path!r})")
+        check_eval_split(self.eval_split, self.hub)
+        if self.path is not None:
+            check_data_file(self.path, "dataset path")
         return self
 
 
