@@ -56,11 +56,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=60)
     args = parser.parse_args()
-    from sftop_trainer.tiny import build_tiny_model, corpus, task_api_rows, write_jsonl
+    from sftop_trainer import taskapi
+    from sftop_trainer.tiny import build_tiny_model, corpus
 
     with tempfile.TemporaryDirectory() as tmp:
-        rows = task_api_rows(800)
-        data = str(write_jsonl(rows, Path(tmp) / "data.jsonl"))
+        rows = taskapi.rows(800)
+        data = str(taskapi.write_jsonl(rows, Path(tmp) / "data.jsonl"))
         model = str(build_tiny_model(Path(tmp) / "model", corpus(rows), hidden=128, layers=4))
         rows_out = []
         for i in range(args.repeats):

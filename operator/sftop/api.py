@@ -16,7 +16,9 @@ from pydantic.alias_generators import to_camel
 from sftop_trainer.config import (
     DataFormat,
     Dtype,
+    EVAL_SPLIT_RULES,
     EvalSplit,
+    EvaluationSpec,
     HubDataset,
     LoraSpec,
     Method,
@@ -125,7 +127,9 @@ class ModelSpec(Spec):
     trust_remote_code: bool = Field(False, description="Allow the model repository's own Python code to run. "
                                                        "Only for models you trust.")
     dtype: Dtype = Field("auto", description="dtype of the base weights: `auto` takes bfloat16 on GPUs that "
-                                             "have it, float16 on other GPUs.")
+                                             "have it, float16 on other GPUs; on a CPU (`sftop run --local`), "
+                                             "float32 computed in bfloat16 where the CPU has bfloat16 "
+                                             "instructions.")
 
     @model_validator(mode="after")
     def _one(self) -> ModelSpec:
@@ -169,7 +173,7 @@ class DatasetSpec(Spec):
     """Training data: exactly one source, and how to read it."""
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        cel_exactly_one(("hub", "pvc", "config_map", "inline"), "dataset")]})
+        cel_exactly_one(("hub", "pvc", "config_map", "inline"), "dataset"), *EVAL_SPLIT_RULES]})
 
     hub: HubDataset | None = Field(None, description="A dataset on the Hugging Face Hub.")
     pvc: DataPVC | None = Field(None, description="A file on a PersistentVolumeClaim.")
@@ -184,8 +188,8 @@ class DatasetSpec(Spec):
                             "`instruction`, optional `input`, and `output` (Alpaca); `sharegpt`: "
                             "`conversations` of {from, value}; `text`: plain `text`. `auto` detects it from "
                             "the columns.")
-    eval_split: EvalSplit | None = Field(None, description="Evaluate on a held-out fraction or on a named split; "
-                                                           "no evaluation when unset.")
+    eval_split: EvalSplit | None = Field(None, description="Evaluate on a held-out fraction, a named split or a file "
+                                                           "beside the training data; no evaluation when unset.")
     max_samples: int | None = Field(None, gt=0, le=100_000_000,
                                     description="Use at most this many training rows (after shuffling with "
                                                 "training.seed).")
@@ -193,7 +197,8 @@ class DatasetSpec(Spec):
     @model_validator(mode="after")
     def _rules(self) -> DatasetSpec:
         exactly_one(self, ("hub", "pvc", "config_map", "inline"), "dataset")
-        check_eval_split(self.eval_split, self.hub)
+        source = next(f for f in ("hub", "pvc", "config_map", "inline") if getattr(self, f) is not None)
+        check_eval_split(self.eval_split, to_camel(source))
         return self
 
 
@@ -325,6 +330,9 @@ class SFTJobSpec(Spec):
     quantization: QuantizationSpec | None = Field(None, description="4-bit settings for qlora; defaults when "
                                                                     "unset.")
     training: TrainingSpec = Field(TrainingSpec(), description="Training hyperparameters.")
+    evaluation: EvaluationSpec = Field(EvaluationSpec(), description="What is measured at each evaluation, besides "
+                                                                     "eval loss: greedy answers to held-out prompts, "
+                                                                     "scored. Needs dataset.evalSplit.")
     resources: ResourcesSpec = Field(ResourcesSpec(), description="GPUs, CPU, memory and "
                                                                                 "placement of the trainer pod.")
     output: OutputSpec = Field(description="Where the adapter is written.")
@@ -402,9 +410,44 @@ class Progress(Spec):
     loss: float | None = Field(None, description="Latest logged training loss.")
     learning_rate: float | None = Field(None, description="Latest learning rate.")
     tokens_per_second: float | None = Field(None, description="Training throughput over the latest interval.")
+    eval_loss: float | None = Field(None, description="Loss on the evaluation data at the latest evaluation.")
+    exact_match: float | None = Field(None, description="Share of held-out prompts answered exactly right at the "
+                                                        "latest evaluation (0 to 1).")
     eta: str | None = Field(None, description="Estimated time to the end, for example `12m30s`.")
     update_time: str | None = Field(None, description="When this progress was read (RFC 3339).",
                                     json_schema_extra={"format": "date-time"})
+
+
+class EvaluationScores(Spec):
+    """Measures on the evaluation data at one point of a run."""
+
+    step: int | None = Field(None, description="The optimizer step they were measured at.")
+    eval_loss: float | None = Field(None, description="Loss on the evaluation data.")
+    mean_token_accuracy: float | None = Field(None, description="Share of the evaluation tokens that carry loss "
+                                                                "the model predicts right (0 to 1).")
+    exact_match: float | None = Field(None, description="Share of held-out prompts answered exactly right, greedily "
+                                                        "(for JSON answers: equal parsed values), 0 to 1.")
+    valid_json: float | None = Field(None, description="Share of answers that parse as JSON, among prompts whose "
+                                                       "expected answer is a JSON object or array, 0 to 1.")
+
+
+class AnswerSample(Spec):
+    """A held-out prompt, its expected answer, and the model's answers (cut to a few hundred characters)."""
+
+    prompt: str = Field(description="The prompt (its last user message).")
+    expected: str = Field(description="The expected answer.")
+    answer: str = Field(description="The fine-tuned model's answer.")
+    before: str | None = Field(None, description="The base model's answer, before training.")
+    match: bool | None = Field(None, description="Whether the answer counts as an exact match.")
+
+
+class EvaluationResult(Spec):
+    """What the run's evaluations measured: before training, and at the end."""
+
+    prompts: int | None = Field(None, description="Held-out prompts answered at each evaluation.")
+    before: EvaluationScores | None = Field(None, description="Before training (evaluation.baseline).")
+    after: EvaluationScores | None = Field(None, description="At the end of training.")
+    samples: list[AnswerSample] = Field([], max_length=20, description="A few held-out prompts with the answers.")
 
 
 class Result(Spec):
@@ -420,6 +463,8 @@ class Result(Spec):
     trainable_parameters: int | None = Field(None, description="Parameters trained.")
     total_parameters: int | None = Field(None, description="Parameters in the model.")
     trained_tokens: int | None = Field(None, description="Tokens the model was trained on.")
+    evaluation: EvaluationResult | None = Field(None, description="Eval loss, token accuracy and held-out answers "
+                                                                  "before and after training, with samples.")
 
 
 class SFTJobStatus(Spec):

@@ -3,7 +3,7 @@
     sftop crd                          print the SFTJob CustomResourceDefinition
     sftop validate FILE...             check SFTJob manifests offline; exit 1 when any is invalid
     sftop run MANIFEST --local         run an SFTJob's training on this machine (CPU or local GPUs)
-    sftop demo                         build a tiny model and Task API data, fine-tune, show before/after
+    sftop demo                         fine-tune a real chat model on Task API data, show before/after
     sftop operator                     run the operator (settings from SFTOP_* environment variables)
 """
 
@@ -54,10 +54,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"run {run.run_id} of {run.name} failed ({run.message.get('reason')}): {run.message.get('message')}",
               file=sys.stderr)
         return run.exit_code
-    r = run.result or {}
-    print(f"run {run.run_id} of {run.name} succeeded: {r.get('steps')} steps, loss {r.get('firstLoss'):.4f} -> "
-          f"{r.get('finalLoss'):.4f}" + (f", eval loss {r['evalLoss']:.4f}" if r.get("evalLoss") is not None else ""))
-    print(f"adapter: {run.output_dir / r.get('adapterPath', '')}")
+    print("\n".join(local.summary(run)))
     return 0
 
 
@@ -106,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress-bar", action="store_true", help="log JSON progress lines instead of a bar")
     p.set_defaults(func=_run)
 
-    p = sub.add_parser("demo", help="fine-tune a tiny model on Task API data, on the CPU, nothing downloaded")
+    p = sub.add_parser("demo", help="fine-tune SmolLM2-135M-Instruct to write Task API JSON, on the CPU, and show "
+                                    "held-out answers before and after")
     p.add_argument("--dir", default="sftop-demo", help="working folder (default: ./sftop-demo)")
     p.set_defaults(func=_demo)
 

@@ -120,7 +120,8 @@ def fetch_progress(ip: str, port: int, timeout: float = 2.0) -> dict[str, Any] |
 
 
 def progress_status(data: dict[str, Any], stamp: str) -> dict[str, Any]:
-    keys = ("step", "totalSteps", "percent", "epoch", "loss", "learningRate", "tokensPerSecond", "eta")
+    keys = ("step", "totalSteps", "percent", "epoch", "loss", "learningRate", "tokensPerSecond", "eta", "evalLoss",
+            "exactMatch")
     out = {k: data[k] for k in keys if data.get(k) is not None}
     out["updateTime"] = stamp
     return out
@@ -340,6 +341,9 @@ class Controller:
         if spec.dataset.config_map is not None:
             checks.append(("ConfigMap", spec.dataset.config_map.name, spec.dataset.config_map.key,
                            "spec.dataset.configMap"))
+            if spec.dataset.eval_split is not None and spec.dataset.eval_split.file is not None:
+                checks.append(("ConfigMap", spec.dataset.config_map.name, spec.dataset.eval_split.file,
+                               "spec.dataset.evalSplit.file"))
         if spec.model.pvc is not None:
             checks.append(("PersistentVolumeClaim", spec.model.pvc.claim_name, None, "spec.model.pvc.claimName"))
         if spec.dataset.pvc is not None:
@@ -404,7 +408,8 @@ class Controller:
             result["mergedPath"] = f"{output_path}/{message['mergedPath']}"
         for src, dst in (("trainLoss", "trainLoss"), ("evalLoss", "evalLoss"), ("steps", "steps"),
                          ("runtimeSeconds", "runtimeSeconds"), ("trainableParameters", "trainableParameters"),
-                         ("totalParameters", "totalParameters"), ("trainedTokens", "trainedTokens")):
+                         ("totalParameters", "totalParameters"), ("trainedTokens", "trainedTokens"),
+                         ("evaluation", "evaluation")):
             if message.get(src) is not None:
                 result[dst] = message[src]
         return result

@@ -1,21 +1,24 @@
-"""`sftop demo`: the whole path on a laptop CPU in about a minute, with nothing downloaded.
+"""`sftop demo`: fine-tune a real chat model to turn requests into Task API JSON, on a laptop CPU.
 
-It writes a Task API dataset (natural-language task requests -> Task API JSON calls) and a tiny model built
-from scratch into local "volumes", writes the SFTJob manifest a user would apply, runs it with
-`sftop run --local` (the same trainer config the operator renders), and shows the loss and a sample answer
-before and after fine-tuning.
+It fine-tunes SmolLM2-135M-Instruct (installed from PyPI, see `sftop_trainer.packaged`) on generated Task API
+data: natural-language task requests -> the JSON call they mean. Training rows and held-out requests never share
+a task title, so the score measures what the model learnt, not what it memorised. The demo writes the data and
+the model into local "volumes", writes the SFTJob manifest a user would apply, runs it with `sftop run --local`
+(the trainer config the operator renders), and shows what the trainer's evaluation measured on the held-out
+requests before and after: exact-match and valid-JSON rates, and three sample answers.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
 
 from sftop import local
+
+TRAIN_ROWS, TEST_ROWS = 1000, 50
 
 MANIFEST = """\
 apiVersion: sftop.dev/v1alpha1
@@ -24,107 +27,75 @@ metadata:
   name: task-api-demo
 spec:
   model:
-    pvc: {claimName: models, path: tiny-task-model}
+    pvc: {claimName: models, path: SmolLM2-135M-Instruct}   # or hub: {id: HuggingFaceTB/SmolLM2-135M-Instruct}
   dataset:
-    pvc: {claimName: data, path: task-api.jsonl}
-    format: messages
-    evalSplit: {fraction: 0.05}
+    pvc: {claimName: data, path: task-api/train.jsonl}
+    evalSplit: {file: task-api/test.jsonl}
   method: lora
-  lora: {r: 32, alpha: 64, dropout: 0.0}
+  lora: {r: 16, alpha: 32, dropout: 0.0}
   training:
-    epochs: 2
-    learningRate: 5.0e-3
-    perDeviceTrainBatchSize: 16
-    lrSchedulerType: cosine
+    maxSteps: 60
+    learningRate: 2.0e-3
+    perDeviceTrainBatchSize: 8
+    perDeviceEvalBatchSize: 32
     loggingSteps: 10
-    saveSteps: 50
+    saveSteps: 60
     gradientCheckpointing: false
+  evaluation: {prompts: 50, samples: 3}
   resources: {gpus: 0}
   output:
     pvc: {claimName: adapters}
 """
 
 
-def assistant_loss(model, tokenizer, rows: list[dict[str, Any]]) -> float:
-    """Mean loss over the assistant tokens of `rows`: how well the model writes the Task API calls."""
-    import torch
-
-    losses = []
-    model.eval()
-    with torch.no_grad():
-        for row in rows:
-            enc = tokenizer.apply_chat_template(row["messages"], return_tensors="pt", return_dict=True,
-                                                return_assistant_tokens_mask=True)
-            labels = enc["input_ids"].clone()
-            labels[torch.as_tensor(enc["assistant_masks"]).reshape(labels.shape) == 0] = -100
-            losses.append(model(input_ids=enc["input_ids"], labels=labels).loss.item())
-    return sum(losses) / len(losses)
+def _percent(value: float | None) -> str:
+    return "  n/a" if value is None else f"{100 * value:5.1f}%"
 
 
-def answer(model, tokenizer, request: str) -> str:
-    import torch
-
-    enc = tokenizer.apply_chat_template([{"role": "user", "content": request}], add_generation_prompt=True,
-                                        return_tensors="pt", return_dict=True)
-    with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=48, do_sample=False)
-    return tokenizer.decode(out[0][enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+def report(result: dict, started: float) -> str:
+    ev = result.get("evaluation") or {}
+    before, after = ev.get("before") or {}, ev.get("after") or {}
+    lines = [f"held-out requests ({ev.get('prompts')}, task titles never seen in training):",
+             f"                 before   after",
+             f"  exact match    {_percent(before.get('exactMatch'))}  {_percent(after.get('exactMatch'))}",
+             f"  valid JSON     {_percent(before.get('validJson'))}  {_percent(after.get('validJson'))}"]
+    if before.get("evalLoss") is not None and after.get("evalLoss") is not None:
+        lines.append(f"  eval loss      {before['evalLoss']:6.3f}  {after['evalLoss']:6.3f}")
+    for i, sample in enumerate(ev.get("samples") or [], start=1):
+        lines += ["", f"sample {i}: {sample['prompt']}",
+                  f"  expected: {sample['expected']}",
+                  f"  before:   {textwrap.shorten(sample.get('before') or '', 160, placeholder=' …')}",
+                  f"  after:    {sample['answer']}"]
+    lines += ["", f"{result['steps']} steps, {result.get('trainRuntimeSeconds') or 0:.0f} s of training; "
+                  f"{time.time() - started:.0f} s in all"]
+    return "\n".join(lines)
 
 
 def main(workdir: Path) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local: never reach for a hub
-    from sftop_trainer.__main__ import quiet_known_noise
-
-    quiet_known_noise()
-    import transformers
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    transformers.utils.logging.disable_progress_bar()
-
-    from sftop_trainer.tiny import build_tiny_model, corpus, task_api_rows, write_jsonl
+    from sftop_trainer import packaged, taskapi
 
     started = time.time()
+    try:
+        model = packaged.model_folder()
+    except packaged.NotInstalled as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     volumes = workdir / "volumes"
-    rows = task_api_rows(1200, seed=0)
-    held_out = task_api_rows(40, seed=99)
-    write_jsonl(rows, volumes / "data" / "task-api.jsonl")
-    model_dir = build_tiny_model(volumes / "models" / "tiny-task-model", corpus(rows), hidden=96, layers=2)
+    packaged.place(model, volumes / "models" / packaged.FOLDER)
+    train, test = taskapi.split(TRAIN_ROWS, TEST_ROWS, seed=0)
+    taskapi.write_jsonl(train, volumes / "data" / "task-api" / "train.jsonl")
+    taskapi.write_jsonl(test, volumes / "data" / "task-api" / "test.jsonl")
     manifest = workdir / "sftjob.yaml"
     manifest.write_text(MANIFEST)
-    print(f"wrote {len(rows)} Task API examples, a tiny model ({model_dir}) and the manifest {manifest}")
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    base = AutoModelForCausalLM.from_pretrained(model_dir)
-    request = held_out[0]["messages"][0]["content"]
-    before_loss, before_answer = assistant_loss(base, tokenizer, held_out), answer(base, tokenizer, request)
-
-    print(f"running: sftop run {manifest} --local --volumes {volumes}")
+    print(f"wrote {len(train)} Task API examples and {len(test)} held-out requests (disjoint titles) to "
+          f"{volumes / 'data' / 'task-api'}, SmolLM2-135M-Instruct to {volumes / 'models'}, and {manifest}")
+    print(f"running: sftop run {manifest} --local --volumes {volumes}", flush=True)
     run = local.run(manifest, volumes)
     if run.exit_code != 0:
-        print(f"the run failed ({run.message.get('reason')}): {run.message.get('message')}")
+        print(f"the run failed ({run.message.get('reason')}): {run.message.get('message')}", file=sys.stderr)
         return run.exit_code
-    adapter = run.output_dir / run.result["adapterPath"]
-    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), adapter)
-    after_loss, after_answer = assistant_loss(tuned, tokenizer, held_out), answer(tuned, tokenizer, request)
-    expected = held_out[0]["messages"][1]["content"]
-    print(textwrap.dedent(f"""
-        adapter:          {adapter}
-        loss (held out):  {before_loss:.3f} before -> {after_loss:.3f} after ({run.result['steps']} steps, \
-{run.result['trainRuntimeSeconds']:.0f} s of training)
-        request:          {request}
-        expected:         {expected}
-        answer before:    {before_answer[:120]}
-        answer after:     {after_answer[:120]}
-        valid JSON after: {_is_json(after_answer)}
-        total time:       {time.time() - started:.0f} s
-    """).rstrip())
+    print("\n".join(local.summary(run)))
+    print()
+    print(report(run.result, started))
     return 0
-
-
-def _is_json(text: str) -> bool:
-    try:
-        json.loads(text)
-        return True
-    except ValueError:
-        return False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,13 +63,17 @@ def prepare(manifest: Path, volumes: Path, name: str | None = None) -> tuple[api
     configmaps = volumes / ".configmaps"
     if spec.dataset.config_map is not None:
         ref = spec.dataset.config_map
+        keys = [("dataset.configMap", ref.key)]
+        if spec.dataset.eval_split is not None and spec.dataset.eval_split.file is not None:
+            keys.append(("dataset.evalSplit.file", spec.dataset.eval_split.file))
         found = [d for d in docs if isinstance(d, dict) and d.get("kind") == "ConfigMap"
                  and d.get("metadata", {}).get("name") == ref.name]
-        if not found or ref.key not in (found[0].get("data") or {}):
-            raise LocalRunError(f"dataset.configMap: ConfigMap {ref.name} with key {ref.key} is not in {manifest}")
-        target = configmaps / ref.name / ref.key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(found[0]["data"][ref.key])
+        for field, key in keys:
+            if not found or key not in (found[0].get("data") or {}):
+                raise LocalRunError(f"{field}: ConfigMap {ref.name} with key {key} is not in {manifest}")
+            target = configmaps / ref.name / key
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(found[0]["data"][key])
     layout = render.Layout(pvc_root=str(volumes), configmap_root=str(configmaps), output_dir=str(output),
                            progress_port=0)
     cfg = render.trainer_config(job.metadata.name, namespace, spec, rid, layout)
@@ -78,10 +83,26 @@ def prepare(manifest: Path, volumes: Path, name: str | None = None) -> tuple[api
     return job, rid, output, config_path
 
 
+def gpu_note(spec: api.SFTJobSpec, visible: int) -> str | None:
+    """What to tell a user whose SFTJob asks for GPUs this machine lacks (or has fewer of)."""
+    wanted = spec.resources.gpus
+    if wanted and visible == 0:
+        return (f"the SFTJob asks for {wanted} GPU(s) (resources.gpus) and this machine has none: training on the "
+                f"CPU, which is much slower")
+    if wanted > visible > 0:
+        return f"the SFTJob asks for {wanted} GPU(s) (resources.gpus) and this machine has {visible}: training on {visible}"
+    return None
+
+
 def run(manifest: Path, volumes: Path, name: str | None = None, progress_bar: bool = True) -> LocalRun:
+    import torch
+
     from sftop_trainer.__main__ import main as train_main
 
     job, rid, output, config_path = prepare(manifest, volumes, name)
+    note = gpu_note(job.spec, torch.cuda.device_count())
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     message_file = output / "termination-message.json"
     previous = os.environ.get("SFTOP_TERMINATION_LOG")
     os.environ["SFTOP_TERMINATION_LOG"] = str(message_file)
@@ -97,3 +118,29 @@ def run(manifest: Path, volumes: Path, name: str | None = None, progress_bar: bo
     result = json.loads(result_file.read_text()) if code == 0 and result_file.exists() else None
     return LocalRun(job.metadata.name, job.metadata.namespace or "default", rid, output, config_path, code, result,
                     message)
+
+
+def _percent(value: float | None) -> str:
+    return "?" if value is None else f"{100 * value:.1f}%"
+
+
+def summary(run: LocalRun) -> list[str]:
+    """A finished run in a few lines: steps, losses, evaluation before and after, where the output is."""
+    r = run.result or {}
+    lines = [f"run {run.run_id} of {run.name} succeeded: {r.get('steps')} steps"
+             + (f" in {r['trainRuntimeSeconds']:.0f} s of training" if r.get("trainRuntimeSeconds") else "")]
+    first, last = r.get("firstLoss"), r.get("finalLoss")
+    if first is not None and last is not None:
+        lines.append(f"loss: {first:.4f} -> {last:.4f}" if r.get("steps", 0) > 1 else f"loss: {first:.4f} (1 step)")
+    ev = r.get("evaluation") or {}
+    before, after = ev.get("before") or {}, ev.get("after") or {}
+    if after.get("evalLoss") is not None:
+        lines.append("eval loss: " + (f"{before['evalLoss']:.4f} -> " if before.get("evalLoss") is not None else "")
+                     + f"{after['evalLoss']:.4f}")
+    for key, label in (("exactMatch", "exact match"), ("validJson", "valid JSON")):
+        if key in after:
+            lines.append(f"{label} on {ev.get('prompts')} held-out prompts: "
+                         + (f"{_percent(before.get(key))} -> " if key in before else "") + _percent(after[key]))
+    kind = "model" if r.get("method") == "full" else "adapter"
+    lines.append(f"{kind}: {run.output_dir / r.get('adapterPath', '')}")
+    return lines

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sftop import api
+from sftop_trainer.threads import THREAD_VARIABLES
 from sftop_trainer.config import DataSource, ModelSource, OutputTarget, ProgressEndpoint, RunInfo, TrainerConfig
 
 # Spec fields that do not change what a run trains: changing them never starts a new run.
@@ -61,15 +62,23 @@ def trainer_config(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, la
                             trust_remote_code=spec.model.trust_remote_code, dtype=spec.model.dtype)
     ds = spec.dataset
     source: dict[str, Any]
+    beside = None  # the folder an evalSplit.file is in: the training file's claim, or its ConfigMap
     if ds.hub is not None:
         source = {"hub": ds.hub}
     elif ds.pvc is not None:
-        source = {"path": posixpath.join(layout.claim(ds.pvc.claim_name), ds.pvc.path)}
+        beside = layout.claim(ds.pvc.claim_name)
+        source = {"path": posixpath.join(beside, ds.pvc.path)}
     elif ds.config_map is not None:
-        source = {"path": posixpath.join(layout.configmap_root, ds.config_map.name, ds.config_map.key)}
+        beside = posixpath.join(layout.configmap_root, ds.config_map.name)
+        source = {"path": posixpath.join(beside, ds.config_map.key)}
     else:
         source = {"rows": ds.inline}
-    dataset = DataSource(**source, format=ds.format, eval_split=ds.eval_split, max_samples=ds.max_samples)
+    if ds.eval_split is not None and ds.eval_split.file is not None:
+        assert beside is not None  # the API allows a file only beside a file
+        source["eval_path"] = posixpath.join(beside, ds.eval_split.file)
+    else:
+        source["eval_split"] = ds.eval_split
+    dataset = DataSource(**source, format=ds.format, max_samples=ds.max_samples)
     return TrainerConfig(
         run=RunInfo(id=rid, sftjob=name, namespace=namespace),
         model=model,
@@ -79,6 +88,7 @@ def trainer_config(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, la
         lora=spec.lora,
         quantization=spec.quantization,
         training=spec.training,
+        evaluation=spec.evaluation,
         output=OutputTarget(dir=layout.output_dir, merge_adapter=spec.output.merge_adapter),
         progress=ProgressEndpoint(port=layout.progress_port),
     )
@@ -180,6 +190,24 @@ def _claims_read(spec: api.SFTJobSpec) -> list[str]:
     return claims
 
 
+def cpus(quantity: str) -> int:
+    """Whole CPUs in a Kubernetes CPU quantity, rounded down, at least 1: `7500m` -> 7, `0.5` -> 1."""
+    text = str(quantity).strip()
+    if text.endswith("m"):
+        value = float(text[:-1]) / 1000
+    else:
+        suffixes = {"k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
+        value = float(text[:-1]) * suffixes[text[-1]] if text[-1] in suffixes else float(text)
+    return max(1, int(value))
+
+
+def thread_env(cpu: str, gpus: int) -> list[dict[str, str]]:
+    """Thread variables for the trainer's processes (one per GPU), from the pod's CPU limit: torch and OpenMP would
+    otherwise start a thread per core of the node and spin against the CPU quota."""
+    threads = str(max(1, cpus(cpu) // max(1, gpus)))
+    return [{"name": n, "value": threads} for n in THREAD_VARIABLES]
+
+
 def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings) -> dict[str, Any]:
     """The run's batch/v1 Job: one pod that runs the trainer, hardened to the restricted Pod Security
     Standard, with no Kubernetes API credentials."""
@@ -194,6 +222,7 @@ def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings) -> 
     env: list[dict[str, Any]] = [
         {"name": "HF_HOME", "value": "/cache/huggingface"},
         {"name": "SFTOP_TERMINATION_LOG", "value": "/dev/termination-log"},
+        *thread_env(quantities["cpu"], res.gpus),
     ]
     if spec.hub_token_secret is not None:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
@@ -221,7 +250,11 @@ def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings) -> 
         ref = spec.dataset.config_map
         mounts.append({"name": "data", "mountPath": posixpath.join(POD_LAYOUT.configmap_root, ref.name),
                        "readOnly": True})
-        volumes.append({"name": "data", "configMap": {"name": ref.name, "items": [{"key": ref.key, "path": ref.key}]}})
+        keys = [ref.key]
+        if spec.dataset.eval_split is not None and spec.dataset.eval_split.file is not None:
+            keys.append(spec.dataset.eval_split.file)
+        volumes.append({"name": "data", "configMap": {"name": ref.name,
+                                                      "items": [{"key": k, "path": k} for k in keys]}})
     container = {
         "name": CONTAINER,
         "image": spec.image or settings.trainer_image,

@@ -5,7 +5,7 @@ import pytest
 
 from harness.cluster import Operator
 from harness.node import Node
-from sftop_trainer.tiny import task_api_rows, write_jsonl
+from sftop_trainer import taskapi
 
 
 def free_port() -> int:
@@ -24,9 +24,11 @@ async def cluster(apiserver, tmp_path, tiny_model, monkeypatch):
     monkeypatch.setenv("SFTOP_RESYNC_INTERVAL", "10")
     monkeypatch.setenv("SFTOP_TERMINATION_GRACE_SECONDS", "30")
     monkeypatch.setenv("SFTOP_METRICS_PORT", "0")
+    # Pods ask for 1 CPU, as they would to fit this 2-CPU node side by side; their thread variables follow.
+    monkeypatch.setenv("SFTOP_DEFAULT_CPU", "1")
     node = Node(apiserver, tmp_path)
     shutil.copytree(tiny_model, node.volume("models") / "tiny")
-    write_jsonl(task_api_rows(96), node.volume("data") / "tasks.jsonl")
+    taskapi.write_jsonl(taskapi.rows(96), node.volume("data") / "tasks.jsonl")
     for claim in ("models", "data"):
         await apiserver.post("/api/v1/namespaces/team-a/persistentvolumeclaims", json={
             "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},

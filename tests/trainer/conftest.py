@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from sftop_trainer.__main__ import main
-from sftop_trainer.tiny import task_api_rows, write_jsonl
+from sftop_trainer import taskapi
 
 
 def merge(base: dict, over: dict) -> dict:
@@ -34,7 +34,7 @@ def train_config(tiny_model, tmp_path):
     def make(**over) -> Path:
         data = tmp_path / "data" / "train.jsonl"
         if not data.exists():
-            write_jsonl(task_api_rows(64), data)
+            taskapi.write_jsonl(taskapi.rows(64), data)
         base = {"model": {"name": str(tiny_model)}, "dataset": {"path": str(data)}, "method": "lora",
                 "training": {"maxSteps": 8, "learningRate": 3e-3, "loggingSteps": 2, "saveSteps": 4,
                              "perDeviceTrainBatchSize": 4},

@@ -6,7 +6,7 @@ import pytest
 
 from sftop_trainer.config import TrainerConfig, load_config
 from sftop_trainer.errors import EXIT_CLASSES, ExitCode
-from sftop_trainer.tiny import task_api_rows, write_jsonl
+from sftop_trainer import taskapi
 
 
 def expect_failure(run, code, *words):
@@ -45,7 +45,7 @@ def test_lora_target_modules_that_the_model_lacks(train_config, train):
 
 def test_malformed_json_line_is_named_by_number(train_config, train, tmp_path):
     path = tmp_path / "broken.jsonl"
-    lines = [json.dumps(r) for r in task_api_rows(5)]
+    lines = [json.dumps(r) for r in taskapi.rows(5)]
     lines[2] = lines[2][:-3]  # cut off the end of line 3
     path.write_text("\n".join(lines) + "\n")
     expect_failure(train(train_config(dataset={"path": str(path)})), ExitCode.INVALID_DATA, "broken.jsonl",
@@ -53,26 +53,26 @@ def test_malformed_json_line_is_named_by_number(train_config, train, tmp_path):
 
 
 def test_unknown_format_lists_columns_and_accepted_formats(train_config, train, tmp_path):
-    path = write_jsonl([{"question": "q", "answer": "a"}] * 4, tmp_path / "qa.jsonl")
+    path = taskapi.write_jsonl([{"question": "q", "answer": "a"}] * 4, tmp_path / "qa.jsonl")
     expect_failure(train(train_config(dataset={"path": str(path)})), ExitCode.INVALID_DATA,
                    "['answer', 'question']", "messages (messages)", "instruction (instruction, output)")
 
 
 def test_declared_format_with_missing_columns(train_config, train, tmp_path):
-    path = write_jsonl(task_api_rows(4, fmt="text"), tmp_path / "t.jsonl")
+    path = taskapi.write_jsonl(taskapi.rows(4, fmt="text"), tmp_path / "t.jsonl")
     expect_failure(train(train_config(dataset={"path": str(path), "format": "instruction"})),
                    ExitCode.INVALID_DATA, "missing instruction, output", "columns found: text")
 
 
 def test_rows_without_an_assistant_turn_are_counted_and_named(train_config, train, tmp_path):
-    rows = task_api_rows(20)
+    rows = taskapi.rows(20)
     for i in (3, 7):  # rows 4 and 8, counting from 1
         rows[i]["messages"] = rows[i]["messages"][:1]
-    path = write_jsonl(rows, tmp_path / "d.jsonl")
+    path = taskapi.write_jsonl(rows, tmp_path / "d.jsonl")
     run = train(train_config(dataset={"path": str(path)}, training={"maxSteps": 2}))
     assert run.code == 0, run.message
     assert run.result["data"]["skipped"] == {"no assistant turn": {"count": 2, "rows": [4, 8]}}
-    assert run.result["data"]["rows_train"] == 18
+    assert run.result["data"]["rowsTrain"] == 18
 
 
 def test_nothing_left_after_filtering_is_an_error(train_config, train, tmp_path):
@@ -82,26 +82,39 @@ def test_nothing_left_after_filtering_is_an_error(train_config, train, tmp_path)
 
 
 def test_samples_longer_than_max_length_are_counted_and_dropped(train_config, train):
-    rows = task_api_rows(30, fmt="text")
+    rows = taskapi.rows(30, fmt="text")
     rows[0]["text"] = rows[1]["text"] = " ".join(["water the plants"] * 80)
     run = train(train_config(dataset={"rows": rows}, training={"maxLength": 128, "longSamples": "drop",
                                                                "maxSteps": 2}))
     assert run.code == 0, run.message
     data = run.result["data"]
-    assert (data["overlong"], data["overlong_action"]) == (2, "drop")
+    assert (data["overlong"], data["overlongAction"]) == (2, "drop")
 
 
 def test_samples_longer_than_max_length_are_counted_when_truncated(train_config, train):
-    rows = task_api_rows(30, fmt="text")
+    rows = taskapi.rows(30, fmt="text")
     rows[5]["text"] = " ".join(["water the plants"] * 80)
     run = train(train_config(dataset={"rows": rows}, training={"maxLength": 128, "maxSteps": 2}))
     assert run.code == 0, run.message
-    assert (run.result["data"]["overlong"], run.result["data"]["overlong_action"]) == (1, "truncate")
+    assert (run.result["data"]["overlong"], run.result["data"]["overlongAction"]) == (1, "truncate")
 
 
-def test_model_that_cannot_be_loaded(train_config, train, tmp_path):
-    expect_failure(train(train_config(model={"name": str(tmp_path / "no-such-model")})),
-                   ExitCode.MODEL_LOAD_FAILED, "no-such-model")
+def test_model_folder_that_does_not_exist_is_named(train_config, train, tmp_path):
+    (tmp_path / "models" / "smollm2").mkdir(parents=True)
+    expect_failure(train(train_config(model={"name": str(tmp_path / "models" / "no-such-model")})),
+                   ExitCode.MODEL_LOAD_FAILED, "model folder", "no-such-model does not exist", "holds: smollm2")
+
+
+def test_model_folder_without_a_model_is_named(train_config, train, tmp_path):
+    (tmp_path / "empty").mkdir()
+    expect_failure(train(train_config(model={"name": str(tmp_path / "empty")})),
+                   ExitCode.MODEL_LOAD_FAILED, "has no config.json")
+
+
+def test_hub_model_that_cannot_be_reached(train_config, train):
+    # HF_HUB_OFFLINE is set for the tests: a Hub id that is not in the cache cannot be loaded
+    expect_failure(train(train_config(model={"name": "no-such-org/no-such-model"})),
+                   ExitCode.MODEL_LOAD_FAILED, "no-such-org/no-such-model")
 
 
 def test_conversational_data_on_a_model_without_chat_template(train_config, train, tiny_model_without_template):
@@ -117,10 +130,23 @@ def test_chat_template_override_makes_it_train(train_config, train, tiny_model_w
     assert run.code == 0, run.message
 
 
-def test_assistant_only_loss_needs_a_template_that_marks_turns(train_config, train):
-    plain = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    expect_failure(train(train_config(chatTemplate=plain, training={"assistantOnlyLoss": True})),
-                   ExitCode.INVALID_CONFIG, "assistantOnlyLoss", "{% generation %}")
+def test_assistant_only_loss_works_on_a_template_without_markers(train_config, train):
+    plain = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    run = train(train_config(chatTemplate=plain, training={"maxSteps": 2}))
+    assert run.code == 0, run.message
+    assert run.result["data"]["loss"] == "assistant turns, found by rendering each turn with the chat template"
+
+
+def test_a_template_that_cannot_be_split_into_turns_says_what_to_do(train_config, train):
+    # the last assistant turn renders differently from the same turn followed by another message
+    odd = ("{% for m in messages %}{% if loop.last and m['role'] == 'assistant' %}FINAL {% endif %}"
+           "{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
+    expect_failure(train(train_config(chatTemplate=odd)), ExitCode.INVALID_CONFIG,
+                   "assistantOnlyLoss: false", "spec.chatTemplate")
+    run = train(train_config(chatTemplate=odd, training={"maxSteps": 2, "assistantOnlyLoss": False}))
+    assert run.code == 0, run.message
+    assert run.result["data"]["loss"] == "every token"
 
 
 def test_loss_that_becomes_nan_fails_fast(train_config, train):

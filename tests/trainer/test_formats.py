@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sftop_trainer.tiny import task_api_rows
+from sftop_trainer import taskapi
 
 
 def write(rows, path):
@@ -33,7 +33,7 @@ CASES = [  # (format, where the rows come from, declare the format or let it be 
 
 @pytest.mark.parametrize("fmt,source,declared", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
 def test_format_trains_and_adapter_generates(fmt, source, declared, train_config, train, tmp_path, tiny_model):
-    rows = task_api_rows(48, fmt=fmt)
+    rows = taskapi.rows(48, fmt=fmt)
     dataset = {"rows": rows} if source == "inline" else {"path": str(write(rows, tmp_path / f"data.{source}"))}
     if declared:
         dataset["format"] = fmt

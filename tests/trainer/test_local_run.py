@@ -7,7 +7,7 @@ import yaml
 
 from sftop import api, render
 from sftop.cli import main
-from sftop_trainer.tiny import task_api_rows
+from sftop_trainer import taskapi
 
 MANIFEST = """
 apiVersion: v1
@@ -31,7 +31,7 @@ spec:
 def test_run_local_trains_the_manifest_into_the_run_folder(tmp_path, tiny_model, capsys):
     volumes = tmp_path / "volumes"
     shutil.copytree(tiny_model, volumes / "models" / "tiny")
-    rows = "\n".join("    " + json.dumps(r) for r in task_api_rows(16))
+    rows = "\n".join("    " + json.dumps(r) for r in taskapi.rows(16))
     manifest = tmp_path / "faq.yaml"
     manifest.write_text(MANIFEST.replace("{rows}", rows))
 
@@ -54,12 +54,54 @@ def test_run_local_without_the_configmap_says_so(tmp_path, capsys):
     assert "ConfigMap faq-data with key faq.jsonl is not in" in capsys.readouterr().err
 
 
-def test_demo_fine_tunes_and_shows_before_and_after(tmp_path, capsys):
+def test_eval_file_beside_the_data_in_a_configmap_is_evaluated(tmp_path, tiny_model, capsys):
+    volumes = tmp_path / "volumes"
+    shutil.copytree(tiny_model, volumes / "models" / "tiny")
+    train, test = taskapi.split(16, 6)
+    manifest = tmp_path / "faq.yaml"
+    text = MANIFEST.replace("{rows}", "\n".join("    " + json.dumps(r) for r in train))
+    text = text.replace("  faq.jsonl: |", "  test.jsonl: |\n" + "\n".join("    " + json.dumps(r) for r in test)
+                        + "\n  faq.jsonl: |")
+    text = text.replace("dataset: {configMap: {name: faq-data, key: faq.jsonl}}",
+                        "dataset: {configMap: {name: faq-data, key: faq.jsonl}, evalSplit: {file: test.jsonl}}\n"
+                        "  evaluation: {prompts: 4, maxNewTokens: 8}")
+    manifest.write_text(text)
+    assert main(["run", str(manifest), "--local", "--volumes", str(volumes), "--no-progress-bar"]) == 0
+    out = capsys.readouterr().out
+    assert "eval loss: " in out and "exact match on 4 held-out prompts: " in out
+    spec = api.SFTJobSpec.model_validate(list(yaml.safe_load_all(text))[1]["spec"])
+    folder = volumes / "adapters" / "runs" / "team-a" / "faq" / render.run_id(spec)
+    result = json.loads((folder / "result.json").read_text())
+    assert result["data"]["rowsEval"] == 6
+    assert result["evaluation"]["prompts"] == 4 and len(result["evaluation"]["samples"]) == 3
+
+
+def test_full_fine_tuning_names_its_model_folder_and_a_missing_gpu_is_said(tmp_path, tiny_model, capsys):
+    volumes = tmp_path / "volumes"
+    shutil.copytree(tiny_model, volumes / "models" / "tiny")
+    manifest = tmp_path / "faq.yaml"
+    text = MANIFEST.replace("{rows}", "\n".join("    " + json.dumps(r) for r in taskapi.rows(8)))
+    manifest.write_text(text.replace("  training:", "  method: full\n  resources: {gpus: 1}\n  training:"))
+    assert main(["run", str(manifest), "--local", "--volumes", str(volumes), "--no-progress-bar"]) == 0
+    captured = capsys.readouterr()
+    assert "asks for 1 GPU(s) (resources.gpus) and this machine has none: training on the CPU" in captured.err
+    lines = captured.out.splitlines()
+    assert any(line.startswith("model: ") and line.endswith("/model") for line in lines)
+    assert not any(line.startswith("adapter:") for line in lines)
+
+
+def test_demo_fine_tunes_the_real_model_and_shows_before_and_after(tmp_path, smollm2, capsys):
+    from sftop import demo
+
     assert main(["demo", "--dir", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
-    lines = dict(line.split(":", 1) for line in out.splitlines() if ":" in line and line[:1] != " ")
-    before, after = (float(x) for x in lines["loss (held out)"].split("after")[0].split("before ->"))
-    assert after < before
-    assert lines["adapter"].strip().endswith("/adapter")
-    for key in ("request", "expected", "answer before", "answer after"):
-        assert key in lines
+    rows = {line.split()[0] + " " + line.split()[1]: line.split()[2:] for line in out.splitlines()
+            if line.startswith(("  exact match", "  valid JSON"))}
+    before, after = (float(x.rstrip("%")) for x in rows["exact match"])
+    json_before, json_after = (float(x.rstrip("%")) for x in rows["valid JSON"])
+    # the base model chats instead of answering in JSON; the fine-tuned one answers held-out requests
+    assert before <= 10 and json_before <= 25
+    assert after >= 80 and json_after >= 95
+    assert out.count("  before:   ") == 3 and out.count("  after:    ") == 3
+    assert f"held-out requests ({demo.TEST_ROWS}, task titles never seen in training)" in out
+    assert "adapter: " in out

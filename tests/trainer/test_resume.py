@@ -79,6 +79,7 @@ def test_sigterm_checkpoints_and_restart_resumes_from_that_step(train_config, tm
 def test_an_incomplete_checkpoint_is_not_resumed_from(train_config, train, tmp_path):
     run = train(train_config(training={"maxSteps": 4, "saveSteps": 2}))
     assert run.code == 0
+    (run.out / "result.json").rename(run.out / "result-4-steps.json")  # a finished result is never trained over
     broken = run.out / "checkpoints" / "checkpoint-6"
     broken.mkdir()
     (broken / "checkpoint-is-incomplete.txt").write_text("in progress")

@@ -68,7 +68,12 @@ def launch(processes: int, config: str) -> int:
         status = Path(tmp) / "status.json"
         cmd = launch_command(processes, config, str(status))
         log.info("launching %d training processes: %s", processes, " ".join(cmd))
-        child = subprocess.Popen(cmd, start_new_session=True, env={**os.environ, "SFTOP_LAUNCHED": "1"})
+        env = {**os.environ, "SFTOP_LAUNCHED": "1"}
+        if not env.get("OMP_NUM_THREADS"):  # torchrun would set 1; share this process's CPUs among the workers
+            from sftop_trainer.threads import available_cpus
+
+            env["OMP_NUM_THREADS"] = str(max(1, available_cpus() // processes))
+        child = subprocess.Popen(cmd, start_new_session=True, env=env)
         forward = lambda signum, frame: os.killpg(child.pid, signum)  # noqa: E731
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
@@ -124,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         if processes > 1:
             return launch(processes, args.config)
 
-    from sftop_trainer import train
+    from sftop_trainer import threads, train
 
+    threads.size_threads()  # before torch starts its thread pools
     progress_bar = sys.stdout.isatty() if args.progress_bar is None else args.progress_bar
     try:
         result = train.run(cfg, progress_bar=progress_bar)

@@ -68,11 +68,32 @@ def exactly_one(model: BaseModel, fields: tuple[str, ...], what: str) -> None:
         raise ValueError(f"{what} needs exactly one of {names} (found: {found})")
 
 
-def check_eval_split(eval_split: EvalSplit | None, hub: object | None) -> None:
-    """A named eval split exists only for Hub datasets; files and inline rows split off a fraction."""
-    if eval_split is not None and eval_split.name is not None and hub is None:
-        raise ValueError("evalSplit.name names a split of a Hub dataset; use evalSplit.fraction for files, "
-                         "ConfigMaps and inline rows")
+def check_eval_split(eval_split: EvalSplit | None, source: str) -> None:
+    """A named eval split exists only for Hub datasets, an eval file only beside a training file (`source`: hub,
+    pvc, configMap or inline); a fraction works everywhere."""
+    if eval_split is None:
+        return
+    if eval_split.name is not None and source != "hub":
+        raise ValueError("evalSplit.name names a split of a Hub dataset; use evalSplit.fraction or evalSplit.file "
+                         "for files and ConfigMaps, evalSplit.fraction for inline rows")
+    if eval_split.file is not None:
+        if source not in ("pvc", "configMap"):
+            raise ValueError("evalSplit.file names a file beside the training data (on dataset.pvc's claim, or a key "
+                             "of dataset.configMap); use evalSplit.name for Hub datasets, evalSplit.fraction for "
+                             "inline rows")
+        check_data_file(eval_split.file, "evalSplit.file")
+        if source == "configMap" and "/" in eval_split.file:
+            raise ValueError(f"evalSplit.file is a key of dataset.configMap, which has no '/' (got "
+                             f"{eval_split.file!r})")
+
+
+EVAL_SPLIT_RULES = [
+    {"rule": "!has(self.evalSplit) || !has(self.evalSplit.name) || has(self.hub)",
+     "message": "evalSplit.name names a split of a Hub dataset; use evalSplit.fraction or evalSplit.file"},
+    {"rule": "!has(self.evalSplit) || !has(self.evalSplit.file) || has(self.pvc) || has(self.configMap)",
+     "message": "evalSplit.file names a file beside the training data, on dataset.pvc's claim or in "
+                "dataset.configMap"},
+]
 
 
 def check_data_file(path: str, what: str) -> None:
@@ -105,20 +126,24 @@ class HubDataset(Spec):
 
 
 class EvalSplit(Spec):
-    """Where the evaluation set comes from: a fraction held out from the training data, or a named split."""
+    """Where the evaluation set comes from: a fraction held out from the training data, a named split of a Hub
+    dataset, or a file beside the training data."""
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        cel_exactly_one(("fraction", "name"), "evalSplit")]})
+        cel_exactly_one(("fraction", "name", "file"), "evalSplit")]})
 
     fraction: float | None = Field(None, gt=0, lt=1,
                                    description="Fraction of the rows held out for evaluation, for example 0.05.")
     name: str | None = Field(None, min_length=1, max_length=256,
                              description="Name of a split of the same Hub dataset to evaluate on, for example "
                                          "`test`. Only for Hub datasets.")
+    file: RelativePath | None = Field(None, description="A file of evaluation rows beside the training data, in the "
+                                                        "same format: a path on dataset.pvc's claim, or a key of "
+                                                        "dataset.configMap. For example `data/test.jsonl`.")
 
     @model_validator(mode="after")
     def _one(self) -> EvalSplit:
-        exactly_one(self, ("fraction", "name"), "evalSplit")
+        exactly_one(self, ("fraction", "name", "file"), "evalSplit")
         return self
 
 
@@ -251,6 +276,26 @@ class TrainingSpec(Spec):
         return self
 
 
+class EvaluationSpec(Spec):
+    """Greedy answers to held-out prompts, scored against the expected answers, at each evaluation, before training
+    and at the end: what users read to know whether the model does the task. Needs evaluation data
+    (dataset.evalSplit)."""
+
+    answers: bool = Field(True, description="Answer held-out prompts and score the answers (exactMatch, and "
+                                            "validJson where the expected answers are JSON). false: eval loss and "
+                                            "token accuracy only.")
+    prompts: int = Field(32, ge=1, le=10_000, description="How many held-out prompts to answer at each evaluation "
+                                                          "(the first ones of the evaluation data).")
+    max_new_tokens: int | None = Field(None, ge=1, le=32_768,
+                                       description="Longest answer, in tokens. Unset: twice the longest expected "
+                                                   "answer plus 16 (a longer answer cannot match).")
+    baseline: bool = Field(True, description="Also evaluate before training, so the result shows the change. "
+                                             "Skipped for qlora on a CPU, where an inference pass before training "
+                                             "would corrupt the 4-bit weights' training.")
+    samples: int = Field(3, ge=0, le=20, description="How many (prompt, expected, answer) samples the result "
+                                                     "keeps.")
+
+
 def default_learning_rate(method: str) -> float:
     return 2e-5 if method == "full" else 2e-4
 
@@ -263,7 +308,8 @@ class ModelSource(Spec):
     revision: str | None = Field(None, description="Hub revision (commit sha, tag or branch).")
     trust_remote_code: bool = Field(False, description="Run code from the model repository.")
     dtype: Dtype = Field("auto", description="dtype of the weights: `auto` takes bfloat16 on a GPU that has it, "
-                                             "float16 on other GPUs, float32 on a CPU.")
+                                             "float16 on other GPUs, float32 on a CPU (computing in bfloat16 "
+                                             "where the CPU has bfloat16 instructions).")
 
 
 class DataSource(Spec):
@@ -271,13 +317,21 @@ class DataSource(Spec):
     path: str | None = Field(None, min_length=1, description="A local jsonl, json, parquet or csv file.")
     rows: list[dict[str, Any]] | None = Field(None, description="Rows given inline.")
     format: DataFormat = "auto"
-    eval_split: EvalSplit | None = None
+    eval_split: EvalSplit | None = Field(None, description="A fraction held out, or a split of the Hub dataset.")
+    eval_path: str | None = Field(None, min_length=1, description="A local file of evaluation rows (what an "
+                                                                  "SFTJob's evalSplit.file becomes).")
     max_samples: int | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _rules(self) -> DataSource:
         exactly_one(self, ("hub", "path", "rows"), "dataset")
-        check_eval_split(self.eval_split, self.hub)
+        if self.eval_split is not None and self.eval_split.file is not None:
+            raise ValueError("evalSplit.file is an SFTJob field; a trainer config names the file as evalPath")
+        check_eval_split(self.eval_split, "hub" if self.hub is not None else "inline")
+        if self.eval_path is not None:
+            if self.eval_split is not None:
+                raise ValueError("set either evalSplit or evalPath, not both")
+            check_data_file(self.eval_path, "evalPath")
         if self.path is not None:
             check_data_file(self.path, "dataset path")
         return self
@@ -312,6 +366,7 @@ class TrainerConfig(Spec):
     lora: LoraSpec | None = None
     quantization: QuantizationSpec | None = None
     training: TrainingSpec = TrainingSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
     output: OutputTarget
     progress: ProgressEndpoint = ProgressEndpoint()
 

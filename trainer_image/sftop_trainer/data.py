@@ -14,7 +14,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from sftop_trainer.config import DataSource
 from sftop_trainer.errors import DataError
@@ -40,6 +40,7 @@ SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "a
 ALPACA = ("Below is an instruction that describes a task{with_input}. Write a response that appropriately completes "
           "the request.\n\n### Instruction:\n{instruction}\n\n{input_block}### Response:\n")
 NAMED_ROWS = 10  # how many row numbers a report names per reason
+Check = Callable[[dict[str, Any]], "str | None"]  # a converted row -> why it cannot train, or None
 
 
 @dataclass
@@ -54,10 +55,14 @@ class DataReport:
     skipped: dict[str, dict[str, Any]] = field(default_factory=dict)  # reason -> {count, rows}
     overlong: int = 0
     overlong_action: str = "truncate"
+    loss: str = ""  # what carries loss, in words
     sha256: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """camelCase keys, like the rest of result.json."""
+        from pydantic.alias_generators import to_camel
+
+        return {to_camel(k): v for k, v in asdict(self).items()}
 
 
 # ------------------------------------------------------------------------------------------- loading
@@ -224,8 +229,9 @@ def is_conversational(ds: Dataset) -> bool:
         "prompt" in ds.column_names and len(ds) > 0 and isinstance(ds[0]["prompt"], list))
 
 
-def convert(ds: Dataset, fmt: str, conversational: bool, report: DataReport) -> Dataset:
-    """Rows in the shape TRL takes; skipped rows are counted in `report.skipped`."""
+def convert(ds: Dataset, fmt: str, conversational: bool, report: DataReport, check: Check | None = None) -> Dataset:
+    """Rows in the shape TRL takes; skipped rows are counted in `report.skipped`. `check` may reject a converted row
+    with a reason (the chat template cannot render it, ...)."""
     from datasets import Dataset
 
     needed = FORMAT_COLUMNS[fmt]
@@ -236,6 +242,9 @@ def convert(ds: Dataset, fmt: str, conversational: bool, report: DataReport) -> 
     rows, skipped = [], {}
     for number, row in enumerate(ds, start=1):
         converted, why = _convert_row(row, fmt, conversational)
+        if converted is not None and check is not None:
+            why = check(converted)
+            converted = None if why else converted
         if converted is None:
             skipped.setdefault(why, []).append(number)
         else:
@@ -266,14 +275,15 @@ def fingerprint(*datasets: Dataset) -> str:
     return h.hexdigest()
 
 
-def prepare(src: DataSource, seed: int, conversational: bool) -> tuple[Dataset, Dataset | None, DataReport]:
+def prepare(src: DataSource, seed: int, conversational: bool, check: Check | None = None) \
+        -> tuple[Dataset, Dataset | None, DataReport]:
     """Load, convert and split the data. `conversational` says whether a chat template is available (instruction
-    data then becomes chat messages)."""
+    data then becomes chat messages); `check` may reject converted rows with a reason."""
     raw = load_raw(src)
     report = DataReport(source=describe_source(src), format=src.format, rows_read=len(raw))
     fmt = detect_format(raw.column_names) if src.format == "auto" else src.format
     report.format = fmt
-    train = convert(raw, fmt, conversational, report)
+    train = convert(raw, fmt, conversational, report, check)
     evaluation = None
     if src.eval_split is not None and src.eval_split.fraction is not None:
         if len(train) < 2:
@@ -282,7 +292,11 @@ def prepare(src: DataSource, seed: int, conversational: bool) -> tuple[Dataset, 
         train, evaluation = parts["train"], parts["test"]
     elif src.eval_split is not None and src.eval_split.name is not None:
         eval_report = DataReport(source=report.source, format=fmt)
-        evaluation = convert(_load_hub(src, src.eval_split.name), fmt, conversational, eval_report)
+        evaluation = convert(_load_hub(src, src.eval_split.name), fmt, conversational, eval_report, check)
+    elif src.eval_path is not None:
+        eval_raw = _load_file(Path(src.eval_path))
+        eval_report = DataReport(source=f"file:{Path(src.eval_path).name}", format=fmt)
+        evaluation = convert(eval_raw, fmt, conversational, eval_report, check)
     if src.max_samples is not None and len(train) > src.max_samples:
         train = train.shuffle(seed=seed).select(range(src.max_samples))
     report.rows_train, report.rows_eval = len(train), len(evaluation) if evaluation is not None else 0

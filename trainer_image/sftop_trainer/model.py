@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from typing import TYPE_CHECKING, Any
 
 from sftop_trainer.config import TrainerConfig
@@ -15,13 +14,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-GENERATION_BLOCK = re.compile(r"\{%-?\s*generation\s*-?%\}")
-
 
 def has_gpu() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX): there, bf16 matmuls ran 2.3x faster than
+    float32 (bench/RESULTS.md). Elsewhere bf16 is emulated and slower."""
+    import torch
+
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def cpu_autocast(cfg: TrainerConfig) -> bool:
+    """Train on a CPU with bfloat16 autocast over float32 weights: for `dtype: auto` on CPUs with native bf16.
+    (4-bit bases keep their own compute dtype.)"""
+    return cfg.model.dtype == "auto" and cfg.method != "qlora" and not has_gpu() and cpu_has_bf16()
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -42,6 +54,27 @@ def _from_pretrained_kwargs(cfg: TrainerConfig) -> dict[str, Any]:
     return kw
 
 
+def is_local_path(name: str) -> bool:
+    """A model name that is a folder, not a Hub id (`org/name`): absolute, relative with ./ or ../, or deeper."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.path.isdir(name)
+
+
+def check_local_model(cfg: TrainerConfig) -> None:
+    """A model folder that is missing or incomplete is named as such (transformers would call it a bad Hub id)."""
+    name = cfg.model.name
+    if not is_local_path(name):
+        return
+    folder = os.path.expanduser(name)
+    if not os.path.isdir(folder):
+        parent = os.path.dirname(folder.rstrip("/"))
+        hint = f"; {parent} holds: {', '.join(sorted(os.listdir(parent))[:10]) or 'nothing'}" \
+            if os.path.isdir(parent) else ""
+        raise ModelLoadError(f"model folder {name} does not exist{hint}")
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise ModelLoadError(f"model folder {name} has no config.json: it must hold the files save_pretrained "
+                             f"writes (config.json, the weights, the tokenizer)")
+
+
 def _load_error(what: str, cfg: TrainerConfig, e: Exception) -> ModelLoadError:
     where = cfg.model.name + (f"@{cfg.model.revision}" if cfg.model.revision else "")
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -56,6 +89,7 @@ def _load_error(what: str, cfg: TrainerConfig, e: Exception) -> ModelLoadError:
 def load_tokenizer(cfg: TrainerConfig):
     from transformers import AutoTokenizer
 
+    check_local_model(cfg)
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.name, **_from_pretrained_kwargs(cfg))
     except Exception as e:  # OSError, ValueError, ImportError, hub errors: all mean "cannot load"
@@ -66,11 +100,6 @@ def load_tokenizer(cfg: TrainerConfig):
         # Causal LMs often ship without a pad token; padding positions carry no loss, so EOS can stand in.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
-
-
-def marks_generation(tokenizer) -> bool:
-    """Whether the chat template marks assistant turns, which assistant-only loss needs."""
-    return bool(tokenizer.chat_template) and bool(GENERATION_BLOCK.search(str(tokenizer.chat_template)))
 
 
 def quantization_config(cfg: TrainerConfig):

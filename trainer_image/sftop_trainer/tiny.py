@@ -1,8 +1,9 @@
-"""A tiny causal LM and a Task API dataset, made locally: the built-in demo and the tests train on them.
+"""A tiny causal LM made locally, for fast tests: nothing is downloaded.
 
-Nothing is downloaded. The tokenizer is a byte-level BPE trained on the dataset's own text, with a ChatML-like
-chat template whose assistant turns sit inside `{% generation %}` so assistant-only loss works. The model is a
-Llama with random weights, small enough to train on a laptop CPU in seconds.
+The tokenizer is a byte-level BPE trained on the given texts (the Task API data, `sftop_trainer.taskapi`), with a
+ChatML-like chat template whose assistant turns sit inside `{% generation %}`. The model is a Llama with random
+weights, small enough to train on a laptop CPU in seconds. The demo and the quality benchmark use a real
+pretrained model instead (`sftop_trainer.packaged`).
 """
 
 from __future__ import annotations
@@ -22,64 +23,6 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"
 )
-
-# ------------------------------------------------------------------------------- the Task API dataset
-
-_TITLES = ["renew the TLS certificate", "water the plants", "book a dentist appointment", "pay the electricity bill",
-           "review the pull request", "call the plumber", "back up the laptop", "prepare the quarterly report",
-           "buy coffee beans", "update the on-call rota", "clean the garage", "reply to the landlord",
-           "rotate the database password", "plan the team offsite", "fix the flaky test", "order new badges"]
-_DUE = ["today", "tomorrow", "monday", "friday", "next week", None]
-_PRIORITY_WORDS = {"high": ["urgently", "asap", "it's urgent"], "low": ["whenever", "no rush", "low priority"],
-                   "normal": [""]}
-_REQUESTS = {
-    "create": ["Remind me to {t}{due}{prio}", "Add a task to {t}{due}{prio}", "I need to {t}{due}{prio}",
-               "Create a task: {t}{due}{prio}"],
-    "complete": ["I finished: {t}", "Mark '{t}' as done", "Done with {t}"],
-    "delete": ["Remove the task to {t}", "Delete '{t}' from my list", "Never mind about {t}"],
-}
-
-
-def task_api_example(rng: random.Random) -> tuple[str, dict[str, Any]]:
-    """A natural-language task request and the Task API call it means."""
-    action = rng.choices(["create", "complete", "delete"], weights=[3, 1, 1])[0]
-    title = rng.choice(_TITLES)
-    template = rng.choice(_REQUESTS[action])
-    if action != "create":
-        return template.format(t=title), {"action": action, "title": title}
-    due, priority = rng.choice(_DUE), rng.choice(["high", "normal", "low"])
-    word = rng.choice(_PRIORITY_WORDS[priority])
-    request = template.format(t=title, due=f" {due}" if due else "", prio=f", {word}" if word else "")
-    return request, {"action": "create", "title": title, "due": due, "priority": priority}
-
-
-def task_api_rows(n: int, seed: int = 0, fmt: str = "messages") -> list[dict[str, Any]]:
-    """n rows of the Task API dataset in one of the formats the trainer reads."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        request, call = task_api_example(rng)
-        answer = json.dumps(call)
-        if fmt == "messages":
-            rows.append({"messages": [{"role": "user", "content": request}, {"role": "assistant", "content": answer}]})
-        elif fmt == "sharegpt":
-            rows.append({"conversations": [{"from": "human", "value": request}, {"from": "gpt", "value": answer}]})
-        elif fmt == "prompt-completion":
-            rows.append({"prompt": f"Request: {request}\nCall: ", "completion": answer})
-        elif fmt == "instruction":
-            rows.append({"instruction": "Turn the request into a Task API call.", "input": request, "output": answer})
-        elif fmt == "text":
-            rows.append({"text": f"Request: {request}\nCall: {answer}"})
-        else:
-            raise ValueError(f"unknown format {fmt}")
-    return rows
-
-
-def write_jsonl(rows: list[dict[str, Any]], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
 
 # ----------------------------------------------------------------------------------- the tiny model
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import json
 import logging
 import math
@@ -112,6 +113,9 @@ def build_sft_config(cfg: TrainerConfig, output_dir: Path, *, has_eval: bool, as
     gpu = model_mod.has_gpu()
     dtype = cfg.quantization.compute_dtype if cfg.method == "qlora" else str(model_mod.resolve_dtype(
         cfg.model.dtype)).removeprefix("torch.")
+    # On a CPU, the first no-grad pass over a 4-bit model repacks its weights for inference and later training
+    # computes wrong gradients: a QLoRA run there evaluates only once training is over.
+    periodic_eval = has_eval and not (cfg.method == "qlora" and not gpu)
     warmup: float | int = t.warmup_steps if t.warmup_steps is not None else (
         t.warmup_ratio if t.warmup_ratio is not None else 0.03)
     kw: dict[str, Any] = dict(
@@ -139,11 +143,11 @@ def build_sft_config(cfg: TrainerConfig, output_dir: Path, *, has_eval: bool, as
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=(t.eval_steps or t.save_steps) if has_eval else None,
+        eval_strategy="steps" if periodic_eval else "no",
+        eval_steps=(t.eval_steps or t.save_steps) if periodic_eval else None,
         report_to="none",
         use_cpu=not gpu,
-        bf16=gpu and dtype == "bfloat16",
+        bf16=(gpu and dtype == "bfloat16") or model_mod.cpu_autocast(cfg),
         fp16=gpu and dtype == "float16",
         include_num_input_tokens_seen="non_padding",
         # transformers hides NaN/inf losses from its logs by default; the trainer must see them to fail fast.
@@ -178,6 +182,57 @@ def make_trainer_class():
     class Trainer(SFTTrainer):
         long_samples = "truncate"
         data_counts: dict[str, dict[str, int]] = {}
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.args.device.type != "cpu":
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            # On a CPU, TRL's fused LM head runs its chunked kernel as a loop of torch ops, not Triton: it took
+            # 1.9 s of a 4.1 s LoRA step of a 135M model. The model's own loss over its logits is much faster
+            # there; the metrics TRL logs (mean token accuracy, tokens) stay the same.
+            import torch
+            from transformers import Trainer as HFTrainer
+
+            mode = "train" if self.model.training else "eval"
+            inputs["use_cache"] = False
+            loss, outputs = HFTrainer.compute_loss(self, model, inputs, return_outputs=True,
+                                                   num_items_in_batch=num_items_in_batch)
+            with torch.no_grad():
+                labels = inputs["labels"][..., 1:]
+                valid = labels != -100
+                correct = (outputs.logits[..., :-1, :].argmax(-1) == labels) & valid
+                counted = self.accelerator.gather_for_metrics(valid.sum()).sum()
+                right = self.accelerator.gather_for_metrics(correct.sum()).sum()
+            self._metrics[mode]["mean_token_accuracy"].append((right / counted).item() if counted > 0 else 0.0)
+            if mode == "train":
+                seen = inputs["attention_mask"].sum() if "attention_mask" in inputs else \
+                    torch.tensor(inputs["position_ids"].size(1))
+                self._total_train_tokens += self.accelerator.gather_for_metrics(seen).sum().item()
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            return (loss, outputs) if return_outputs else loss
+
+        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                            metric_key_prefix="eval"):
+            """Eval loss and token accuracy (TRL), then greedy answers to the held-out prompts, scored."""
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                             metric_key_prefix)
+            record: EvaluationRecord | None = getattr(self, "evaluation_record", None)
+            if record is not None and record.answers and self.is_world_process_zero():
+                with self.answer_context():
+                    scores = record.answers.run(self.accelerator.unwrap_model(self.model), self.state.global_step)
+                for key, name in (("exactMatch", "exact_match"), ("validJson", "valid_json")):
+                    if key in scores:
+                        output.metrics[f"{metric_key_prefix}_{name}"] = scores[key]
+            return output
+
+        def answer_context(self):
+            """Generation in the dtype training computes in (bf16 autocast on CPUs that have it)."""
+            import contextlib
+
+            import torch
+
+            if self.args.bf16 and self.args.device.type == "cpu":
+                return torch.autocast("cpu", dtype=torch.bfloat16)
+            return contextlib.nullcontext()
 
         def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
             limit = args.max_length
@@ -224,6 +279,8 @@ def progress_callback(progress: Progress):
 
         def on_step_end(self, args, state, control, **kw):
             progress.step(state.global_step, state.max_steps, state.epoch, state.num_input_tokens_seen)
+            if state.global_step >= state.max_steps:
+                control.should_log = True  # the last step's loss, whatever loggingSteps is
 
         def on_log(self, args, state, control, logs=None, **kw):
             logs = logs or {}
@@ -232,7 +289,7 @@ def progress_callback(progress: Progress):
                 raise LossNotFinite(f"the training loss became {loss} at step {state.global_step}; lower the "
                                     f"learning rate (training.learningRate) or check the data")
             if "eval_loss" in logs:
-                progress.update(evalLoss=logs["eval_loss"])
+                progress.update(evalLoss=logs["eval_loss"], exactMatch=logs.get("eval_exact_match"))
             if loss is not None:
                 progress.update(loss=round(loss, 6), learningRate=logs.get("learning_rate"))
                 emit("progress", **progress.snapshot())
@@ -290,32 +347,31 @@ def _writable(folder: Path) -> None:
 
 
 def build_trainer(cfg: TrainerConfig, progress: Progress, *, progress_bar: bool = False):
-    """Tokenizer, data, model and SFTTrainer, ready to train. Returns (trainer, tokenizer, data report)."""
+    """Tokenizer, data, model and SFTTrainer, ready to train. Returns (trainer, tokenizer, data report, raw eval
+    rows)."""
+    from sftop_trainer.chat import TurnMasker
+
     tokenizer = model_mod.load_tokenizer(cfg)
+    masker = TurnMasker(tokenizer, cfg.training.assistant_only_loss, cfg.training.completion_only_loss)
     train_ds, eval_ds, report = data_mod.prepare(cfg.dataset, cfg.training.seed,
-                                                 conversational=bool(tokenizer.chat_template))
-    conversational = data_mod.is_conversational(train_ds)
-    if conversational and not tokenizer.chat_template:
+                                                 conversational=bool(tokenizer.chat_template), check=masker.check)
+    if data_mod.is_conversational(train_ds) and not tokenizer.chat_template:
         raise ConfigError(f"the data is conversational ({report.format}) but {cfg.model.name} has no chat "
                           f"template; set spec.chatTemplate")
-    assistant_only = False
-    if conversational:
-        assistant_only = cfg.training.assistant_only_loss
-        if assistant_only is None:
-            assistant_only = model_mod.marks_generation(tokenizer)
-        elif assistant_only and not model_mod.marks_generation(tokenizer):
-            raise ConfigError("training.assistantOnlyLoss is true but the chat template does not mark assistant "
-                              "turns with {% generation %}; set a chatTemplate that does, or unset it")
-    args = build_sft_config(cfg, Path(cfg.output.dir), has_eval=eval_ds is not None,
-                            assistant_only_loss=assistant_only, progress_bar=progress_bar)
+    report.loss = masker.describe(train_ds)
+    # Loss masks on conversations are made here (sftop_trainer.chat); TRL masks completions of plain-text
+    # prompt-completion rows itself.
+    args = build_sft_config(cfg, Path(cfg.output.dir), has_eval=eval_ds is not None, assistant_only_loss=False,
+                            progress_bar=progress_bar)
 
     progress.update(phase="LoadingModel")
     model = model_mod.load_model(cfg, cfg.training.gradient_checkpointing)
     peft_config = model_mod.lora_config(cfg, model) if cfg.method != "full" else None
     trainer_cls = make_trainer_class()
     trainer_cls.long_samples = cfg.training.long_samples
-    trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                          processing_class=tokenizer, peft_config=peft_config, callbacks=[progress_callback(progress)])
+    trainer = trainer_cls(model=model, args=args, train_dataset=masker.tokenize(train_ds),
+                          eval_dataset=masker.tokenize(eval_ds), processing_class=tokenizer, peft_config=peft_config,
+                          callbacks=[progress_callback(progress)])
     from transformers import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(PrinterCallback)  # the JSON progress lines say the same
@@ -324,7 +380,44 @@ def build_trainer(cfg: TrainerConfig, progress: Progress, *, progress_bar: bool 
         trainer.add_callback(quiet_bar())
     report.overlong = trainer_cls.data_counts.get("train", {}).get("overlong", 0)
     report.overlong_action = cfg.training.long_samples
-    return trainer, tokenizer, report
+    return trainer, tokenizer, report, eval_ds
+
+
+def config_fingerprint(cfg: TrainerConfig) -> str:
+    """sha256 of what a run trains on and writes to (the config but its progress endpoint): a finished result is
+    reused only for the same config."""
+    text = json.dumps(cfg.dump(exclude={"progress"}), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def finished_result(cfg: TrainerConfig, out: Path) -> dict[str, Any] | None:
+    """The result of this config's run when it already finished in `out` (a retried pod, or a re-run): it is
+    reported as it is, never retrained over or replaced. A finished run of another config in `out` is an error."""
+    path = out / "result.json"
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if result.get("status") != "Succeeded":
+        return None
+    if result.get("configSha256") != config_fingerprint(cfg):
+        raise ConfigError(f"output.dir {out} holds the finished result of another config (result.json); write "
+                          f"this run to another folder, or move that result away")
+    return result
+
+
+def mean_train_loss(log_history: list[dict[str, Any]]) -> float | None:
+    """The mean training loss over the whole run, attempts before a resume included: each logged loss is the mean
+    of the steps since the previous log, so they are weighted by those steps."""
+    total = steps = 0.0
+    previous = 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry:
+            span = max(1, entry["step"] - previous)
+            total, steps, previous = total + entry["loss"] * span, steps + span, entry["step"]
+    return total / steps if steps else None
 
 
 def run(cfg: TrainerConfig, *, progress_bar: bool = False) -> dict[str, Any]:
@@ -333,12 +426,19 @@ def run(cfg: TrainerConfig, *, progress_bar: bool = False) -> dict[str, Any]:
     import torch
     import transformers
 
+    from sftop_trainer.evaluate import AnswerEval, EvaluationRecord
+
     # In a pod the log is read by machines and people: JSON lines, no progress bars. A terminal gets one bar.
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
     progress_mod.JSON_LINES = not progress_bar
     out = Path(cfg.output.dir)
     _writable(out)
+    done = finished_result(cfg, out)
+    if done is not None:
+        log.info("run %s already finished in %s; reporting its result", cfg.run.id or "", out)
+        emit("result", **done)
+        return done
     previous_handler = signal.getsignal(signal.SIGTERM)
     watch = SigtermWatch()
     progress = Progress(cfg.run.id)
@@ -349,12 +449,27 @@ def run(cfg: TrainerConfig, *, progress_bar: bool = False) -> dict[str, Any]:
     try:
         emit("start", runId=cfg.run.id, model=cfg.model.name, method=cfg.method)
         progress.update(phase="LoadingData")
-        trainer, tokenizer, report = build_trainer(cfg, progress, progress_bar=progress_bar)
+        trainer, tokenizer, report, eval_rows = build_trainer(cfg, progress, progress_bar=progress_bar)
+        ev = cfg.evaluation
+        answers = AnswerEval(tokenizer, eval_rows, ev.prompts, ev.max_new_tokens, ev.samples) \
+            if ev.answers and eval_rows is not None else None
+        record = EvaluationRecord(out, answers) if eval_rows is not None else None
+        trainer.evaluation_record = record
+        if record is not None:
+            trainer.add_callback(evaluation_callback(record))
         trainable, total = model_mod.count_parameters(trainer.model)
         resume = latest_complete_checkpoint(out / CHECKPOINTS)
         resumed_from = checkpoint_step(resume) if resume else 0
         emit("train", resumeFromStep=resumed_from, trainRows=report.rows_train, evalRows=report.rows_eval,
-             overlong=report.overlong, trainableParameters=trainable, totalParameters=total)
+             overlong=report.overlong, trainableParameters=trainable, totalParameters=total, loss=report.loss)
+        if record is not None and ev.baseline and resume is None and record.before is None:
+            if cfg.method == "qlora" and not model_mod.has_gpu():
+                log.info("no evaluation before training: an inference pass on a 4-bit model on a CPU would corrupt "
+                         "its training")
+            else:
+                progress.update(phase="Evaluating")
+                trainer.evaluate()
+                record.mark_baseline()
         watch.chain()
         try:
             output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -368,19 +483,25 @@ def run(cfg: TrainerConfig, *, progress_bar: bool = False) -> dict[str, Any]:
 
         # SIGTERM during the last steps: training is complete, so the adapter is saved as usual (seconds) and the
         # run succeeds instead of being redone.
+        steps, tokens = trainer.state.global_step, trainer.state.num_input_tokens_seen
+        if record is not None and (not record.history or record.history[-1]["step"] != steps):
+            progress.update(phase="Evaluating")
+            trainer.evaluate()
         progress.update(phase="Saving")
-        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        eval_loss = trainer.evaluate().get("eval_loss") if trainer.eval_dataset is not None else None
+        history = trainer.state.log_history
+        losses = [h["loss"] for h in history if "loss" in h]
         final_dir = out / ("model" if cfg.method == "full" else "adapter")
         trainer.save_model(str(final_dir))
         if is_main_process():
             tokenizer.save_pretrained(str(final_dir))
-        steps, tokens = trainer.state.global_step, trainer.state.num_input_tokens_seen
+        epoch = trainer.state.epoch
+        train_runtime = output.metrics.get("train_runtime")  # this attempt's training loop
         del trainer
         merged_dir = None
         if cfg.output.merge_adapter and cfg.method != "full" and is_main_process():
             merged_dir = merge_adapter(cfg, final_dir, out / "merged")
 
+        evaluation = record.summary() if record is not None else None
         result = {
             "status": "Succeeded",
             "runId": cfg.run.id,
@@ -389,18 +510,20 @@ def run(cfg: TrainerConfig, *, progress_bar: bool = False) -> dict[str, Any]:
             "adapterPath": final_dir.name,
             "mergedPath": merged_dir.name if merged_dir else None,
             "steps": steps,
-            "epochs": round(output.metrics["epoch"], 4) if output.metrics.get("epoch") else None,
+            "epochs": round(epoch, 4) if epoch else None,
             "resumedFromStep": resumed_from,
-            "trainLoss": output.training_loss,
+            "trainLoss": mean_train_loss(history),
             "firstLoss": losses[0] if losses else None,
             "finalLoss": losses[-1] if losses else None,
-            "evalLoss": eval_loss,
+            "evalLoss": (evaluation or {}).get("after", {}).get("evalLoss"),
+            "evaluation": evaluation,
             "runtimeSeconds": round(time.time() - started, 2),
-            "trainRuntimeSeconds": output.metrics.get("train_runtime"),
+            "trainRuntimeSeconds": round(train_runtime, 2) if train_runtime is not None else None,
             "trainableParameters": trainable,
             "totalParameters": total,
             "trainedTokens": tokens,
             "data": report.as_dict(),
+            "configSha256": config_fingerprint(cfg),
             "versions": library_versions(),
         }
         if is_main_process():
@@ -413,6 +536,17 @@ def run(cfg: TrainerConfig, *, progress_bar: bool = False) -> dict[str, Any]:
         if server is not None:
             server.shutdown()
             server.server_close()
+
+
+def evaluation_callback(record):
+    from transformers import TrainerCallback
+
+    class EvaluationCallback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "eval_loss" in logs:
+                record.observe(state.global_step, logs)
+
+    return EvaluationCallback()
 
 
 def merge_adapter(cfg: TrainerConfig, adapter_dir: Path, merged_dir: Path) -> Path:
@@ -436,17 +570,40 @@ def merge_adapter(cfg: TrainerConfig, adapter_dir: Path, merged_dir: Path) -> Pa
 TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
 
 
+STATUS_SAMPLE_CHARS = 160  # a sample's strings in the termination message (and so in the SFTJob's status)
+
+
+def compact_evaluation(evaluation: dict[str, Any] | None, samples: int) -> dict[str, Any] | None:
+    """The result's evaluation as the SFTJob's status holds it: before, after, and a few short samples."""
+    if not evaluation:
+        return None
+    out = {k: evaluation[k] for k in ("prompts", "before", "after") if evaluation.get(k) is not None}
+    cut = (lambda v: v if not isinstance(v, str) or len(v) <= STATUS_SAMPLE_CHARS
+           else v[: STATUS_SAMPLE_CHARS - 1] + "…")
+    out["samples"] = [{k: cut(v) for k, v in s.items() if v is not None}
+                      for s in (evaluation.get("samples") or [])[:samples]]
+    return out
+
+
 def compact(result: dict[str, Any]) -> str:
     """The result (or failure) in the few keys the operator reads, within the termination-message limit."""
     keys = ("status", "exitCode", "reason", "message", "steps", "trainLoss", "evalLoss", "runtimeSeconds",
             "trainableParameters", "totalParameters", "trainedTokens", "adapterPath", "mergedPath", "resumedFromStep")
     small = {k: result[k] for k in keys if result.get(k) is not None}
-    text = json.dumps(small, separators=(",", ":"))
+    for samples in (3, 2, 1, 0):  # fewer samples until it fits
+        evaluation = compact_evaluation(result.get("evaluation"), samples)
+        if evaluation is not None:
+            small["evaluation"] = evaluation
+        text = json.dumps(small, separators=(",", ":"), ensure_ascii=False)
+        if len(text.encode()) <= TERMINATION_LIMIT:
+            return text
+    small.pop("evaluation", None)
+    text = json.dumps(small, separators=(",", ":"), ensure_ascii=False)
     if len(text.encode()) > TERMINATION_LIMIT and "message" in small:
         over = len(text.encode()) - TERMINATION_LIMIT + 16
         small["message"] = small["message"].encode()[: max(0, len(small["message"].encode()) - over)].decode(
             errors="ignore") + " …"
-        text = json.dumps(small, separators=(",", ":"))
+        text = json.dumps(small, separators=(",", ":"), ensure_ascii=False)
     return text
 
 

@@ -1,0 +1,279 @@
+"""Evaluation users can read: greedy answers to held-out prompts, compared with the expected answers.
+
+Eval loss says little to someone who wants a model that does a task. At each evaluation (and before training and
+at the end) the trainer answers up to `evaluation.prompts` held-out prompts greedily, as a served model would,
+and scores the answers:
+
+    exactMatch   answers equal to the expected ones: for an expected answer that is JSON, equal parsed values
+                 (key order and spacing do not matter); otherwise equal text, ignoring surrounding whitespace
+    validJson    of the prompts whose expected answer is a JSON object or array, answers that parse as JSON
+
+A few (prompt, expected, answer) samples go to the result, so a reader sees what the numbers mean.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_AUTO_NEW_TOKENS = 1024
+SAMPLE_CHARS = 300  # a sample's prompt, expected and answer are cut to this many characters in the result
+
+
+@dataclass
+class HeldOut:
+    prompt: list[dict[str, Any]] | str  # messages before the answer, or a plain-text prompt
+    expected: str
+
+
+def held_out(rows, limit: int) -> list[HeldOut]:
+    """The first `limit` eval rows as (prompt, expected answer): a conversation's last assistant turn is the
+    answer and what precedes it the prompt; prompt-completion rows are that already. Plain text has no prompt."""
+    out: list[HeldOut] = []
+    for row in rows:
+        if len(out) >= limit:
+            break
+        messages = row.get("messages")
+        if isinstance(messages, list):
+            last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
+            if last:
+                out.append(HeldOut(messages[:last], messages[last].get("content") or ""))
+            continue
+        prompt, completion = row.get("prompt"), row.get("completion")
+        if isinstance(prompt, list) and isinstance(completion, list):
+            answer = next((m.get("content") or "" for m in completion if m.get("role") == "assistant"), None)
+            if answer is not None:
+                out.append(HeldOut(prompt, answer))
+        elif isinstance(prompt, str) and isinstance(completion, str):
+            out.append(HeldOut(prompt, completion))
+    return out
+
+
+def _json(text: str) -> tuple[bool, Any]:
+    try:
+        return True, json.loads(text)
+    except (ValueError, TypeError):
+        return False, None
+
+
+def structured(expected: str) -> bool:
+    """Whether an expected answer is a JSON object or array (the answers validJson is about)."""
+    ok, value = _json(expected)
+    return ok and isinstance(value, (dict, list))
+
+
+def matches(expected: str, answer: str) -> bool:
+    ok, want = _json(expected)
+    if ok:
+        got_ok, got = _json(answer)
+        return got_ok and got == want
+    return answer.strip() == expected.strip()
+
+
+def score(items: list[HeldOut], answers: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"prompts": len(items)}
+    if not items:
+        return out
+    out["exactMatch"] = round(sum(matches(h.expected, a) for h, a in zip(items, answers)) / len(items), 4)
+    json_items = [(h, a) for h, a in zip(items, answers) if structured(h.expected)]
+    if json_items:
+        out["validJson"] = round(sum(_json(a)[0] for _, a in json_items) / len(json_items), 4)
+    return out
+
+
+def _cut(text: Any) -> str:
+    if not isinstance(text, str):
+        text = json.dumps(text, ensure_ascii=False)
+    return text if len(text) <= SAMPLE_CHARS else text[: SAMPLE_CHARS - 1] + "…"
+
+
+def samples(items: list[HeldOut], answers: list[str], count: int) -> list[dict[str, Any]]:
+    """The first `count` (prompt, expected, answer) triples, the prompt shown as its last user message."""
+    out = []
+    for h, a in list(zip(items, answers))[:count]:
+        prompt = h.prompt
+        if isinstance(prompt, list):
+            users = [m.get("content") for m in prompt if m.get("role") == "user"]
+            prompt = users[-1] if users else prompt
+        out.append({"prompt": _cut(prompt), "expected": _cut(h.expected), "answer": _cut(a),
+                    "match": matches(h.expected, a)})
+    return out
+
+
+def max_new_tokens(tokenizer, items: list[HeldOut], setting: int | None) -> int:
+    """`setting`, or twice the longest expected answer plus 16 tokens: an answer longer than that cannot match,
+    so generating further only costs time (a model that has not learnt to stop rambles to the limit)."""
+    if setting:
+        return setting
+    longest = max((len(tokenizer(h.expected, add_special_tokens=False)["input_ids"]) for h in items), default=0)
+    return min(MAX_AUTO_NEW_TOKENS, 2 * longest + 16)
+
+
+def stop_ids(model, tokenizer) -> list[int]:
+    """Token ids that end an answer: the tokenizer's eos and the model's generation eos ids."""
+    ids: set[int] = set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+def _encode(tokenizer, prompt: list[dict[str, Any]] | str) -> list[int]:
+    if isinstance(prompt, list):
+        out = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
+        return list(out["input_ids"])
+    return list(tokenizer(prompt)["input_ids"])  # as TRL tokenizes a plain-text prompt
+
+
+def generate(model, tokenizer, items: list[HeldOut], new_tokens: int, batch_size: int = 16) -> list[str]:
+    """Greedy answers, batched (left-padded, similar lengths together), in the order of `items`."""
+    import torch
+
+    encoded = [_encode(tokenizer, h.prompt) for h in items]
+    order = sorted(range(len(items)), key=lambda i: len(encoded[i]))
+    answers: list[str] = [""] * len(items)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = stop_ids(model, tokenizer)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            width = max(len(encoded[i]) for i in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
+                attention[row, width - len(encoded[i]):] = 1
+            with torch.no_grad():
+                out = model.generate(input_ids=ids.to(device), attention_mask=attention.to(device),
+                                     max_new_tokens=new_tokens, do_sample=False, eos_token_id=eos,
+                                     pad_token_id=pad, use_cache=True)
+            for row, i in enumerate(batch):
+                answers[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
+    finally:
+        model.train(was_training)
+    return answers
+
+
+class AnswerEval:
+    """Held-out prompts answered and scored at each evaluation of one run."""
+
+    def __init__(self, tokenizer, rows, prompts: int, max_new_tokens_setting: int | None, sample_count: int):
+        self.tokenizer = tokenizer
+        self.items = held_out(rows, prompts) if rows is not None else []
+        self.new_tokens = max_new_tokens(tokenizer, self.items, max_new_tokens_setting) if self.items else 0
+        self.sample_count = sample_count
+        self.latest: dict[str, Any] | None = None  # scores and samples of the latest evaluation
+        self.step: int | None = None
+        self.batch_size = 32  # many answers at once: on a CPU a decoding step costs about the same for 1 or 32
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def _generate(self, model) -> list[str]:
+        """Answers in batches of `batch_size`, halved after running out of GPU memory: evaluation must never be
+        what fails a run."""
+        import torch
+
+        while True:
+            try:
+                return generate(model, self.tokenizer, self.items, self.new_tokens, self.batch_size)
+            except torch.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                torch.cuda.empty_cache()
+                log.warning("out of GPU memory answering held-out prompts; retrying %d at a time", self.batch_size)
+
+    def run(self, model, step: int) -> dict[str, Any]:
+        if self.step == step and self.latest is not None:  # the final evaluation right after a periodic one
+            return self.latest
+        answers = self._generate(model)
+        scores = score(self.items, answers)
+        self.latest = {**scores, "samples": samples(self.items, answers, self.sample_count)}
+        self.step = step
+        log.info("step %d: %d held-out answers, exact match %.1f%%", step, len(answers),
+                 100 * scores.get("exactMatch", math.nan))
+        return self.latest
+
+
+class EvaluationRecord:
+    """What one run measured on its evaluation data: before training, at each evaluation, at the end. Kept in
+    `<output>/evaluation.json` as it grows, so a resumed run keeps its baseline and history."""
+
+    FILE = "evaluation.json"
+
+    def __init__(self, folder, answers: AnswerEval | None):
+        from pathlib import Path
+
+        self.path = Path(folder) / self.FILE
+        self.answers = answers
+        saved: dict[str, Any] = {}
+        if self.path.is_file():
+            try:
+                saved = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                saved = {}
+        self.before: dict[str, Any] | None = saved.get("before")
+        self.before_answers: list[str] = saved.get("beforeAnswers", [])
+        self.history: list[dict[str, Any]] = saved.get("history", [])
+
+    @staticmethod
+    def entry(step: int, logs: dict[str, Any]) -> dict[str, Any]:
+        names = {"evalLoss": "eval_loss", "meanTokenAccuracy": "eval_mean_token_accuracy",
+                 "exactMatch": "eval_exact_match", "validJson": "eval_valid_json"}
+        out: dict[str, Any] = {"step": step}
+        for key, name in names.items():
+            value = logs.get(name)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                out[key] = round(float(value), 6)
+        return out
+
+    def observe(self, step: int, logs: dict[str, Any]) -> None:
+        """An evaluation's logged metrics (eval_loss, eval_mean_token_accuracy, eval_exact_match, ...)."""
+        self.history = [h for h in self.history if h["step"] != step] + [self.entry(step, logs)]
+        self.save()
+
+    def mark_baseline(self) -> None:
+        """The evaluation just observed ran before training: it is the baseline."""
+        if self.history and self.history[-1]["step"] == 0:
+            self.before = self.history.pop()
+            if self.answers and self.answers.latest:
+                self.before_answers = [s["answer"] for s in self.answers.latest["samples"]]
+            self.save()
+
+    def save(self) -> None:
+        if os.environ.get("RANK", "0") == "0":  # one writer per run
+            self.path.write_text(json.dumps({"before": self.before, "beforeAnswers": self.before_answers,
+                                             "history": self.history}, indent=2) + "\n")
+
+    def summary(self) -> dict[str, Any] | None:
+        """The result's `evaluation`: prompts answered, before, after (the last evaluation), the history, and
+        samples with the answers before and after."""
+        if not self.history and self.before is None:
+            return None
+        out: dict[str, Any] = {"prompts": len(self.answers.items) if self.answers else 0}
+        if self.before is not None:
+            out["before"] = {k: v for k, v in self.before.items() if k != "step"}
+        if self.history:
+            out["after"] = self.history[-1]
+            out["history"] = self.history
+        latest = self.answers.latest if self.answers else None
+        if latest:
+            samples = [dict(s) for s in latest["samples"]]
+            for sample, before in zip(samples, self.before_answers):
+                sample["before"] = before
+            out["samples"] = samples
+        return out
