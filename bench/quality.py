@@ -45,11 +45,11 @@ spec:
     pvc: {{claimName: data, path: train.jsonl}}
     evalSplit: {{file: test.jsonl}}
   method: {method}
-  lora: {{r: 16, alpha: 32, dropout: 0.0}}
+  lora: {{r: {rank}, alpha: {alpha}, dropout: 0.0}}
   training:
     maxSteps: {steps}
     learningRate: {lr}
-    perDeviceTrainBatchSize: 8
+    perDeviceTrainBatchSize: {batch}
     perDeviceEvalBatchSize: 32
     loggingSteps: 5
     saveSteps: {steps}
@@ -76,10 +76,11 @@ def prepare(volumes: Path) -> None:
     taskapi.write_jsonl(test, volumes / "data" / "test.jsonl")
 
 
-def run_one(volumes: Path, variant: str, steps: int, lr: float, baseline: bool) -> dict:
+def run_one(volumes: Path, variant: str, steps: int, knobs: argparse.Namespace, baseline: bool) -> dict:
     name = f"{variant}-{steps}"
     manifest = volumes.parent / f"{name}.yaml"
-    manifest.write_text(MANIFEST.format(name=name, steps=steps, lr=lr, prompts=TEST_ROWS,
+    manifest.write_text(MANIFEST.format(name=name, steps=steps, lr=knobs.lr, batch=knobs.batch, rank=knobs.rank,
+                                        alpha=knobs.alpha, prompts=TEST_ROWS,
                                         baseline="true" if baseline else "false", **VARIANTS[variant]))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
@@ -92,7 +93,8 @@ def run_one(volumes: Path, variant: str, steps: int, lr: float, baseline: bool) 
     folder = next((volumes / "adapters" / "default" / f"quality-{name}").iterdir())
     result = json.loads((folder / "result.json").read_text())
     ev = result.get("evaluation") or {}
-    return {"variant": variant, "steps": steps, "learningRate": lr, "wallSeconds": round(wall, 1),
+    return {"variant": variant, "steps": steps, "learningRate": knobs.lr, "batch": knobs.batch, "rank": knobs.rank,
+            "alpha": knobs.alpha, "wallSeconds": round(wall, 1),
             "cpuSeconds": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
             "trainSeconds": result.get("trainRuntimeSeconds"), "trainedTokens": result.get("trainedTokens"),
             "before": ev.get("before"), "after": ev.get("after"), "samples": ev.get("samples"),
@@ -122,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--steps", nargs="+", type=int, default=[25, 50, 100, 200])
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (the demo's)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (the demo's)")
+    p.add_argument("--batch", type=int, default=4, help="perDeviceTrainBatchSize (the demo's)")
+    p.add_argument("--rank", type=int, default=32, help="LoRA rank (the demo's)")
+    p.add_argument("--alpha", type=int, default=64, help="LoRA alpha (the demo's)")
     p.add_argument("--out", help="write every run's figures as JSON here")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -132,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         prepare(volumes)
         for variant in args.variants:
             for steps in args.steps:
-                row = run_one(volumes, variant, steps, args.lr, baseline=not rows)
+                row = run_one(volumes, variant, steps, args, baseline=not rows)
                 rows.append(row)
                 a = row["after"] or {}
                 print(f"{variant:10s} {steps:4d} steps  train {row['trainSeconds']:6.0f} s  exact "

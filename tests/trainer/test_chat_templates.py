@@ -41,8 +41,17 @@ def trl_templates() -> dict[str, str]:
             if not p.stem.endswith("_training") and p.stem not in VISION}
 
 
+_TOKENIZERS: dict[str, object] = {}
+
+
 def with_template(smollm2_tokenizer, template: str):
     """SmolLM2's tokenizer with `template` and the special tokens it uses (<|...|>, <...>, [INST], ...)."""
+    if template not in _TOKENIZERS:
+        _TOKENIZERS[template] = _build(smollm2_tokenizer, template)
+    return _TOKENIZERS[template]
+
+
+def _build(smollm2_tokenizer, template: str):
     tokenizer = smollm2_tokenizer.__class__.from_pretrained(smollm2_tokenizer.name_or_path)
     literals = set(re.findall(r"<\|[^|<>\s]+\|>|<[a-z_/]+>|<\|[a-z_]+>|<[a-z_]+\|>|\[/?INST\]|<｜[^｜]+｜>", template))
     tokenizer.add_special_tokens({"additional_special_tokens": sorted(literals - {"<br>"})})

@@ -209,8 +209,10 @@ class TrainingSpec(Spec):
     max_steps: int | None = Field(None, gt=0, le=10_000_000,
                                   description="Total optimizer steps; set it instead of epochs.")
     learning_rate: float | None = Field(None, gt=0, le=1,
-                                        description="Peak learning rate. When unset: 2e-4 for lora and qlora, "
-                                                    "2e-5 for full fine-tuning.")
+                                        description="Peak learning rate. When unset: 2e-4 for lora and qlora and "
+                                                    "2e-5 for full fine-tuning on 4096-wide (7-8B) models, scaled by "
+                                                    "4096 / the model's hidden size (1.4e-3 for lora on a 576-wide "
+                                                    "135M model, 1e-4 on an 8192-wide 70B one).")
     per_device_train_batch_size: int = Field(4, ge=1, le=4096, description="Sequences per GPU per step.")
     per_device_eval_batch_size: int | None = Field(None, ge=1, le=4096,
                                                    description="Sequences per GPU per evaluation step; "
@@ -296,8 +298,19 @@ class EvaluationSpec(Spec):
                                                      "keeps.")
 
 
-def default_learning_rate(method: str) -> float:
-    return 2e-5 if method == "full" else 2e-4
+REFERENCE_WIDTH = 4096  # the hidden size of the 7-8B models the usual learning rates were tuned on
+
+
+def default_learning_rate(method: str, hidden_size: int | None = None) -> float:
+    """2e-4 for LoRA and QLoRA, 2e-5 for full fine-tuning, at the width those values come from (4096: 7-8B
+    models), scaled by 4096 / the model's hidden size: narrower models take larger steps (1/width, as muP has it).
+    A 576-wide 135M model gets 1.4e-3 for LoRA, where 2e-4 barely moved it in the quality benchmark
+    (bench/RESULTS.md); an 8192-wide 70B model gets 1e-4."""
+    base = 2e-5 if method == "full" else 2e-4
+    if not hidden_size:
+        return base
+    low, high = (5e-6, 2e-4) if method == "full" else (5e-5, 2e-3)
+    return float(f"{min(high, max(low, base * REFERENCE_WIDTH / hidden_size)):.3g}")
 
 
 # ------------------------------------------------------------------------------ the trainer's config

@@ -75,6 +75,18 @@ def check_local_model(cfg: TrainerConfig) -> None:
                              f"writes (config.json, the weights, the tokenizer)")
 
 
+def hidden_size(cfg: TrainerConfig) -> int | None:
+    """The model's hidden size, from its config alone (no weights), for the default learning rate."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(cfg.model.name, **_from_pretrained_kwargs(cfg))
+    except Exception as e:  # the tokenizer loaded already: a config that fails here fails the model load too
+        raise _load_error("config", cfg, e) from e
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text, "hidden_size", None)
+
+
 def _load_error(what: str, cfg: TrainerConfig, e: Exception) -> ModelLoadError:
     where = cfg.model.name + (f"@{cfg.model.revision}" if cfg.model.revision else "")
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

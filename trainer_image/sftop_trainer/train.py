@@ -122,7 +122,8 @@ def build_sft_config(cfg: TrainerConfig, output_dir: Path, *, has_eval: bool, as
         output_dir=str(output_dir / CHECKPOINTS),
         num_train_epochs=t.epochs if t.epochs is not None else 1.0,
         max_steps=t.max_steps if t.max_steps is not None else -1,
-        learning_rate=t.learning_rate if t.learning_rate is not None else default_learning_rate(cfg.method),
+        learning_rate=t.learning_rate if t.learning_rate is not None else default_learning_rate(
+            cfg.method, model_mod.hidden_size(cfg)),
         per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=t.per_device_eval_batch_size or t.per_device_train_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
@@ -458,6 +459,7 @@ def run(cfg: TrainerConfig, *, progress_bar: bool = False) -> dict[str, Any]:
         if record is not None:
             trainer.add_callback(evaluation_callback(record))
         trainable, total = model_mod.count_parameters(trainer.model)
+        learning_rate = trainer.args.learning_rate
         resume = latest_complete_checkpoint(out / CHECKPOINTS)
         resumed_from = checkpoint_step(resume) if resume else 0
         emit("train", resumeFromStep=resumed_from, trainRows=report.rows_train, evalRows=report.rows_eval,
@@ -519,6 +521,7 @@ def run(cfg: TrainerConfig, *, progress_bar: bool = False) -> dict[str, Any]:
             "evaluation": evaluation,
             "runtimeSeconds": round(time.time() - started, 2),
             "trainRuntimeSeconds": round(train_runtime, 2) if train_runtime is not None else None,
+            "learningRate": learning_rate,
             "trainableParameters": trainable,
             "totalParameters": total,
             "trainedTokens": tokens,
