@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--steps", nargs="+", type=int, default=[25, 50, 100, 200])
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (the demo's)")
-    p.add_argument("--batch", type=int, default=4, help="perDeviceTrainBatchSize (the demo's)")
+    p.add_argument("--batch", type=int, default=2, help="perDeviceTrainBatchSize (the demo's)")
     p.add_argument("--rank", type=int, default=32, help="LoRA rank (the demo's)")
     p.add_argument("--alpha", type=int, default=64, help="LoRA alpha (the demo's)")
     p.add_argument("--out", help="write every run's figures as JSON here")

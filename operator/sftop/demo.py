@@ -32,14 +32,14 @@ spec:
     pvc: {claimName: data, path: task-api/train.jsonl}
     evalSplit: {file: task-api/test.jsonl}
   method: lora
-  lora: {r: 16, alpha: 32, dropout: 0.0}
+  lora: {r: 32, alpha: 64, dropout: 0.0}
   training:
-    maxSteps: 60
+    maxSteps: 100
     learningRate: 2.0e-3
-    perDeviceTrainBatchSize: 8
+    perDeviceTrainBatchSize: 2
     perDeviceEvalBatchSize: 32
     loggingSteps: 10
-    saveSteps: 60
+    saveSteps: 100
     gradientCheckpointing: false
   evaluation: {prompts: 50, samples: 3}
   resources: {gpus: 0}

@@ -17,7 +17,8 @@ def free_port() -> int:
 @pytest.fixture
 async def cluster(apiserver, tmp_path, tiny_model, monkeypatch):
     """An API server, a node that runs trainer pods as local processes, and the operator: one machine's
-    cluster. The claims `models` (the tiny model at tiny/) and `data` (tasks.jsonl) exist."""
+    cluster. The claims `models` (the tiny model at tiny/) and `data` (tasks.jsonl, and held-out rows in
+    tasks-test.jsonl) exist."""
     monkeypatch.setenv("SFTOP_K8S_SERVER", str(apiserver.url).rstrip("/"))
     monkeypatch.setenv("SFTOP_PROGRESS_INTERVAL", "1")
     monkeypatch.setenv("SFTOP_PROGRESS_PORT", str(free_port()))
@@ -28,7 +29,9 @@ async def cluster(apiserver, tmp_path, tiny_model, monkeypatch):
     monkeypatch.setenv("SFTOP_DEFAULT_CPU", "1")
     node = Node(apiserver, tmp_path)
     shutil.copytree(tiny_model, node.volume("models") / "tiny")
-    taskapi.write_jsonl(taskapi.rows(96), node.volume("data") / "tasks.jsonl")
+    train, test = taskapi.split(96, 8)
+    taskapi.write_jsonl(train, node.volume("data") / "tasks.jsonl")
+    taskapi.write_jsonl(test, node.volume("data") / "tasks-test.jsonl")
     for claim in ("models", "data"):
         await apiserver.post("/api/v1/namespaces/team-a/persistentvolumeclaims", json={
             "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},

@@ -11,10 +11,14 @@ from harness.cluster import NS, apply, condition, objs, patch, requests, status_
 PATH = f"/apis/sftop.dev/v1alpha1/namespaces/{NS}/sftjobs/tiny"
 
 
-def manifest(steps=40, save=10, data="tasks.jsonl", **training):
+def manifest(steps=40, save=10, data="tasks.jsonl", eval_file=None, **training):
+    dataset = {"pvc": {"claimName": "data", "path": data}}
+    if eval_file:
+        dataset["evalSplit"] = {"file": eval_file}
     return {"apiVersion": "sftop.dev/v1alpha1", "kind": "SFTJob", "metadata": {"name": "tiny", "namespace": NS},
             "spec": {"model": {"pvc": {"claimName": "models", "path": "tiny"}},
-                     "dataset": {"pvc": {"claimName": "data", "path": data}},
+                     "dataset": dataset,
+                     "evaluation": {"prompts": 4, "maxNewTokens": 24},
                      "training": {"maxSteps": steps, "learningRate": 3.0e-3, "loggingSteps": 1, "saveSteps": save,
                                   "perDeviceTrainBatchSize": 4, **training},
                      "resources": {"gpus": 0, "cpu": 1, "memory": "2Gi"},
@@ -57,7 +61,7 @@ async def kubectl(emu, *args):
 async def test_kubectl_apply_runs_to_succeeded_with_progress_result_and_adapter(cluster, tmp_path):
     emu, node, _ = cluster
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(manifest(steps=60)))
+    path.write_text(yaml.safe_dump(manifest(steps=60, eval_file="tasks-test.jsonl")))
     # kubectl cannot download OpenAPI from the emulated server: client-side validation off (the server validates)
     assert "sftjob.sftop.dev/tiny created" in await kubectl(emu, "apply", "--validate=false", "-f", str(path))
 
@@ -76,6 +80,12 @@ async def test_kubectl_apply_runs_to_succeeded_with_progress_result_and_adapter(
     result = status["result"]
     run = status["run"]
     assert result["steps"] == 60 and result["trainLoss"] > 0
+    # the trainer's evaluation on the held-out file reaches the status through the termination message
+    evaluation = result["evaluation"]
+    assert evaluation["prompts"] == 4 and evaluation["after"]["step"] == 60
+    assert evaluation["after"]["evalLoss"] < evaluation["before"]["evalLoss"]
+    assert 0 <= evaluation["after"]["exactMatch"] <= 1 and 0 <= evaluation["after"]["validJson"] <= 1
+    assert len(evaluation["samples"]) == 3 and all(s["expected"].startswith("{") for s in evaluation["samples"])
     assert result["adapterPath"] == f"adapters:{NS}/tiny/{run['id']}/adapter"
     folder = node.volume("adapters") / NS / "tiny" / run["id"]
     assert (folder / "adapter" / "adapter_model.safetensors").exists()

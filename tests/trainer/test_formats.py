@@ -40,7 +40,7 @@ def test_format_trains_and_adapter_generates(fmt, source, declared, train_config
     run = train(train_config(dataset=dataset, training={"maxSteps": 12}))
     assert run.code == 0, run.message
     result = run.result
-    assert result["data"]["format"] == fmt and result["data"]["rows_train"] == 48
+    assert result["data"]["format"] == fmt and result["data"]["rowsTrain"] == 48
     assert result["finalLoss"] < result["firstLoss"], "loss did not fall"
 
     from peft import PeftModel

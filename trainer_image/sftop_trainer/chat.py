@@ -164,10 +164,11 @@ class TurnMasker:
     def check(self, row: dict[str, Any]) -> str | None:
         """None when the row can be masked (or is not masked here), else why not (a skip reason)."""
         found = self.split(row)
-        if found is None:
+        if found is None or not self.tokenizer.chat_template:  # without a template the trainer says so, once
             return None
+        mask = self.mask  # a template that cannot be split at all fails the run here, not row by row
         try:
-            _, spans = assistant_spans(self.tokenizer, self.mask, *found)
+            _, spans = assistant_spans(self.tokenizer, mask, *found)
         except TemplateSplitError as e:
             return "the chat template cannot render it" if "cannot render" in str(e) else \
                 "the chat template cannot split it into turns"
@@ -219,18 +220,23 @@ def _marked_spans(tokenizer, mask: AssistantMask, messages: list[dict[str, Any]]
 _NEXT = {"role": "user", "content": "Next."}  # a message after a turn, to see how the template closes the turn
 
 
+def _whole(text: str, specials: list[str]) -> str:
+    """`text` without a trailing piece of a special token (a shared prefix can end inside one: `<|`)."""
+    for cut in range(1, max((len(s) for s in specials), default=1)):
+        tail = text[-cut:]
+        if cut <= len(text) and any(s.startswith(tail) and s != tail for s in specials):
+            return text[:-cut]
+    return text
+
+
 def _turn_end(turn: str, specials: list[str]) -> int | None:
-    """Where the model stops writing in `turn` (the text the template renders for an assistant turn, up to where
-    its rendering starts to depend on what follows): after its last special token, when only whitespace (or the
-    start of the next special token) follows it. None when the turn has no end-of-turn token."""
+    """Where the model stops writing in `turn`: after its last special token, when only whitespace follows it.
+    None when the turn has no end-of-turn token there (text follows its last special token: a <think> block)."""
     found = [(turn.rfind(s) + len(s), s) for s in specials if s in turn]
     if not found:
         return None
     end = max(position for position, _ in found)
-    rest = turn[end:].strip()
-    if rest and not any(s.startswith(rest) for s in specials):
-        return None  # text follows the last special token: it is content (a <think> block), not an end marker
-    return end
+    return end if not turn[end:].strip() else None
 
 
 def assistant_spans(tokenizer, mask: AssistantMask, messages: list[dict[str, Any]], first: int = 0) \
@@ -242,7 +248,13 @@ def assistant_spans(tokenizer, mask: AssistantMask, messages: list[dict[str, Any
         if first:
             prompt = _render(tokenizer, mask.template, messages[:first], add_generation_prompt=True)
             spans = [(a, b) for a, b in spans if a >= len(prompt)]
-        return text, spans
+        # A marked span may reach past the end-of-turn token (LFM2.5 marks the newline after <|im_end|>): the
+        # model stops at that token and never writes what follows it.
+        trimmed = []
+        for a, b in spans:
+            end = _turn_end(text[a:b], mask.specials)
+            trimmed.append((a, a + end) if end else (a, b))
+        return text, trimmed
     full = _render(tokenizer, mask.template, messages, add_generation_prompt=False)
     spans = []
     for i, message in enumerate(messages):
@@ -254,29 +266,38 @@ def assistant_spans(tokenizer, mask: AssistantMask, messages: list[dict[str, Any
             raise TemplateSplitError(f"the chat template renders assistant message {i + 1} without the generation "
                                      f"prompt it ends the conversation with at inference, so what the model writes "
                                      f"cannot be located")
+        if not full.startswith(prompt):
+            raise TemplateSplitError(f"the chat template renders the conversation before assistant message {i + 1} "
+                                     f"differently once later messages follow, so what the model writes cannot be "
+                                     f"located")
+        start = len(prompt)
         try:
             followed = _render(tokenizer, mask.template, messages[: i + 1] + [_NEXT], add_generation_prompt=False)
         except TemplateSplitError:
             followed = through
-        # The turn as the template renders it whatever follows it (Phi-3 adds an end-of-text after the last turn).
-        common = len(os.path.commonprefix([through, followed]))
-        turn = through[len(prompt):common]
-        end = _turn_end(turn, mask.specials)
+        last = i == len(messages) - 1
+        # The turn as the template closes it whether or not a message follows (Phi-3 adds an end-of-text after
+        # the last turn only); the model stops after its end-of-turn token there.
+        common = _whole(os.path.commonprefix([through[start:], followed[start:]]), mask.specials)
+        end = _turn_end(common, mask.specials)
+        if end is None:
+            # The closing depends on what follows (gpt-oss ends the last turn with <|return|>, others with <|end|>;
+            # GLM's turn ends with the next role's token): take the one this conversation renders.
+            end = _turn_end(through[start:], mask.specials) if last else next(
+                (len(common) + len(s) for s in mask.specials if full[start + len(common):].startswith(s)), None)
         if end is None:
             mask.warn_once("no-end", "the chat template ends assistant turns without a special token: a model "
                                      "trained on it may not learn where to stop")
-            end = len(turn.rstrip())
-        start, end = len(prompt), len(prompt) + end
+            end = len(common.rstrip())
         content = message.get("content")
-        if isinstance(content, str) and content.strip() and content.strip() not in through[start:end]:
+        if isinstance(content, str) and content.strip() and content.strip() not in full[start:start + end]:
             raise TemplateSplitError(f"the chat template renders assistant message {i + 1} differently when another "
                                      f"message follows it, so what the model writes cannot be located")
-        if full[:end] != through[:end]:
-            raise TemplateSplitError(f"the chat template renders the conversation up to assistant message {i + 1} "
-                                     f"differently once later messages follow, so what the model writes cannot be "
-                                     f"located")
-        if end > start:
-            spans.append((start, end))
+        if full[start:start + end] != (through if last else followed)[start:start + end]:
+            raise TemplateSplitError(f"the chat template renders assistant message {i + 1} differently once later "
+                                     f"messages follow, so what the model writes cannot be located")
+        if end > 0:
+            spans.append((start, start + end))
     return full, spans
 
 
@@ -294,30 +315,52 @@ def encode(tokenizer, mask: AssistantMask, messages: list[dict[str, Any]], first
     for start, end in spans:
         prompt = _ids(tokenizer, text[:start])
         if prompt[: len(ids)] != ids:
-            # Earlier turns tokenize differently inside the longer prompt: keep one consistent tokenization.
+            # An earlier answer tokenizes differently once it is history (its first characters merge with the
+            # prompt's last ones): no one sequence matches every turn's inference prompt. Match the last turn's.
             mask.warn_once("history", "a conversation's earlier turns tokenize differently once later turns follow; "
-                                      "its tokens follow the whole conversation's tokenization")
-            return _encode_whole(tokenizer, text, spans)
+                                      "they are trained as the last turn's prompt shows them")
+            return _encode_from_history(tokenizer, mask, text, spans)
         labels += [0] * (len(prompt) - len(ids))
         ids = prompt
-        through = _ids(tokenizer, text[:end])
-        if through[: len(prompt)] == prompt:
-            answer = through[len(prompt):]
-        else:
-            # The tokenizer merges characters across the prompt/answer boundary. At inference the model reads the
-            # prompt's own tokens and writes the answer after them: train it that way.
-            answer = _ids(tokenizer, text[start:end])
-            if tokenizer.decode(prompt + answer) != tokenizer.decode(through):
-                mask.warn_once("boundary", "the tokenizer changes the answer's first token when it follows the prompt "
-                                           "(a prefix space); those conversations follow the whole conversation's "
-                                           "tokenization")
-                return _encode_whole(tokenizer, text, spans)
+        answer = _answer(tokenizer, mask, text, start, end, prompt)
+        if answer is None:
+            return _encode_whole(tokenizer, text, spans)
         ids = ids + answer
         labels += [1] * len(answer)
     return {"input_ids": ids, "assistant_masks": labels}
 
 
+def _answer(tokenizer, mask: AssistantMask, text: str, start: int, end: int, prompt: list[int]) -> list[int] | None:
+    """The answer's tokens after `prompt` (the tokens of text[:start]); None where no tokenization keeps both."""
+    through = _ids(tokenizer, text[:end])
+    if through[: len(prompt)] == prompt:
+        return through[len(prompt):]
+    # The tokenizer merges characters across the prompt/answer boundary. At inference the model reads the prompt's
+    # own tokens and writes the answer after them: train it that way.
+    answer = _ids(tokenizer, text[start:end])
+    if tokenizer.decode(prompt + answer) == tokenizer.decode(through):
+        return answer
+    mask.warn_once("boundary", "the tokenizer changes the answer's first token when it follows the prompt (a prefix "
+                               "space); those conversations follow the whole conversation's tokenization")
+    return None
+
+
+def _encode_from_history(tokenizer, mask: AssistantMask, text: str, spans: list[tuple[int, int]]) \
+        -> dict[str, list[int]]:
+    """The last turn's prompt tokenized whole, as inference does, earlier turns' loss on the tokens their text
+    became there; then the last answer."""
+    start, end = spans[-1]
+    enc = tokenizer(text[:start], add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    labels = [int(any(a < e and b > s for s, e in spans[:-1])) for a, b in enc["offset_mapping"]]
+    answer = _answer(tokenizer, mask, text, start, end, ids)
+    if answer is None:
+        return _encode_whole(tokenizer, text, spans)
+    return {"input_ids": ids + answer, "assistant_masks": labels + [1] * len(answer)}
+
+
 def _encode_whole(tokenizer, text: str, spans: list[tuple[int, int]]) -> dict[str, list[int]]:
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    labels = [int(any(a < end and b > start for start, end in spans)) for a, b in enc["offset_mapping"]]
+    end = spans[-1][1] if spans else len(text)
+    enc = tokenizer(text[:end], add_special_tokens=False, return_offsets_mapping=True)
+    labels = [int(any(a < e and b > s for s, e in spans)) for a, b in enc["offset_mapping"]]
     return {"input_ids": list(enc["input_ids"]), "assistant_masks": labels}

@@ -81,6 +81,20 @@ def is_complete_checkpoint(path: Path) -> bool:
     return True
 
 
+def planned_steps(trainer) -> int:
+    """The run's optimizer steps, as transformers computes them: maxSteps, or epochs of the data loader's batches."""
+    if trainer.args.max_steps > 0:
+        return trainer.args.max_steps
+    per_epoch = max(1, len(trainer.get_train_dataloader()) // trainer.args.gradient_accumulation_steps)
+    return math.ceil(trainer.args.num_train_epochs * per_epoch)
+
+
+def is_final_checkpoint(path: Path, trainer) -> bool:
+    """Whether a checkpoint holds this run's last step (a pod that died after saving it, before its result)."""
+    state = json.loads((path / "trainer_state.json").read_text())
+    return state.get("global_step", 0) >= planned_steps(trainer)
+
+
 def latest_complete_checkpoint(folder: Path) -> Path | None:
     """The newest complete checkpoint-<step>/ in `folder`. Newer, incomplete ones (a save cut short by SIGKILL)
     are removed so checkpoint rotation never counts them."""
@@ -282,6 +296,7 @@ def progress_callback(progress: Progress):
             progress.step(state.global_step, state.max_steps, state.epoch, state.num_input_tokens_seen)
             if state.global_step >= state.max_steps:
                 control.should_log = True  # the last step's loss, whatever loggingSteps is
+                control.should_evaluate = False  # the run evaluates once training is over (not in its runtime)
 
         def on_log(self, args, state, control, logs=None, **kw):
             logs = logs or {}
@@ -303,6 +318,9 @@ def quiet_bar():
     from transformers import ProgressCallback
 
     class QuietBar(ProgressCallback):
+        def on_prediction_step(self, args, state, control, eval_dataloader=None, **kw):
+            pass  # evaluation is a few seconds: no second bar under the training one
+
         def on_log(self, args, state, control, logs=None, **kw):
             if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
                 self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
@@ -473,15 +491,26 @@ def run(cfg: TrainerConfig, *, progress_bar: bool = False) -> dict[str, Any]:
                 trainer.evaluate()
                 record.mark_baseline()
         watch.chain()
-        try:
-            output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        except torch.OutOfMemoryError as e:
-            raise OutOfMemory(f"CUDA ran out of memory at step {trainer.state.global_step}: lower "
-                              f"training.perDeviceTrainBatchSize or training.maxLength, use qlora, or give the run "
-                              f"more or larger GPUs ({str(e).splitlines()[0]})") from e
-        if watch.received and trainer.state.global_step < trainer.state.max_steps:
-            raise Interrupted(f"stopped by SIGTERM at step {trainer.state.global_step}; a checkpoint was saved and "
-                              f"the next attempt resumes from it")
+        if resume is not None and is_final_checkpoint(resume, trainer):
+            # Training is over: finish from the last checkpoint (transformers would train a step past the end).
+            from transformers import TrainerState
+
+            log.info("the latest checkpoint is the run's last step; finishing the run from it")
+            trainer._load_from_checkpoint(str(resume))
+            trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
+            train_runtime = max((h["train_runtime"] for h in trainer.state.log_history if "train_runtime" in h),
+                                default=None)
+        else:
+            try:
+                output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+            except torch.OutOfMemoryError as e:
+                raise OutOfMemory(f"CUDA ran out of memory at step {trainer.state.global_step}: lower "
+                                  f"training.perDeviceTrainBatchSize or training.maxLength, use qlora, or give the run "
+                                  f"more or larger GPUs ({str(e).splitlines()[0]})") from e
+            train_runtime = output.metrics.get("train_runtime")  # this attempt's training loop
+            if watch.received and trainer.state.global_step < trainer.state.max_steps:
+                raise Interrupted(f"stopped by SIGTERM at step {trainer.state.global_step}; a checkpoint was saved "
+                                  f"and the next attempt resumes from it")
 
         # SIGTERM during the last steps: training is complete, so the adapter is saved as usual (seconds) and the
         # run succeeds instead of being redone.
@@ -497,7 +526,6 @@ def run(cfg: TrainerConfig, *, progress_bar: bool = False) -> dict[str, Any]:
         if is_main_process():
             tokenizer.save_pretrained(str(final_dir))
         epoch = trainer.state.epoch
-        train_runtime = output.metrics.get("train_runtime")  # this attempt's training loop
         del trainer
         merged_dir = None
         if cfg.output.merge_adapter and cfg.method != "full" and is_main_process():
