@@ -22,7 +22,7 @@ async def test_metrics_count_sftjobs_by_phase_and_show_progress(apiserver, monke
     await operator.start()
     try:
         await apply(apiserver, sftjob("a"))
-        await apply(apiserver, sftjob("b", dataset={"inline": [{"text": "x"}], "evalSplit": {"name": "t"}}))
+        await apply(apiserver, sftjob("b", training={"maxSteps": 10, "sftConfig": {"output_dir": "/tmp"}}))
         job = (await wait_for(lambda: objs(apiserver, "batch/v1/jobs")))[0]
         pod = await make_pod(apiserver, job)
         await pod_status(apiserver, pod, running())

@@ -13,12 +13,12 @@ SFTJOB_PATH = f"/apis/sftop.dev/v1alpha1/namespaces/{NS}/sftjobs/chat"
 
 
 async def test_invalid_spec_fails_once_with_the_field_named(apiserver, operator):
-    manifest = sftjob(dataset={"inline": [{"text": "x"}], "evalSplit": {"name": "test"}})
+    manifest = sftjob(training={"maxSteps": 10, "sftConfig": {"output_dir": "/tmp/elsewhere"}})
     assert (await apply(apiserver, manifest)).status == 201  # the CRD cannot see this rule; the operator can
     status = await wait_for(lambda: status_of(apiserver).get("phase") == "Failed" and status_of(apiserver))
     accepted = condition(status, "Accepted")
     assert accepted["status"] == "False" and accepted["reason"] == "InvalidSpec"
-    assert "spec.dataset" in status["message"] and "evalSplit.name" in status["message"]
+    assert "spec.training" in status["message"] and "output_dir" in status["message"]
     assert not objs(apiserver, "batch/v1/jobs")
     operator.enqueue(NS, "chat")
     await asyncio.sleep(1.0)
