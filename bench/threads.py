@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| scenario | trainers | s/step (mean of the trainers) | slowdown vs alone |")
     print("|---|---|---|---|")
     for r in rows:
-        print(f"| {r['scenario']} | {r['processes']} | {r['secondsPerStep']:.4f} | {r['secondsPerStep'] / alone:.1f}× |")
+        slowdown = r["secondsPerStep"] / alone
+        print(f"| {r['scenario']} | {r['processes']} | {r['secondsPerStep']:.4f} | {slowdown:.1f}× |")
     for path in CGROUP_V1.glob("sftop-bench-*"):
         try:
             path.rmdir()

@@ -56,7 +56,7 @@ def report(result: dict, started: float) -> str:
     ev = result.get("evaluation") or {}
     before, after = ev.get("before") or {}, ev.get("after") or {}
     lines = [f"held-out requests ({ev.get('prompts')}, task titles never seen in training):",
-             f"                 before   after",
+             "                 before   after",
              f"  exact match    {_percent(before.get('exactMatch'))}  {_percent(after.get('exactMatch'))}",
              f"  valid JSON     {_percent(before.get('validJson'))}  {_percent(after.get('validJson'))}"]
     if before.get("evalLoss") is not None and after.get("evalLoss") is not None:

@@ -90,7 +90,8 @@ def gpu_note(spec: api.SFTJobSpec, visible: int) -> str | None:
         return (f"the SFTJob asks for {wanted} GPU(s) (resources.gpus) and this machine has none: training on the "
                 f"CPU, which is much slower")
     if wanted > visible > 0:
-        return f"the SFTJob asks for {wanted} GPU(s) (resources.gpus) and this machine has {visible}: training on {visible}"
+        return (f"the SFTJob asks for {wanted} GPU(s) (resources.gpus) and this machine has {visible}: training on "
+                f"{visible}")
     return None
 
 

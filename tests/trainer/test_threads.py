@@ -56,7 +56,8 @@ def test_a_trainer_limited_to_one_cpu_runs_one_torch_thread():
     code = ("import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
             "os.environ.pop('OMP_NUM_THREADS', None); "
             "from sftop_trainer.threads import size_threads; size_threads(); "
-            "import torch; print(torch.get_num_threads(), os.environ['OMP_NUM_THREADS'], os.environ['MKL_NUM_THREADS'])")
+            "import torch; print(torch.get_num_threads(), os.environ['OMP_NUM_THREADS'], "
+            "os.environ['MKL_NUM_THREADS'])")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split() == ["1", "1", "1"]

@@ -82,7 +82,8 @@ _PRIORITY_PHRASES = {"high": ["urgently", "asap", "it's urgent", "high priority"
 _REQUESTS = {
     "create": ["Remind me to {t}{due}{prio}", "Add a task to {t}{due}{prio}", "I need to {t}{due}{prio}",
                "Create a task: {t}{due}{prio}", "Don't let me forget to {t}{due}{prio}",
-               "Can you add '{t}' to my list{due}{prio}", "New task: {t}{due}{prio}", "Put '{t}' on my list{due}{prio}"],
+               "Can you add '{t}' to my list{due}{prio}", "New task: {t}{due}{prio}",
+               "Put '{t}' on my list{due}{prio}"],
     "complete": ["I finished: {t}", "Mark '{t}' as done", "Done with {t}", "I've managed to {t}",
                  "Tick off '{t}'", "Completed: {t}"],
     "delete": ["Remove the task to {t}", "Delete '{t}' from my list", "Never mind about {t}",

@@ -8,8 +8,6 @@ pretrained model instead (`sftop_trainer.packaged`).
 
 from __future__ import annotations
 
-import json
-import random
 from pathlib import Path
 from typing import Any
 

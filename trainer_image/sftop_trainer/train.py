@@ -230,7 +230,7 @@ def make_trainer_class():
             """Eval loss and token accuracy (TRL), then greedy answers to the held-out prompts, scored."""
             output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
                                              metric_key_prefix)
-            record: EvaluationRecord | None = getattr(self, "evaluation_record", None)
+            record = getattr(self, "evaluation_record", None)  # an evaluate.EvaluationRecord
             if record is not None and record.answers and self.is_world_process_zero():
                 with self.answer_context():
                     scores = record.answers.run(self.accelerator.unwrap_model(self.model), self.state.global_step)
@@ -609,8 +609,11 @@ def compact_evaluation(evaluation: dict[str, Any] | None, samples: int) -> dict[
     if not evaluation:
         return None
     out = {k: evaluation[k] for k in ("prompts", "before", "after") if evaluation.get(k) is not None}
-    cut = (lambda v: v if not isinstance(v, str) or len(v) <= STATUS_SAMPLE_CHARS
-           else v[: STATUS_SAMPLE_CHARS - 1] + "…")
+
+    def cut(value):
+        return value if not isinstance(value, str) or len(value) <= STATUS_SAMPLE_CHARS \
+            else value[: STATUS_SAMPLE_CHARS - 1] + "…"
+
     out["samples"] = [{k: cut(v) for k, v in s.items() if v is not None}
                       for s in (evaluation.get("samples") or [])[:samples]]
     return out
