@@ -45,6 +45,14 @@ def test_cgroup_v1_cfs_quota(tmp_path):
     assert cgroup_cpu_limit(tmp_path, "4:cpu,cpuacct:/kubepods/pod1\n3:memory:/kubepods/pod1\n") == 3.0
 
 
+def test_cgroup_v1_with_its_own_cpu_mount(tmp_path):
+    folder = tmp_path / "cpu" / "pod-a"
+    folder.mkdir(parents=True)
+    (folder / "cpu.cfs_quota_us").write_text("100000\n")
+    (folder / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_limit(tmp_path, "2:cpuacct:/pod-a\n1:cpu:/pod-a\n0::/\n") == 1.0
+
+
 def test_threads_per_process_divides_the_cpus_among_a_nodes_training_processes():
     assert threads_per_process({}, cpus=8) == (8, "8 CPU(s) available / 1 process(es)")
     assert threads_per_process({"LOCAL_WORLD_SIZE": "4"}, cpus=8)[0] == 2

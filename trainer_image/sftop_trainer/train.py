@@ -21,6 +21,7 @@ import math
 import os
 import shutil
 import signal
+import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -172,6 +173,14 @@ def build_sft_config(cfg: TrainerConfig, output_dir: Path, *, has_eval: bool, as
         disable_tqdm=not progress_bar,
         ddp_find_unused_parameters=False if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
     )
+    # Rows are tokenized before training, so batches load in the training process (no workers); torch gives any
+    # DataLoader worker one thread. More worker processes than the CPUs this process may use only contend.
+    budget = int(os.environ.get("OMP_NUM_THREADS") or 0)
+    for key in ("dataloader_num_workers", "dataset_num_proc"):
+        wanted = t.sft_config.get(key)
+        if isinstance(wanted, int) and budget and wanted > budget:
+            log.warning("training.sftConfig.%s is %d but this process may use %d CPU(s); they will contend", key,
+                        wanted, budget)
     known = sft_field_names()
     for key, value in t.sft_config.items():
         if key not in known:
@@ -358,9 +367,9 @@ class SigtermWatch:
 def _writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        # A name of its own: every local process of a multi-GPU run probes the same folder at once.
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
     except OSError as e:
         raise ConfigError(f"output.dir {folder} is not writable: {e}") from e
 
