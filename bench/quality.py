@@ -45,15 +45,18 @@ spec:
     pvc: {{claimName: data, path: train.jsonl}}
     evalSplit: {{file: test.jsonl}}
   method: {method}
-  lora: {{r: {rank}, alpha: {alpha}, dropout: 0.0}}
+  lora: {{r: {rank}, alpha: {alpha}, dropout: 0.0, targetModules: {targets}}}
   training:
     maxSteps: {steps}
+    maxLength: {max_length}
+    packing: {packing}
     learningRate: {lr}
     perDeviceTrainBatchSize: {batch}
     perDeviceEvalBatchSize: 32
     loggingSteps: 5
     saveSteps: {steps}
     gradientCheckpointing: false
+    seed: {seed}
     assistantOnlyLoss: {assistant_only}
   evaluation: {{prompts: {prompts}, baseline: {baseline}, samples: 3}}
   resources: {{gpus: 0}}
@@ -67,11 +70,14 @@ VARIANTS = {
 }
 
 
-def prepare(volumes: Path) -> None:
+def prepare(volumes: Path, system: str | None) -> None:
     from sftop_trainer import packaged, taskapi
 
     packaged.place(packaged.model_folder(), volumes / "models" / packaged.FOLDER)
     train, test = taskapi.split(TRAIN_ROWS, TEST_ROWS, seed=0)
+    if system is not None:  # a system line of the data's own instead of the template's default one
+        for row in train + test:
+            row["messages"].insert(0, {"role": "system", "content": system})
     taskapi.write_jsonl(train, volumes / "data" / "train.jsonl")
     taskapi.write_jsonl(test, volumes / "data" / "test.jsonl")
 
@@ -80,7 +86,9 @@ def run_one(volumes: Path, variant: str, steps: int, knobs: argparse.Namespace, 
     name = f"{variant}-{steps}"
     manifest = volumes.parent / f"{name}.yaml"
     manifest.write_text(MANIFEST.format(name=name, steps=steps, lr=knobs.lr, batch=knobs.batch, rank=knobs.rank,
-                                        alpha=knobs.alpha, prompts=TEST_ROWS,
+                                        alpha=knobs.alpha, seed=knobs.seed, prompts=TEST_ROWS,
+                                        targets=json.dumps(knobs.targets), max_length=knobs.max_length,
+                                        packing="true" if knobs.packing else "false",
                                         baseline="true" if baseline else "false", **VARIANTS[variant]))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
@@ -94,7 +102,8 @@ def run_one(volumes: Path, variant: str, steps: int, knobs: argparse.Namespace, 
     result = json.loads((folder / "result.json").read_text())
     ev = result.get("evaluation") or {}
     return {"variant": variant, "steps": steps, "learningRate": knobs.lr, "batch": knobs.batch, "rank": knobs.rank,
-            "alpha": knobs.alpha, "wallSeconds": round(wall, 1),
+            "alpha": knobs.alpha, "seed": knobs.seed, "targets": knobs.targets, "packing": knobs.packing,
+            "maxLength": knobs.max_length, "system": knobs.system, "wallSeconds": round(wall, 1),
             "cpuSeconds": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
             "trainSeconds": result.get("trainRuntimeSeconds"), "trainedTokens": result.get("trainedTokens"),
             "before": ev.get("before"), "after": ev.get("after"), "samples": ev.get("samples"),
@@ -106,7 +115,7 @@ def pct(value) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| variant | steps | training (s) | CPU-minutes of training | exact match | valid JSON | eval loss |",
+    lines = ["| variant | steps | training (s) | minutes of training (2 cores) | exact match | valid JSON | eval loss |",
              "|---|---|---|---|---|---|---|"]
     base = next((r["before"] for r in rows if r.get("before")), None)
     if base:
@@ -128,16 +137,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=2, help="perDeviceTrainBatchSize (the demo's)")
     p.add_argument("--rank", type=int, default=32, help="LoRA rank (the demo's)")
     p.add_argument("--alpha", type=int, default=64, help="LoRA alpha (the demo's)")
+    p.add_argument("--seed", type=int, default=42, help="training.seed: data order and LoRA initialisation")
+    p.add_argument("--targets", nargs="+", default=["all-linear"], help="lora.targetModules (the demo's: all-linear)")
+    p.add_argument("--packing", action="store_true", help="training.packing: several rows per sequence")
+    p.add_argument("--max-length", type=int, default=1024, help="training.maxLength (tokens per packed sequence)")
+    p.add_argument("--system", help="a system line added to every row (default: none, the template's own)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the evaluation before training")
     p.add_argument("--out", help="write every run's figures as JSON here")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     rows = []
     with tempfile.TemporaryDirectory(prefix="sftop-quality-") as tmp:
         volumes = Path(tmp) / "volumes"
-        prepare(volumes)
+        prepare(volumes, args.system)
         for variant in args.variants:
             for steps in args.steps:
-                row = run_one(volumes, variant, steps, args, baseline=not rows)
+                row = run_one(volumes, variant, steps, args, baseline=not rows and not args.no_baseline)
                 rows.append(row)
                 a = row["after"] or {}
                 print(f"{variant:10s} {steps:4d} steps  train {row['trainSeconds']:6.0f} s  exact "
