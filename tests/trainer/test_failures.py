@@ -1,6 +1,8 @@
 """Each bad input ends the run with its exit code and a message that names the problem."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -113,8 +115,27 @@ def test_model_folder_without_a_model_is_named(train_config, train, tmp_path):
 
 def test_hub_model_that_cannot_be_reached(train_config, train):
     # HF_HUB_OFFLINE is set for the tests: a Hub id that is not in the cache cannot be loaded
-    expect_failure(train(train_config(model={"name": "no-such-org/no-such-model"})),
-                   ExitCode.MODEL_LOAD_FAILED, "no-such-org/no-such-model")
+    run = train(train_config(model={"name": "no-such-org/no-such-model"}))
+    expect_failure(run, ExitCode.MODEL_LOAD_FAILED, "no-such-org/no-such-model", "Hub cannot be reached",
+                   "spec.model.pvc", "spec.hubTokenSecret")
+    assert ".." not in run.message["message"]
+
+
+def test_hub_dataset_that_cannot_be_reached(train_config, train):
+    run = train(train_config(dataset={"hub": {"name": "no-such-org/no-such-data"}}))
+    expect_failure(run, ExitCode.INVALID_DATA, "no-such-org/no-such-data", "Hub cannot be reached",
+                   "spec.dataset.pvc", "ConfigMap")
+    assert ".." not in run.message["message"]
+
+
+def test_hub_warnings_are_logged_once():
+    """huggingface_hub has a log handler of its own; the trainer's logging must not print its lines twice."""
+    code = ("import logging; import sftop_trainer.__main__ as m; "
+            "logging.basicConfig(format='%(name)s: %(message)s'); m.quiet_known_noise(); "
+            "logging.getLogger('huggingface_hub.utils._http').warning('cannot reach the Hub')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("cannot reach the Hub") == 1, proc.stderr
 
 
 def test_conversational_data_on_a_model_without_chat_template(train_config, train, tiny_model_without_template):

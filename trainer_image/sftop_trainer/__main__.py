@@ -99,6 +99,10 @@ def quiet_known_noise() -> None:
 
     # bitsandbytes looks for an optional CPU kernel package at import; its absence changes nothing here.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # huggingface_hub prints its warnings through a handler of its own as well as ours: each came out twice.
+    import huggingface_hub.utils.logging  # noqa: F401  (installs that handler)
+
+    logging.getLogger("huggingface_hub").handlers.clear()
     # PEFT still calls transformers' old name for activation checkpointing.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 

@@ -7,13 +7,16 @@ tokens. For each assistant turn of a conversation:
 - its span is the text the model writes: what follows `history + generation prompt` in the rendered conversation,
   through the turn's last special token (its end-of-turn marker: `<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`,
   `</s>`); what the template puts after it (a newline between turns) is the template's, not the model's. A
-  template that marks assistant turns with `{% generation %}` states its spans itself, and they are used instead.
+  template that marks assistant turns with `{% generation %}` states its spans itself, and they are used instead
+  (ending at their end-of-turn token too).
 - its tokens: the prompt is tokenized on its own, as at inference, and the answer's tokens follow. Tokenizing the
   whole conversation at once can merge characters across the prompt/answer boundary (`"\\n\\n{"`), and then the
   model would learn after prompt tokens it never sees at inference.
 
-Every assistant turn of a multi-turn conversation carries loss; system, user and tool turns do not. The span
-method needs a template that renders earlier turns the same way whatever follows them. Most do; for those that
+Every assistant turn of a multi-turn conversation carries loss; system, user and tool turns do not. Where a
+tokenizer merges an earlier answer's first characters with its prompt once the answer is history, no one token
+sequence matches every turn's inference prompt; the last turn's is matched. The span method needs a template
+that renders earlier turns the same way whatever follows them. Most do; for those that
 do not (Qwen3's, which drops the reasoning of earlier turns), TRL's training version of the template
 (`trl.chat_template_utils.get_training_chat_template`), which renders history consistently, renders the
 conversations instead. A template that cannot be split either way is an error that says what to do.

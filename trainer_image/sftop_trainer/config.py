@@ -228,9 +228,10 @@ class TrainingSpec(Spec):
     packing: bool = Field(False, description="Pack several samples into each sequence of maxLength tokens, "
                                              "without cross-attention between them.")
     assistant_only_loss: bool | None = Field(
-        None, description="Train only on assistant turns of conversational data. Unset: on when the chat "
-                          "template marks assistant turns with `{% generation %}`, off otherwise. True with a "
-                          "template that does not mark them is an error.")
+        None, description="Train only on the assistant turns of conversational data (each with its end-of-turn "
+                          "token); system and user turns carry no loss. Unset or true: on, with any chat template "
+                          "whose turns can be told apart (one that cannot is an error naming this field); false: "
+                          "loss on every token.")
     completion_only_loss: bool | None = Field(
         None, description="Train only on the completion of prompt-completion data (and of instruction data, "
                           "which becomes prompt-completion). Unset: on.")

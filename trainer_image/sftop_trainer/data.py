@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from sftop_trainer.config import DataSource
-from sftop_trainer.errors import DataError
+from sftop_trainer.errors import DataError, hub_unreachable
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -124,10 +124,15 @@ def _load_hub(src: DataSource, split: str) -> Dataset:
     assert hub is not None
     try:
         return load_dataset(hub.name, hub.config, split=split, revision=hub.revision)
-    except (FileNotFoundError, ValueError) as e:
-        raise DataError(f"Hub dataset {hub.name} (config {hub.config}, split {split}, revision {hub.revision}): {e}") \
-            from e
     except Exception as e:
+        if hub_unreachable(e):
+            raise DataError(f"Hub dataset {hub.name}: the Hugging Face Hub cannot be reached from here and the "
+                            f"dataset is not in the cache. Without internet access, put the data on a claim "
+                            f"(spec.dataset.pvc) or in a ConfigMap; a gated or private dataset also needs "
+                            f"spec.hubTokenSecret.") from e
+        if isinstance(e, (FileNotFoundError, ValueError)):
+            raise DataError(f"Hub dataset {hub.name} (config {hub.config}, split {split}, revision "
+                            f"{hub.revision}): {e}") from e
         if type(e).__name__ in ("DatasetNotFoundError", "DataFilesNotFoundError", "EmptyDatasetError"):
             raise DataError(f"Hub dataset {hub.name}: {e}") from e
         raise

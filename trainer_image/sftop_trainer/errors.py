@@ -89,3 +89,21 @@ class LossNotFinite(TrainerError):
 
 class Interrupted(TrainerError):
     code = ExitCode.INTERRUPTED
+
+
+# What transformers and huggingface_hub say when the Hub cannot be reached and the files are not cached.
+_UNREACHABLE = ("couldn't connect", "couldn't reach", "offline mode", "Name or service not known", "Connection refused",
+                "Temporary failure in name resolution", "Network is unreachable", "timed out")
+
+
+def hub_unreachable(e: BaseException) -> bool:
+    """The Hub could not be reached (no network, DNS, offline mode) and nothing was cached."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    chain, seen = e, 0
+    while chain is not None and seen < 8:
+        if isinstance(chain, (LocalEntryNotFoundError, OfflineModeIsEnabled)) or any(
+                s.lower() in str(chain).lower() for s in _UNREACHABLE):
+            return True
+        chain, seen = chain.__cause__ or chain.__context__, seen + 1
+    return False

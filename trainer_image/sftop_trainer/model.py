@@ -7,7 +7,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from sftop_trainer.config import TrainerConfig
-from sftop_trainer.errors import ConfigError, ModelLoadError
+from sftop_trainer.errors import ConfigError, ModelLoadError, hub_unreachable
 
 if TYPE_CHECKING:
     import torch
@@ -89,7 +89,12 @@ def hidden_size(cfg: TrainerConfig) -> int | None:
 
 def _load_error(what: str, cfg: TrainerConfig, e: Exception) -> ModelLoadError:
     where = cfg.model.name + (f"@{cfg.model.revision}" if cfg.model.revision else "")
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if not is_local_path(cfg.model.name) and hub_unreachable(e):
+        return ModelLoadError(
+            f"cannot load the {what} of {where}: the Hugging Face Hub cannot be reached from here and the model "
+            f"is not in the cache. Without internet access, copy the model onto a claim and name it with "
+            f"spec.model.pvc; a gated or private model also needs spec.hubTokenSecret.")
+    text = str(e).strip().splitlines()[0].rstrip(". ") if str(e).strip() else type(e).__name__
     hint = ""
     if "trust_remote_code" in str(e):
         hint = " The model needs its own code: set spec.model.trustRemoteCode: true if you trust it."
