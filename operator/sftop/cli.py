@@ -1,5 +1,6 @@
 """The `sftop` command.
 
+    sftop --version                    print the version
     sftop crd                          print the SFTJob CustomResourceDefinition
     sftop validate FILE...             check SFTJob manifests offline; exit 1 when any is invalid
     sftop run MANIFEST --local         run an SFTJob's training on this machine (CPU or local GPUs)
@@ -80,8 +81,18 @@ def _operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sftop")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sftop", description="Fine-tune LLMs on Kubernetes with SFTJobs.")
+    parser.add_argument("--version", action="version", version=f"sftop {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("crd", help="print the SFTJob CustomResourceDefinition (YAML)")

@@ -15,10 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import ValidationError
-
-from sftop import api, render
+from sftop import api, manifest, render, validate
 
 
 class LocalRunError(Exception):
@@ -48,14 +45,15 @@ def _pick(docs: list[Any], name: str | None) -> dict[str, Any]:
     return jobs[0]
 
 
-def prepare(manifest: Path, volumes: Path, name: str | None = None) -> tuple[api.SFTJob, str, Path, Path]:
+def prepare(path: Path, volumes: Path, name: str | None = None) -> tuple[api.SFTJob, str, Path, Path]:
     """Parse the manifest and write the trainer config. Returns (job, run id, run folder, config path)."""
-    docs = [d for d in yaml.safe_load_all(manifest.read_text()) if d is not None]
+    docs = manifest.read(path)
     raw = _pick(docs, name)
-    try:
-        job = api.SFTJob.model_validate(raw)
-    except ValidationError as e:
-        raise LocalRunError("invalid SFTJob:\n  " + "\n  ".join(api.error_lines(e))) from None
+    # What the API server and the operator would reject, in the words `sftop validate` uses.
+    problems = validate.validate_document(raw)
+    if problems:
+        raise LocalRunError("invalid SFTJob:\n  " + "\n  ".join(map(str, problems)))
+    job = api.SFTJob.model_validate(raw)
     namespace = job.metadata.namespace or "default"
     spec = job.spec
     rid = render.run_id(spec)
@@ -70,7 +68,7 @@ def prepare(manifest: Path, volumes: Path, name: str | None = None) -> tuple[api
                  and d.get("metadata", {}).get("name") == ref.name]
         for field, key in keys:
             if not found or key not in (found[0].get("data") or {}):
-                raise LocalRunError(f"{field}: ConfigMap {ref.name} with key {key} is not in {manifest}")
+                raise LocalRunError(f"{field}: ConfigMap {ref.name} with key {key} is not in {path}")
             target = configmaps / ref.name / key
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(found[0]["data"][key])
@@ -95,12 +93,12 @@ def gpu_note(spec: api.SFTJobSpec, visible: int) -> str | None:
     return None
 
 
-def run(manifest: Path, volumes: Path, name: str | None = None, progress_bar: bool = True) -> LocalRun:
+def run(path: Path, volumes: Path, name: str | None = None, progress_bar: bool = True) -> LocalRun:
     import torch
 
     from sftop_trainer.__main__ import main as train_main
 
-    job, rid, output, config_path = prepare(manifest, volumes, name)
+    job, rid, output, config_path = prepare(path, volumes, name)
     note = gpu_note(job.spec, torch.cuda.device_count())
     if note:
         print(f"note: {note}", file=sys.stderr)

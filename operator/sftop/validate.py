@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import yaml
 from pydantic import ValidationError
 
-from sftop import api
+from sftop import api, manifest
 from sftop.crd import open_api_schema
 
 
@@ -102,6 +102,50 @@ def _schema_at(schema: dict[str, Any], parts) -> dict[str, Any]:
     return schema
 
 
+_JSON_TYPES = {"number": "a number", "integer": "an integer", "string": "a string", "boolean": "true or false",
+               "object": "a mapping", "array": "a list", "null": "null"}
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    return {dict: "a mapping", list: "a list", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _message(err) -> str:
+    """A schema error in words that name the rule and the value, not jsonschema's."""
+    rule, value, got = err.validator, err.validator_value, err.instance
+    if rule == "type":
+        wanted = " or ".join(_JSON_TYPES.get(t, t) for t in ([value] if isinstance(value, str) else value))
+        return f"must be {wanted}, not {_kind_of(got)}"
+    bounds = {"minimum": "at least", "maximum": "at most", "exclusiveMinimum": "greater than",
+              "exclusiveMaximum": "less than"}
+    if rule in bounds:
+        return f"must be {bounds[rule]} {value} (got {got})"
+    if rule in ("minLength", "minItems"):
+        unit = "character" if rule == "minLength" else "item"
+        return "must not be empty" if value == 1 else f"must have at least {_plural(value, unit)} (has {len(got)})"
+    if rule in ("maxLength", "maxItems"):
+        unit = "character" if rule == "maxLength" else "item"
+        return f"must have at most {_plural(value, unit)} (has {len(got)})"
+    if rule == "enum":
+        return f"must be one of {', '.join(map(str, value))} (got {got!r})"
+    return err.message
+
+
+# Where one of these fails on a field, other rules failing there say nothing more (an empty string also fails its
+# pattern; a string where a number belongs would fail the number's bounds).
+_DECISIVE = ("type", "minLength", "minItems", "enum")
+
+
 def schema_problems(doc: dict[str, Any]) -> list[Problem]:
     schema, validator = _validator()
     doc = apply_defaults(schema, copy.deepcopy(doc))
@@ -120,8 +164,13 @@ def schema_problems(doc: dict[str, Any]) -> list[Problem]:
         elif err.validator in ("anyOf", "oneOf") and err.context:
             problems.append(Problem(_path(err.absolute_path), err.context[-1].message))
         else:
-            problems.append(Problem(_path(err.absolute_path), err.message, str(err.validator)))
-    return problems
+            problems.append(Problem(_path(err.absolute_path), _message(err), str(err.validator)))
+    return _one_per_field(problems)
+
+
+def _one_per_field(problems: list[Problem]) -> list[Problem]:
+    decided = {p.path for p in problems if p.keyword in _DECISIVE}
+    return [p for p in problems if p.keyword in _DECISIVE or p.path not in decided]
 
 
 def model_problems(doc: dict[str, Any]) -> list[Problem]:
@@ -155,8 +204,8 @@ def is_sftjob(doc: Any) -> bool:
 
 def documents(path: Path) -> Iterator[tuple[str, Any]]:
     """(label, document) for every SFTJob in a YAML or JSON file; other kinds are skipped."""
-    for i, doc in enumerate(yaml.safe_load_all(path.read_text())):
-        if doc is None or (isinstance(doc, dict) and not is_sftjob(doc)):
+    for i, doc in enumerate(manifest.read(path)):
+        if isinstance(doc, dict) and not is_sftjob(doc):
             continue
         name = doc.get("metadata", {}).get("name", "?") if isinstance(doc, dict) else "?"
         yield f"{path}[{i}] {api.KIND}/{name}", doc

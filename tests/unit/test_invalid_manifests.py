@@ -87,7 +87,7 @@ MISTAKES = [
     ("name with capitals", "metadata.name", "Chat-LoRA", "metadata.name", "lowercase letters"),
     ("negative backoff limit", "spec.runPolicy", {"backoffLimit": -1}, "spec.runPolicy.backoffLimit", "0"),
     ("queue name with a slash", "spec.queueName", "team-a/gpu", "spec.queueName", "LocalQueue name"),
-    ("tolerations as a map", "spec.resources.tolerations", {"key": "gpu"}, "spec.resources.tolerations", "array"),
+    ("tolerations as a map", "spec.resources.tolerations", {"key": "gpu"}, "spec.resources.tolerations", "must be a list"),
     ("eval split name on a PVC file", "spec.dataset",
      {"pvc": {"claimName": "d", "path": "train.jsonl"}, "evalSplit": {"name": "test"}}, "spec.dataset",
      "fraction"),
@@ -106,7 +106,7 @@ MISTAKES = [
     ("secret key with a slash", "spec.hubTokenSecret", {"name": "hf", "key": "a/b"}, "spec.hubTokenSecret.key",
      "Secret key"),
     ("inline rows that are strings", "spec.dataset", {"inline": ["hello", "world"]}, "spec.dataset.inline[0]",
-     "object"),
+     "must be a mapping"),
     ("wrong apiVersion", "apiVersion", "sftop.dev/v1", "apiVersion", "sftop.dev/v1alpha1"),
 ]
 
