@@ -17,7 +17,7 @@ def prepared(tiny_model, tmp_path, rows, **training):
     cfg = TrainerConfig.model_validate({
         "model": {"name": str(tiny_model)}, "dataset": {"rows": rows},
         "training": {"maxSteps": 1, **training}, "output": {"dir": str(tmp_path / "out")}, "progress": {"port": 0}})
-    trainer, tokenizer, _, _ = build_trainer(cfg, Progress())
+    trainer, tokenizer, _ = build_trainer(cfg, Progress())
     row = trainer.train_dataset[0]
     return tokenizer, row["input_ids"], row["labels"]
 

@@ -30,7 +30,8 @@ def config(smollm2, tmp_path, **over) -> dict:
 
 def test_the_real_template_trains_on_the_answer_after_the_inference_prompt(smollm2, smollm2_tokenizer, tmp_path):
     cfg = TrainerConfig.model_validate(config(smollm2, tmp_path))
-    trainer, tokenizer, report, eval_rows = build_trainer(cfg, Progress())
+    trainer, tokenizer, data = build_trainer(cfg, Progress())
+    report, eval_rows = data.report, data.eval_rows
     assert report.loss == "assistant turns, found by rendering each turn with the chat template"
     row, raw = trainer.eval_dataset[0], eval_rows[0]["messages"]
     trained = [i for i, label in zip(row["input_ids"], row["labels"]) if label != -100]

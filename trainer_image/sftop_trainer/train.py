@@ -205,7 +205,26 @@ def make_trainer_class():
 
     class Trainer(SFTTrainer):
         long_samples = "truncate"
-        data_counts: dict[str, dict[str, int]] = {}
+        data_counts: dict[str, dict[str, Any]]
+
+        @classmethod
+        def preparer(cls, tokenizer, args, long_samples: str, train_dataset):
+            """An object that prepares datasets exactly as this trainer would, without a model: SFTTrainer's own
+            preparation needs only the tokenizer, the config, and the loss choice it makes from the training data."""
+            self = cls.__new__(cls)
+            self._tokenizer, self.args, self.long_samples, self.data_counts = tokenizer, args, long_samples, {}
+            self.chat_template = None  # assistant masks come from sftop_trainer.chat, never from a TRL template
+            sample = train_dataset[0] if len(train_dataset) else {}
+            self.completion_only_loss = args.completion_only_loss if args.completion_only_loss is not None else (
+                "prompt" in sample and "completion" in sample)
+            return self
+
+        def prepare(self, dataset, name: str):
+            if dataset is None:
+                return None
+            packing = self.args.packing if name == "train" or self.args.eval_packing is None else \
+                self.args.eval_packing
+            return self._prepare_dataset(dataset, self._tokenizer, self.args, packing, None, name)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if self.args.device.type != "cpu":
@@ -268,7 +287,8 @@ def make_trainer_class():
                 args.max_length = limit
             lengths = [len(ids) for ids in dataset["input_ids"]]
             overlong = [i for i, n in enumerate(lengths) if n > limit]
-            counts = {"samples": len(lengths), "overlong": len(overlong), "dropped": 0}
+            counts: dict[str, Any] = {"samples": len(lengths), "overlong": len(overlong), "dropped": 0,
+                                      "lengths": lengths}
             if overlong and self.long_samples == "drop":
                 keep = sorted(set(range(len(lengths))) - set(overlong))
                 dataset = dataset.select(keep)
@@ -286,9 +306,10 @@ def make_trainer_class():
                 log.warning("%s data: %d of %d samples are longer than maxLength %d; %s", dataset_name,
                             len(overlong), len(lengths), limit,
                             "dropped" if self.long_samples == "drop" else "truncated to their first tokens")
+            counts["trained_tokens"] = sum(sum(1 for label in labels if label != -100) for labels in dataset["labels"])
             if packing:
                 dataset = pack_dataset(dataset.select_columns(["input_ids", "labels"]), limit, args.packing_strategy)
-            type(self).data_counts[dataset_name] = counts
+            self.data_counts[dataset_name] = counts
             return dataset
 
     return Trainer
@@ -374,12 +395,23 @@ def _writable(folder: Path) -> None:
         raise ConfigError(f"output.dir {folder} is not writable: {e}") from e
 
 
-def build_trainer(cfg: TrainerConfig, progress: Progress, *, progress_bar: bool = False):
-    """Tokenizer, data, model and SFTTrainer, ready to train. Returns (trainer, tokenizer, data report, raw eval
-    rows)."""
+@dataclasses.dataclass
+class PreparedData:
+    """The data exactly as training sees it: tokenized, masked, long samples handled, packed if asked."""
+
+    train: Any
+    eval: Any  # None without an eval split
+    eval_rows: Any  # the eval rows before tokenization (their prompts are answered at evaluation)
+    report: data_mod.DataReport
+    lengths: list[int]  # each training sample's tokens before maxLength
+    trained_tokens: int  # tokens that carry loss, after maxLength
+
+
+def prepare_data(cfg: TrainerConfig, tokenizer, args) -> PreparedData:
+    """Read, convert, template, tokenize and mask the data the way SFTTrainer would, without a model: the run and
+    its plan prepare it with this one function."""
     from sftop_trainer.chat import TurnMasker
 
-    tokenizer = model_mod.load_tokenizer(cfg)
     masker = TurnMasker(tokenizer, cfg.training.assistant_only_loss, cfg.training.completion_only_loss)
     train_ds, eval_ds, report = data_mod.prepare(cfg.dataset, cfg.training.seed,
                                                  conversational=bool(tokenizer.chat_template), check=masker.check)
@@ -388,27 +420,43 @@ def build_trainer(cfg: TrainerConfig, progress: Progress, *, progress_bar: bool 
                           f"template; set spec.chatTemplate")
     report.loss = masker.describe(train_ds)
     # Loss masks on conversations are made here (sftop_trainer.chat); TRL masks completions of plain-text
-    # prompt-completion rows itself.
-    args = build_sft_config(cfg, Path(cfg.output.dir), has_eval=eval_ds is not None, assistant_only_loss=False,
+    # prompt-completion rows itself, in its own dataset preparation, which runs here without a model.
+    preparer = make_trainer_class().preparer(tokenizer, args, cfg.training.long_samples, train_ds)
+    train = preparer.prepare(masker.tokenize(train_ds), "train")
+    counts = preparer.data_counts["train"]
+    report.overlong = counts["overlong"]
+    report.overlong_action = cfg.training.long_samples
+    evaluation = None
+    if eval_ds is not None:
+        evaluation = preparer.prepare(masker.tokenize(eval_ds), "eval")
+    return PreparedData(train=train, eval=evaluation, eval_rows=eval_ds, report=report, lengths=counts["lengths"],
+                        trained_tokens=counts["trained_tokens"])
+
+
+def build_trainer(cfg: TrainerConfig, progress: Progress, *, progress_bar: bool = False):
+    """Tokenizer, data, model and SFTTrainer, ready to train. Returns (trainer, tokenizer, prepared data)."""
+    tokenizer = model_mod.load_tokenizer(cfg)
+    args = build_sft_config(cfg, Path(cfg.output.dir), has_eval=False, assistant_only_loss=False,
                             progress_bar=progress_bar)
+    data = prepare_data(cfg, tokenizer, args)
+    if data.eval is not None:
+        args = build_sft_config(cfg, Path(cfg.output.dir), has_eval=True, assistant_only_loss=False,
+                                progress_bar=progress_bar)
+    args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
 
     progress.update(phase="LoadingModel")
     model = model_mod.load_model(cfg, cfg.training.gradient_checkpointing)
     peft_config = model_mod.lora_config(cfg, model) if cfg.method != "full" else None
-    trainer_cls = make_trainer_class()
-    trainer_cls.long_samples = cfg.training.long_samples
-    trainer = trainer_cls(model=model, args=args, train_dataset=masker.tokenize(train_ds),
-                          eval_dataset=masker.tokenize(eval_ds), processing_class=tokenizer, peft_config=peft_config,
-                          callbacks=[progress_callback(progress)])
+    trainer = make_trainer_class()(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                                   processing_class=tokenizer, peft_config=peft_config,
+                                   callbacks=[progress_callback(progress)])
     from transformers import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(PrinterCallback)  # the JSON progress lines say the same
     if progress_bar:
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(quiet_bar())
-    report.overlong = trainer_cls.data_counts.get("train", {}).get("overlong", 0)
-    report.overlong_action = cfg.training.long_samples
-    return trainer, tokenizer, report, eval_ds
+    return trainer, tokenizer, data
 
 
 def config_fingerprint(cfg: TrainerConfig) -> str:
@@ -477,7 +525,8 @@ def run(cfg: TrainerConfig, *, progress_bar: bool = False) -> dict[str, Any]:
     try:
         emit("start", runId=cfg.run.id, model=cfg.model.name, method=cfg.method)
         progress.update(phase="LoadingData")
-        trainer, tokenizer, report, eval_rows = build_trainer(cfg, progress, progress_bar=progress_bar)
+        trainer, tokenizer, data = build_trainer(cfg, progress, progress_bar=progress_bar)
+        report, eval_rows = data.report, data.eval_rows
         ev = cfg.evaluation
         answers = AnswerEval(tokenizer, eval_rows, ev.prompts, ev.max_new_tokens, ev.samples) \
             if ev.answers and eval_rows is not None else None
