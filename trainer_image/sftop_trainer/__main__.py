@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     bar.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
     p.add_argument("--processes", type=int, default=None,
                    help="training processes (default: one per visible GPU; SFTOP_PROCESSES overrides)")
+    p.add_argument("--validate", action="store_true",
+                   help="do everything before training, without the weights, and print the run's plan: read, "
+                        "template, tokenize and mask the data, check the model's config and LoRA targets, estimate "
+                        "GPU memory; the plan and the prepared data are left in output.dir for the run")
     p.add_argument("--status-file", help=argparse.SUPPRESS)  # where a launched worker leaves its exit code
     return p
 
@@ -127,6 +131,19 @@ def main(argv: list[str] | None = None) -> int:
         return fail(ExitCode.INVALID_CONFIG, f"cannot read the trainer config {args.config}: {e}")
     except ValueError as e:
         return fail(ExitCode.INVALID_CONFIG, f"invalid trainer config {args.config}: {e}")
+
+    if args.validate:
+        from sftop_trainer import plan
+
+        try:
+            result = plan.validate(cfg)
+        except TrainerError as e:
+            return fail(e.code, e.message)
+        except Exception as e:
+            traceback.print_exc()
+            return fail(ExitCode.UNEXPECTED, f"{type(e).__name__}: {e}")
+        print("\n".join(plan.describe(result["plan"])), flush=True)
+        return _finish(0, result, args.status_file)
 
     if "LOCAL_RANK" not in os.environ and not os.environ.get("SFTOP_LAUNCHED"):
         processes = process_count(args.processes)

@@ -362,6 +362,14 @@ class ProgressEndpoint(Spec):
     port: int = Field(8080, ge=0, le=65535, description="Port of the progress and metrics endpoint; 0 disables it.")
 
 
+class Hardware(Spec):
+    """What the run will get, for its plan only: the trainer itself uses the GPUs it sees."""
+
+    gpus: int = Field(1, ge=0, description="GPUs the run trains on, one process each (data parallel).")
+    gpu_memory: int | None = Field(None, gt=0, description="Memory of each GPU in bytes, when known.")
+    gpu_memory_source: str | None = Field(None, description="Where gpuMemory comes from, in words.")
+
+
 class RunInfo(Spec):
     id: str | None = None
     sftjob: str | None = None
@@ -383,6 +391,7 @@ class TrainerConfig(Spec):
     evaluation: EvaluationSpec = EvaluationSpec()
     output: OutputTarget
     progress: ProgressEndpoint = ProgressEndpoint()
+    hardware: Hardware = Hardware()
 
     @model_validator(mode="after")
     def _method_rules(self) -> TrainerConfig:

@@ -438,7 +438,13 @@ def build_trainer(cfg: TrainerConfig, progress: Progress, *, progress_bar: bool 
     tokenizer = model_mod.load_tokenizer(cfg)
     args = build_sft_config(cfg, Path(cfg.output.dir), has_eval=False, assistant_only_loss=False,
                             progress_bar=progress_bar)
-    data = prepare_data(cfg, tokenizer, args)
+    from sftop_trainer import plan as plan_mod
+
+    data = plan_mod.load_prepared(Path(cfg.output.dir) / plan_mod.PREPARED, config_fingerprint(cfg))
+    if data is not None:
+        log.info("training on the data the Validating phase prepared: %d samples", len(data.train))
+    else:
+        data = prepare_data(cfg, tokenizer, args)
     if data.eval is not None:
         args = build_sft_config(cfg, Path(cfg.output.dir), has_eval=True, assistant_only_loss=False,
                                 progress_bar=progress_bar)
@@ -460,9 +466,9 @@ def build_trainer(cfg: TrainerConfig, progress: Progress, *, progress_bar: bool 
 
 
 def config_fingerprint(cfg: TrainerConfig) -> str:
-    """sha256 of what a run trains on and writes to (the config but its progress endpoint): a finished result is
+    """sha256 of what a run trains on and writes to (the config but its progress endpoint and hardware): a result is
     reused only for the same config."""
-    text = json.dumps(cfg.dump(exclude={"progress"}), sort_keys=True, separators=(",", ":"))
+    text = json.dumps(cfg.dump(exclude={"progress", "hardware"}), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -617,6 +623,9 @@ def run(cfg: TrainerConfig, *, progress_bar: bool = False) -> dict[str, Any]:
         }
         if is_main_process():
             (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+            from sftop_trainer.plan import PREPARED
+
+            shutil.rmtree(out / PREPARED, ignore_errors=True)  # the prepared data served its run
         progress.update(phase="Succeeded", percent=100, eta="0s")
         emit("result", **result)
         return result
@@ -682,6 +691,11 @@ def compact(result: dict[str, Any]) -> str:
     keys = ("status", "exitCode", "reason", "message", "steps", "trainLoss", "evalLoss", "runtimeSeconds",
             "trainableParameters", "totalParameters", "trainedTokens", "adapterPath", "mergedPath", "resumedFromStep")
     small = {k: result[k] for k in keys if result.get(k) is not None}
+    if result.get("plan"):
+        small["plan"] = result["plan"]
+        if len(json.dumps(small).encode()) > TERMINATION_LIMIT:  # the assumptions stay in plan.json
+            small["plan"] = {**result["plan"], "memory": {k: v for k, v in result["plan"]["memory"].items()
+                                                          if k != "assumptions"}}
     for samples in (3, 2, 1, 0):  # fewer samples until it fits
         evaluation = compact_evaluation(result.get("evaluation"), samples)
         if evaluation is not None:
