@@ -240,6 +240,27 @@ class ResourcesSpec(Spec):
     priority_class_name: ObjectName | None = Field(None, description="PriorityClass of the trainer pod; Kueue "
                                                                      "also uses it to order and preempt "
                                                                      "workloads.")
+    gpu_memory: Quantity | None = Field(None, description="Memory of each GPU, for example `80Gi`: the plan checks "
+                                                          "that the run fits it, and a run that cannot fit fails "
+                                                          "before it asks for GPUs. When unset, the "
+                                                          "`nvidia.com/gpu.memory` label (GPU Feature Discovery, in "
+                                                          "MiB) in nodeSelector is used; otherwise fit is not "
+                                                          "checked.")
+
+
+class ValidationSpec(Spec):
+    """The Validating phase: a CPU-only Job that checks the data, the chat template and the model and computes the
+    run's plan before the training Job asks for GPUs."""
+
+    enabled: bool = Field(True, description="Validate before training. Off: the training Job is created at once "
+                                            "and mistakes surface in the GPU pod.")
+    cpu: Quantity | None = Field(None, description="CPU request and limit of the validation pod; the operator's "
+                                                   "default (2) when unset.")
+    memory: Quantity | None = Field(None, description="Memory request and limit of the validation pod; the "
+                                                      "operator's default (8Gi) when unset.")
+    queue_name: _pattern(DNS1123_LABEL, "a LocalQueue name (lowercase letters, digits and '-')", "cpu-queue",
+                         63) | None = Field(None, description="Kueue LocalQueue for the validation Job. By default "
+                                                              "it runs outside any queue: it asks for no GPU.")
 
 
 # --------------------------------------------------------------------------------------------- output
@@ -351,6 +372,8 @@ class SFTJobSpec(Spec):
                                              "Setting it back to false resumes from that checkpoint.")
     run_policy: RunPolicy = Field(RunPolicy(), description="Retries, deadline and cleanup of "
                                                                          "the run's Job.")
+    validation: ValidationSpec = Field(ValidationSpec(), description="Checking the run on a CPU before any GPU "
+                                                                     "is asked for.")
 
     @model_validator(mode="after")
     def _method(self) -> SFTJobSpec:
@@ -360,7 +383,7 @@ class SFTJobSpec(Spec):
 
 # --------------------------------------------------------------------------------------------- status
 
-Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Suspended"]
+Phase = Literal["Pending", "Validating", "Queued", "Running", "Succeeded", "Failed", "Suspended"]
 PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
@@ -389,6 +412,8 @@ class RunStatus(Spec):
     completion_time: str | None = Field(None, description="When the run ended (RFC 3339).",
                                         json_schema_extra={"format": "date-time"})
     attempts: int = Field(0, description="Trainer pods started for this run, retries included.")
+    validation_job_name: str | None = Field(None, description="Name of the run's validation Job.")
+    validated: bool | None = Field(None, description="Whether the run passed its Validating phase.")
 
 
 class PreviousRun(Spec):
@@ -467,10 +492,62 @@ class Result(Spec):
                                                                   "before and after training, with samples.")
 
 
+class SkippedRows(Spec):
+    """Rows left out of training for one reason."""
+
+    reason: str = Field(description="Why, in words.")
+    count: int = Field(description="How many rows.")
+    rows: list[int] = Field([], description="The first few row numbers (1-based).")
+
+
+class PlanRows(Spec):
+    """Rows of the dataset."""
+
+    read: int = Field(description="Rows read.")
+    train: int = Field(description="Rows trained on.")
+    eval: int = Field(0, description="Rows held out for evaluation.")
+    skipped: int = Field(0, description="Rows left out (see plan.skipped).")
+
+
+class PlanMemory(Spec):
+    """Estimated peak GPU memory of one training process, in GiB."""
+
+    per_gpu: float = Field(description="Estimated peak per GPU, in GiB.")
+    parts: dict[str, float] = Field({}, description="The estimate by part (weights, gradients, optimizer, "
+                                                    "activations, cuda), in GiB.")
+    assumptions: list[str] = Field([], description="What the estimate assumes.")
+    gpu_memory: float | None = Field(None, description="Memory of the GPU the run asks for, in GiB, when known.")
+    gpu_memory_source: str | None = Field(None, description="Where gpuMemory comes from.")
+    fits: bool | None = Field(None, description="Whether the estimate fits the GPU (with a 5% margin).")
+    would_fit: list[str] = Field([], description="Changes that would fit, when it does not.")
+
+
+class Plan(Spec):
+    """What the Validating phase found: the data as training sees it, the run's length and its GPU memory."""
+
+    rows: PlanRows
+    skipped: list[SkippedRows] = Field([], description="Rows left out, by reason.")
+    samples: int = Field(description="Training samples after the data rules (packed sequences when packing).")
+    overlong: int = Field(0, description="Samples longer than training.maxLength.")
+    overlong_action: str | None = Field(None, description="What happens to them: truncate or drop.")
+    longest_sample: int | None = Field(None, description="Tokens of the longest sample.")
+    tokens: int | None = Field(None, description="Tokens per epoch.")
+    trained_tokens: int | None = Field(None, description="Tokens per epoch that carry loss.")
+    loss: str | None = Field(None, description="What carries loss, in words.")
+    steps_per_epoch: int = Field(description="Optimizer steps per epoch.")
+    total_steps: int = Field(description="Optimizer steps of the run.")
+    effective_batch: int = Field(description="Sequences per optimizer step, over all GPUs.")
+    gpus: int = Field(description="GPUs the plan is for.")
+    method: str = Field(description="lora, qlora or full.")
+    trainable_parameters: int = Field(description="Parameters trained.")
+    total_parameters: int = Field(description="Parameters of the model.")
+    memory: PlanMemory
+
+
 class SFTJobStatus(Spec):
     """What the operator observed. Written by the operator only."""
 
-    phase: Phase | None = Field(None, description="Pending → (Queued) → Running → Succeeded | Failed; "
+    phase: Phase | None = Field(None, description="Pending → Validating → (Queued) → Running → Succeeded | Failed; "
                                                   "Suspended while spec.suspend is true.")
     message: str | None = Field(None, description="The latest human-readable explanation of the phase.")
     observed_generation: int | None = Field(None, description="The SFTJob generation the operator last acted on.")
@@ -481,6 +558,7 @@ class SFTJobStatus(Spec):
     run: RunStatus | None = Field(None, description="The current run.")
     previous_runs: list[PreviousRun] = Field([], description="Earlier runs, newest first "
                                                                                "(at most 10).")
+    plan: Plan | None = Field(None, description="The current run's plan, from its Validating phase.")
     progress: Progress | None = Field(None, description="Live progress of the current run.")
     result: Result | None = Field(None, description="The current run's result, once it succeeded.")
 

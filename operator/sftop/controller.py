@@ -235,18 +235,20 @@ class Controller:
                                                             message, generation, now())
                 self._write(body, status, new, event=("Warning", reason, message))
                 return REFERENCE_RETRY
+            if spec.validation.enabled and not (current.get("id") == rid and current.get("validated")):
+                status, passed = self._validation(body, status, spec, rid)
+                if not passed:
+                    return None if status.get("phase") in lifecycle.TERMINAL else min(30.0, self.settings.resync_interval)
             job = self._create_children(body, spec, rid)
         job = self._apply_suspend(job, spec)
 
-        pods = [p for (ns, _), p in self.pods.items()
-                if ns == namespace and (p["metadata"].get("labels") or {}).get(render.RUN_LABEL) == rid
-                and (p["metadata"].get("labels") or {}).get(render.SFTJOB_LABEL) == name]
+        pods = self._pods(namespace, name, rid, "trainer")
         conditions = lifecycle.conditions_of(job)
         finished = any(lifecycle.holds(conditions, c) for c in ("Complete", "SuccessCriteriaMet", "Failed"))
         if finished and not any(lifecycle.termination_message(p)[0] for p in pods):
             # The Job says it finished but no finished pod is cached yet (a restart: watches fill in any order).
             # The result is in that pod; ask for it rather than finalize the run without it.
-            pods = self.kube.list_pods(namespace, f"{render.SFTJOB_LABEL}={name},{render.RUN_LABEL}={rid}")
+            pods = self._list_pods(namespace, name, rid, "trainer")
         seen = lifecycle.observe(spec.suspend, bool(spec.queue_name), job, pods)
         stamp = now()
         new = self._base_status(status, spec, rid, namespace, name, generation)
@@ -280,6 +282,86 @@ class Controller:
         if seen.phase in ("Pending", "Queued"):
             return min(30.0, self.settings.resync_interval)
         return None
+
+    # ---------------------------------------------------------------------------------- validation
+
+    def _pods(self, namespace: str, name: str, rid: str, component: str) -> list[dict[str, Any]]:
+        out = []
+        for (ns, _), p in self.pods.items():
+            labels = p["metadata"].get("labels") or {}
+            if ns == namespace and labels.get(render.RUN_LABEL) == rid and labels.get(render.SFTJOB_LABEL) == name \
+                    and labels.get(render.COMPONENT_LABEL, "trainer") == component:
+                out.append(p)
+        return out
+
+    def _list_pods(self, namespace: str, name: str, rid: str, component: str) -> list[dict[str, Any]]:
+        """A run's pods of one component, asked of the API server (not the cache)."""
+        return self.kube.list_pods(namespace, f"{render.SFTJOB_LABEL}={name},{render.RUN_LABEL}={rid},"
+                                              f"{render.COMPONENT_LABEL}={component}")
+
+    def _validation(self, body: dict[str, Any], status: dict[str, Any], spec: api.SFTJobSpec,
+                    rid: str) -> tuple[dict[str, Any], bool]:
+        """The Validating phase of a run: create its CPU-only Job, follow it, and write what it found. Returns
+        (the status now, whether the run passed and its training Job may be created)."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        generation = body["metadata"].get("generation")
+        vname = render.validation_job_name(name, rid)
+        job = self.jobs.get((namespace, vname)) or self.kube.read_job(namespace, vname)
+        if job is None:
+            job = self._create_children(body, spec, rid, validation=True)
+        pods = self._pods(namespace, name, rid, "validation")
+        finished = any(lifecycle.holds(lifecycle.conditions_of(job), c) for c in ("Complete", "SuccessCriteriaMet"))
+        if finished and not any(lifecycle.termination_message(p)[0] for p in pods):
+            pods = self._list_pods(namespace, name, rid, "validation")
+        seen = lifecycle.observe(False, bool(spec.validation.queue_name), job, pods)
+        stamp = now()
+        new = self._base_status(status, spec, rid, namespace, name, generation)
+        new["run"]["validationJobName"] = vname
+        conditions = lifecycle.set_condition(new.get("conditions", []), "Accepted", "True", "Accepted",
+                                             "the spec is valid and its references exist", generation, stamp)
+        passed = False
+        if seen.phase == "Succeeded":
+            plan = (seen.result or {}).get("plan")
+            problem = validation_problem(plan)
+            if problem is None:
+                new["plan"] = plan
+                reason, message = "Validated", (f"data, template and model checked: {plan['samples']} samples, "
+                                                f"{plan['totalSteps']} steps, ~{plan['memory']['perGpu']} GiB per GPU")
+                conditions = lifecycle.set_condition(conditions, "Validated", "True", reason, message, generation,
+                                                     stamp)
+                new["run"]["validated"] = passed = True
+                new.update(phase="Pending", message="creating the training Job")
+                event = ("Normal", reason, message)
+            else:
+                if plan is not None:
+                    new["plan"] = plan
+                reason, message = problem
+                conditions = lifecycle.set_condition(conditions, "Validated", "False", reason, message, generation,
+                                                     stamp)
+                conditions = lifecycle.phase_conditions(conditions, "Failed", reason, message, generation, stamp)
+                new.update(phase="Failed", message=message)
+                new["run"]["completionTime"] = seen.completion_time or stamp
+                event = ("Warning", reason, message)
+        elif seen.phase == "Failed":
+            reason, message = seen.reason, seen.message
+            conditions = lifecycle.set_condition(conditions, "Validated", "False", reason, message, generation, stamp)
+            conditions = lifecycle.phase_conditions(conditions, "Failed", reason, message, generation, stamp)
+            new.update(phase="Failed", message=message)
+            new["run"]["completionTime"] = seen.completion_time or stamp
+            event = ("Warning", reason, message)
+        else:
+            reason = seen.reason if seen.warning or seen.phase == "Queued" else "Validating"
+            message = seen.message if seen.warning or seen.phase == "Queued" else \
+                "checking the data, chat template and model on a CPU before asking for a GPU"
+            conditions = lifecycle.set_condition(conditions, "Validated", "Unknown", reason, message, generation,
+                                                 stamp)
+            new.update(phase="Validating", message=message)
+            event = ("Warning" if seen.warning else "Normal", reason, message)
+        new["conditions"] = conditions
+        if (new.get("phase"), reason) == (status.get("phase"), _validated_reason(status)):
+            event = None
+        self._write(body, status, new, event=event)
+        return new, passed
 
     # ------------------------------------------------------------------------------------- helpers
 
@@ -318,14 +400,17 @@ class Controller:
         namespace = body["metadata"]["namespace"]
         if status.get("phase") not in lifecycle.TERMINAL:
             self.kube.stop_job(namespace, old["jobName"])
+            if old.get("validationJobName") and not old.get("validated"):
+                self.kube.stop_job(namespace, old["validationJobName"])
         previous = {"id": old["id"], "jobName": old["jobName"], "phase": status.get("phase") or "Pending"}
         if old.get("outputPath"):
             previous["outputPath"] = old["outputPath"]
         new = copy.deepcopy(status)
         new["previousRuns"] = [previous] + [r for r in status.get("previousRuns", []) if r.get("id") != rid
                                             and r.get("id") != old["id"]][: MAX_PREVIOUS_RUNS - 1]
-        for field in ("progress", "result"):
+        for field in ("progress", "result", "plan"):
             new.pop(field, None)
+        new["conditions"] = [c for c in new.get("conditions", []) if c.get("type") != "Validated"]
         new["run"] = {"id": rid}
         message = (f"the spec's training inputs changed: run {rid} replaces run {old['id']}, whose output stays "
                    f"at {old.get('outputPath')}")
@@ -360,7 +445,8 @@ class Controller:
                 return f"{short}KeyNotFound", f"{field}: {kind} {name} has no key {key!r}; the run starts when it does"
         return None
 
-    def _create_children(self, body: dict[str, Any], spec: api.SFTJobSpec, rid: str) -> dict[str, Any]:
+    def _create_children(self, body: dict[str, Any], spec: api.SFTJobSpec, rid: str,
+                         validation: bool = False) -> dict[str, Any]:
         import kopf
 
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
@@ -370,7 +456,7 @@ class Controller:
         config_map = render.config_map(name, namespace, spec, rid, self.settings)
         kopf.adopt(config_map, owner=body)
         self.kube.ensure_config_map(config_map)
-        job = render.job(name, namespace, spec, rid, self.settings)
+        job = render.job(name, namespace, spec, rid, self.settings, validation=validation)
         kopf.adopt(job, owner=body, nested=("spec.template",))
         created = self.kube.ensure_job(job)
         self.jobs[(namespace, created["metadata"]["name"])] = created
@@ -425,6 +511,30 @@ class Controller:
             body["status"] = new  # the cache sees our own write before its watch event arrives
         if event is not None and patch is not None:
             self.kube.post_event(body, *event)
+
+
+def validation_problem(plan: dict[str, Any] | None) -> tuple[str, str] | None:
+    """(reason, message) when a validation that finished does not let the run start."""
+    if not plan:
+        return "ValidationFailed", "the validation Job finished without writing a plan"
+    try:
+        checked = api.Plan.model_validate(plan)
+    except ValidationError as e:
+        return "ValidationFailed", "the validation Job wrote a plan this operator cannot read: " + "; ".join(
+            api.error_lines(e, "plan."))
+    mem = checked.memory
+    if mem.fits is False:
+        return "InsufficientGPUMemory", (
+            f"the run needs about {mem.per_gpu} GiB per GPU ({checked.method}) but the GPU has {mem.gpu_memory} GiB "
+            f"({mem.gpu_memory_source}); would fit: " + "; or ".join(mem.would_fit or ["nothing found"]))
+    return None
+
+
+def _validated_reason(status: dict[str, Any]) -> str | None:
+    for c in status.get("conditions") or []:
+        if c.get("type") == "Validated":
+            return c.get("reason")
+    return None
 
 
 def _reason(status: dict[str, Any], phase: str | None) -> str | None:

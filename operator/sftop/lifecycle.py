@@ -3,6 +3,7 @@
 Phases (docs/status.md draws the transitions):
 
     Pending    accepted; waiting for references, for the Job, or for its pod to be scheduled and started
+    Validating a CPU-only Job checks the data, template and model and computes the plan (no GPU asked for yet)
     Queued     the Job waits for admission by Kueue (suspended, with a queue)
     Running    the trainer container runs
     Succeeded  the trainer finished and wrote the adapter            (final for the run)
@@ -21,7 +22,7 @@ from typing import Any
 from sftop_trainer.errors import EXIT_CLASSES
 
 TERMINAL = frozenset({"Succeeded", "Failed"})
-CONDITION_TYPES = ("Accepted", "Queued", "Running", "Suspended", "Succeeded", "Failed")
+CONDITION_TYPES = ("Accepted", "Validated", "Queued", "Running", "Suspended", "Succeeded", "Failed")
 # Container waiting reasons that mean the pod cannot start without someone acting.
 STUCK_WAITING = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
                  "CreateContainerError", "CrashLoopBackOff", "RunContainerError"}

@@ -14,17 +14,21 @@ from typing import Any
 
 from sftop import api
 from sftop_trainer.threads import THREAD_VARIABLES
-from sftop_trainer.config import DataSource, ModelSource, OutputTarget, ProgressEndpoint, RunInfo, TrainerConfig
+from sftop_trainer.config import (DataSource, Hardware, ModelSource, OutputTarget, ProgressEndpoint, RunInfo,
+                                  TrainerConfig)
 
 # Spec fields that do not change what a run trains: changing them never starts a new run.
-NOT_TRAINING_INPUTS = ("suspend", "run_policy", "queue_name")
+NOT_TRAINING_INPUTS = ("suspend", "run_policy", "queue_name", "validation")
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # GPU Feature Discovery: each GPU's memory in MiB
 
 
 def run_id(spec: api.SFTJobSpec) -> str:
     """A short hash of the spec fields that affect training. Fields at their defaults are left out, so stating a
     default explicitly, or a new optional field in a later version, does not start a new run."""
+    exclude: dict[str, Any] = {f: True for f in NOT_TRAINING_INPUTS}
+    exclude["resources"] = {"gpu_memory"}  # only the plan's fit check reads it
     canonical = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude_none=True,
-                                exclude=set(NOT_TRAINING_INPUTS))
+                                exclude=exclude)
     digest = hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     return digest[: api.RUN_ID_LENGTH]
 
@@ -91,7 +95,33 @@ def trainer_config(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, la
         evaluation=spec.evaluation,
         output=OutputTarget(dir=layout.output_dir, merge_adapter=spec.output.merge_adapter),
         progress=ProgressEndpoint(port=layout.progress_port),
+        hardware=hardware(spec),
     )
+
+
+def quantity_bytes(quantity: str) -> int:
+    """Bytes in a Kubernetes memory quantity: `80Gi`, `24G`, `1.5Ti`, `81920Mi`, `1e9`."""
+    text = str(quantity).strip()
+    binary = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+    decimal = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18, "m": 10**-3}
+    for suffixes in (binary, decimal):
+        for suffix, factor in suffixes.items():
+            if text.endswith(suffix):
+                return int(float(text[: -len(suffix)]) * factor)
+    return int(float(text))
+
+
+def hardware(spec: api.SFTJobSpec) -> Hardware:
+    """The GPUs a run will get, for its plan: their count, and their memory where the spec tells it."""
+    res = spec.resources
+    label = res.node_selector.get(GPU_MEMORY_LABEL)
+    if res.gpu_memory is not None:
+        return Hardware(gpus=res.gpus, gpu_memory=quantity_bytes(res.gpu_memory),
+                        gpu_memory_source=f"spec.resources.gpuMemory {res.gpu_memory}")
+    if label and label.isdigit() and res.gpus:
+        return Hardware(gpus=res.gpus, gpu_memory=int(label) * 2**20,
+                        gpu_memory_source=f"nodeSelector {GPU_MEMORY_LABEL}={label} MiB")
+    return Hardware(gpus=res.gpus)
 
 
 def model_summary(spec: api.SFTJobSpec) -> str:
@@ -118,12 +148,21 @@ def job_name(name: str, rid: str) -> str:
     return f"{name}-{rid}"
 
 
-def child_labels(name: str, rid: str) -> dict[str, str]:
+def validation_job_name(name: str, rid: str) -> str:
+    """`<sftjob>-v<first 7 of the run id>`: as long as the training Job's name, never equal to one (run ids are
+    hex)."""
+    return f"{name}-v{rid[:7]}"
+
+
+COMPONENT_LABEL = "app.kubernetes.io/component"
+
+
+def child_labels(name: str, rid: str, component: str = "trainer") -> dict[str, str]:
     """Labels every child carries: how the operator (and users) find a run's objects."""
     return {
         "app.kubernetes.io/name": "sftop-trainer",
         "app.kubernetes.io/instance": name,
-        "app.kubernetes.io/component": "trainer",
+        COMPONENT_LABEL: component,
         "app.kubernetes.io/managed-by": "sftop",
         SFTJOB_LABEL: name,
         RUN_LABEL: rid,
@@ -208,21 +247,38 @@ def thread_env(cpu: str, gpus: int) -> list[dict[str, str]]:
     return [{"name": n, "value": threads} for n in THREAD_VARIABLES]
 
 
-def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings) -> dict[str, Any]:
+def validation_job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings) -> dict[str, Any]:
+    """The run's Validating phase: the trainer image with --validate, on CPUs only (no GPU, no GPU placement),
+    outside any Kueue queue unless spec.validation.queueName names one. It reads the data and the model's config
+    (not its weights) and leaves the plan and the prepared data in the run folder."""
+    return job(name, namespace, spec, rid, settings, validation=True)
+
+
+def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings, validation: bool = False) \
+        -> dict[str, Any]:
     """The run's batch/v1 Job: one pod that runs the trainer, hardened to the restricted Pod Security
     Standard, with no Kubernetes API credentials."""
     res = spec.resources
-    quantities = {"cpu": str(res.cpu or settings.default_cpu), "memory": str(res.memory or settings.default_memory)}
-    if res.gpus:
-        quantities[res.gpu_resource_name] = str(res.gpus)
-    labels = child_labels(name, rid)
+    if validation:
+        v = spec.validation
+        quantities = {"cpu": str(v.cpu or settings.validation_cpu),
+                      "memory": str(v.memory or settings.validation_memory)}
+        labels = child_labels(name, rid, "validation")
+        queue = v.queue_name
+    else:
+        quantities = {"cpu": str(res.cpu or settings.default_cpu),
+                      "memory": str(res.memory or settings.default_memory)}
+        if res.gpus:
+            quantities[res.gpu_resource_name] = str(res.gpus)
+        labels = child_labels(name, rid)
+        queue = spec.queue_name
     job_labels = dict(labels)
-    if spec.queue_name:
-        job_labels[QUEUE_LABEL] = spec.queue_name
+    if queue:
+        job_labels[QUEUE_LABEL] = queue
     env: list[dict[str, Any]] = [
         {"name": "HF_HOME", "value": "/cache/huggingface"},
         {"name": "SFTOP_TERMINATION_LOG", "value": "/dev/termination-log"},
-        *thread_env(quantities["cpu"], res.gpus),
+        *thread_env(quantities["cpu"], 0 if validation else res.gpus),
     ]
     if spec.hub_token_secret is not None:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
@@ -259,7 +315,7 @@ def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings) -> 
         "name": CONTAINER,
         "image": spec.image or settings.trainer_image,
         "imagePullPolicy": "IfNotPresent",
-        "args": ["--config", posixpath.join(CONFIG_DIR, CONFIG_FILE)],
+        "args": ["--config", posixpath.join(CONFIG_DIR, CONFIG_FILE)] + (["--validate"] if validation else []),
         "env": env,
         "ports": [{"name": "progress", "containerPort": settings.progress_port, "protocol": "TCP"}],
         "resources": {"requests": dict(quantities), "limits": dict(quantities)},
@@ -283,37 +339,43 @@ def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings) -> 
         "containers": [container],
         "volumes": volumes,
     }
-    if res.node_selector:
+    if validation:
+        del container["ports"]
+    elif res.node_selector:  # GPU placement: the validation pod needs none of it
         pod_spec["nodeSelector"] = dict(res.node_selector)
-    if res.tolerations:
+    if res.tolerations and not validation:
         pod_spec["tolerations"] = [t.model_dump(mode="json", by_alias=True, exclude_none=True)
                                    for t in res.tolerations]
-    if res.affinity:
+    if res.affinity and not validation:
         pod_spec["affinity"] = res.affinity
-    if res.priority_class_name:
+    if res.priority_class_name and not validation:
         pod_spec["priorityClassName"] = res.priority_class_name
     if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
     policy = spec.run_policy
     job_spec: dict[str, Any] = {
-        "backoffLimit": policy.backoff_limit,
+        "backoffLimit": min(policy.backoff_limit, 2) if validation else policy.backoff_limit,
         "completions": 1,
         "parallelism": 1,
         # Kueue admits a queued Job by unsuspending it; without a queue it starts unless the user suspends it.
-        "suspend": spec.suspend or bool(spec.queue_name),
+        # Validation runs even when the run is suspended: a suspended SFTJob shows its plan.
+        "suspend": bool(queue) if validation else spec.suspend or bool(queue),
         "podFailurePolicy": pod_failure_policy(),
         "template": {"metadata": {"labels": labels,
                                   "annotations": {OUTPUT_ANNOTATION: output_path(spec, namespace, name, rid)}},
                      "spec": pod_spec},
     }
-    if policy.active_deadline_seconds:
+    if validation:
+        job_spec["activeDeadlineSeconds"] = settings.validation_deadline_seconds
+    elif policy.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = policy.active_deadline_seconds
-    if policy.ttl_seconds_after_finished is not None:
+    if policy.ttl_seconds_after_finished is not None and not validation:
         job_spec["ttlSecondsAfterFinished"] = policy.ttl_seconds_after_finished
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": job_name(name, rid), "namespace": namespace, "labels": job_labels,
+        "metadata": {"name": validation_job_name(name, rid) if validation else job_name(name, rid),
+                     "namespace": namespace, "labels": job_labels,
                      "annotations": {OUTPUT_ANNOTATION: output_path(spec, namespace, name, rid)}},
         "spec": job_spec,
     }

@@ -42,6 +42,9 @@ class Settings:
     trainer_image: str = field(default_factory=lambda: f"ghcr.io/sftop/sftop-trainer:{_version()}")
     default_cpu: str = "4"
     default_memory: str = "32Gi"
+    validation_cpu: str = "2"
+    validation_memory: str = "8Gi"
+    validation_deadline_seconds: int = 3600
     progress_port: int = 8080
     progress_interval: float = 15.0
     resync_interval: float = 300.0
@@ -74,7 +77,8 @@ class Settings:
 
         if env.get("SFTOP_NAMESPACES"):
             kw["namespaces"] = tuple(n.strip() for n in env["SFTOP_NAMESPACES"].split(",") if n.strip())
-        for name in ("SFTOP_TRAINER_IMAGE", "SFTOP_DEFAULT_CPU", "SFTOP_DEFAULT_MEMORY", "SFTOP_LOG_LEVEL"):
+        for name in ("SFTOP_TRAINER_IMAGE", "SFTOP_DEFAULT_CPU", "SFTOP_DEFAULT_MEMORY", "SFTOP_LOG_LEVEL",
+                     "SFTOP_VALIDATION_CPU", "SFTOP_VALIDATION_MEMORY"):
             if env.get(name):
                 kw[name.removeprefix("SFTOP_").lower()] = env[name]
         if env.get("SFTOP_LOG_FORMAT"):
@@ -86,6 +90,7 @@ class Settings:
         number("SFTOP_RESYNC_INTERVAL", float, 1)
         number("SFTOP_TERMINATION_GRACE_SECONDS", int, 1)
         number("SFTOP_WORKERS", int, 1)
+        number("SFTOP_VALIDATION_DEADLINE_SECONDS", int, 1)
         number("SFTOP_HEALTH_PORT", int, 0)
         number("SFTOP_METRICS_PORT", int, 0)
         if env.get("SFTOP_K8S_SERVER"):

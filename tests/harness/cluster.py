@@ -56,7 +56,10 @@ def sftjob(name: str = "chat", **spec: Any) -> dict[str, Any]:
     base = {"model": {"hub": {"id": "Qwen/Qwen2.5-0.5B-Instruct", "revision": "7ae557604adf67be50417f59c2c2f167def9a775"}},
             "dataset": {"inline": [{"prompt": "hi", "completion": "hello"}]},
             "training": {"maxSteps": 10},
-            "output": {"pvc": {"claimName": "adapters", "create": {"size": "1Gi"}}}}
+            "output": {"pvc": {"claimName": "adapters", "create": {"size": "1Gi"}}},
+            # These tests play the training Job's controller by hand; tests/operator/test_validation.py plays the
+            # validation Job's.
+            "validation": {"enabled": False}}
     base.update(spec)
     return {"apiVersion": "sftop.dev/v1alpha1", "kind": "SFTJob", "metadata": {"name": name, "namespace": NS},
             "spec": base}

@@ -391,7 +391,7 @@ def make_plan(cfg: TrainerConfig, gpus: int | None = None, keep_data: bool = Fal
         "trainableParameters": trainable,
         "totalParameters": params.total,
         "memory": {
-            "perGPU": gib(memory["total"]),
+            "perGpu": gib(memory["total"]),
             "parts": {k: gib(v) for k, v in memory["parts"].items()},
             "assumptions": memory["assumptions"],
         },
@@ -415,7 +415,7 @@ def does_not_fit(plan: dict[str, Any]) -> str | None:
     mem = plan.get("memory") or {}
     if mem.get("fits") is not False:
         return None
-    return (f"the run needs about {mem['perGPU']} GiB per GPU ({plan['method']}) but the GPU has "
+    return (f"the run needs about {mem['perGpu']} GiB per GPU ({plan['method']}) but the GPU has "
             f"{mem['gpuMemory']} GiB ({mem['gpuMemorySource']}); what would fit: "
             + "; or ".join(mem.get("wouldFit") or ["nothing found"]))
 
@@ -436,7 +436,7 @@ def describe(plan: dict[str, Any]) -> list[str]:
     lines.append(f"params    {plan['trainableParameters']:,} trained of {plan['totalParameters']:,} ({plan['method']})")
     parts = ", ".join(f"{k} {v}" for k, v in mem["parts"].items())
     gpus = plan["gpus"]
-    lines.append(f"memory    ~{mem['perGPU']} GiB per GPU{f' × {gpus} GPUs' if gpus > 1 else ''} ({parts})")
+    lines.append(f"memory    ~{mem['perGpu']} GiB per GPU{f' × {gpus} GPUs' if gpus > 1 else ''} ({parts})")
     if "fits" in mem:
         verdict = "fits" if mem["fits"] else "does NOT fit"
         lines.append(f"          {verdict} the {mem['gpuMemory']} GiB GPU ({mem['gpuMemorySource']})")

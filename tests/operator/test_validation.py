@@ -1,0 +1,110 @@
+"""The Validating phase: a CPU-only Job checks a run before the training Job asks for a GPU.
+
+These tests play the validation Job's controller and kubelet by hand; tests/e2e runs the real trainer in it."""
+
+import json
+
+import kubernetes_validate
+
+from harness.apiserver import SFTJOBS
+from harness.cluster import (NS, apply, condition, job_status, make_pod, obj, objs, pod_status, requests, sftjob,
+                             status_of, terminated, wait_for)
+from sftop import api, render
+
+PLAN = {"rows": {"read": 12, "train": 10, "eval": 1, "skipped": 1},
+        "skipped": [{"reason": "no assistant turn", "count": 1, "rows": [7]}],
+        "samples": 10, "overlong": 0, "overlongAction": "truncate", "longestSample": 80, "tokens": 700,
+        "trainedTokens": 300, "loss": "assistant turns", "stepsPerEpoch": 3, "totalSteps": 10, "effectiveBatch": 4,
+        "gpus": 1, "method": "lora", "trainableParameters": 1000, "totalParameters": 50000,
+        "memory": {"perGpu": 12.5, "parts": {"weights": 10.0, "activations": 1.9, "cuda": 0.6},
+                   "assumptions": ["frozen weights in bfloat16"]}}
+
+
+def validating(**spec):
+    return sftjob(**{"validation": {"enabled": True}, **spec})
+
+
+def training_jobs(emu):
+    return [j for j in objs(emu, "batch/v1/jobs") if j["metadata"]["labels"][render.COMPONENT_LABEL] == "trainer"]
+
+
+async def finish(emu, job, code, message):
+    pod = await make_pod(emu, job)
+    await pod_status(emu, pod, terminated(code, json.dumps(message)))
+    if code == 0:
+        await job_status(emu, job, {"succeeded": 1, "completionTime": "2026-11-22T10:01:00Z", "conditions": [
+            {"type": "Complete", "status": "True", "lastTransitionTime": "2026-11-22T10:01:00Z"}]})
+    else:
+        await job_status(emu, job, {"failed": 1, "conditions": [
+            {"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": "exit code",
+             "lastTransitionTime": "2026-11-22T10:01:00Z"}]})
+
+
+async def test_a_new_run_validates_on_a_cpu_before_any_gpu_job(apiserver, operator):
+    await apply(apiserver, validating(resources={"gpus": 2, "nodeSelector": {"nvidia.com/gpu.product": "H100"},
+                                                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}))
+    job = (await wait_for(lambda: objs(apiserver, "batch/v1/jobs")))[0]
+    rid = render.run_id(api.SFTJobSpec.model_validate(obj(apiserver, SFTJOBS, "chat")["spec"]))
+    assert job["metadata"]["name"] == f"chat-v{rid[:7]}"
+    kubernetes_validate.validate(job, "1.32.0", strict=True)
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"][-1] == "--validate"
+    assert container["resources"]["limits"] == {"cpu": "2", "memory": "8Gi"}, "no GPU for validation"
+    assert "nodeSelector" not in pod and "tolerations" not in pod, "no GPU placement for validation"
+    assert job["spec"]["suspend"] is False and render.QUEUE_LABEL not in job["metadata"]["labels"]
+    status = await wait_for(lambda: status_of(apiserver).get("phase") == "Validating" and status_of(apiserver))
+    assert condition(status, "Validated")["status"] == "Unknown"
+    assert status["run"]["validationJobName"] == f"chat-v{rid[:7]}"
+
+    await finish(apiserver, job, 0, {"status": "Validated", "plan": PLAN})
+    status = await wait_for(lambda: status_of(apiserver).get("plan") and training_jobs(apiserver) and status_of(apiserver))
+    assert status["plan"] == PLAN and status["run"]["validated"] is True
+    assert condition(status, "Validated")["status"] == "True"
+    assert training_jobs(apiserver)[0]["metadata"]["name"] == f"chat-{rid}"
+    reasons = [e["reason"] for e in objs(apiserver, "v1/events") if e["involvedObject"]["name"] == "chat"]
+    assert "Validating" in reasons and "Validated" in reasons
+
+
+async def test_a_data_error_fails_the_run_during_validation_with_the_trainers_reason(apiserver, operator):
+    await apply(apiserver, validating())
+    job = (await wait_for(lambda: objs(apiserver, "batch/v1/jobs")))[0]
+    message = {"status": "Failed", "exitCode": 65, "reason": "InvalidData",
+               "message": "line 3 of tasks.jsonl: not valid JSON"}
+    await finish(apiserver, job, 65, message)
+    status = await wait_for(lambda: status_of(apiserver).get("phase") == "Failed" and status_of(apiserver))
+    assert condition(status, "Failed")["reason"] == "InvalidData"
+    assert status["message"] == "line 3 of tasks.jsonl: not valid JSON"
+    assert condition(status, "Validated")["status"] == "False"
+    assert not training_jobs(apiserver)
+    posts = [r for r in requests(apiserver, "POST", "/jobs")]
+    assert len(posts) == 1, "only the validation Job was ever created"
+
+
+async def test_a_run_that_cannot_fit_its_gpu_fails_before_queueing(apiserver, operator):
+    await apply(apiserver, validating(queueName="team-a", resources={"gpuMemory": "8Gi"}))
+    job = (await wait_for(lambda: objs(apiserver, "batch/v1/jobs")))[0]
+    plan = {**PLAN, "memory": {**PLAN["memory"], "gpuMemory": 8.0, "gpuMemorySource": "spec.resources.gpuMemory 8Gi",
+                               "fits": False, "wouldFit": ["method: qlora"]}}
+    await finish(apiserver, job, 0, {"status": "Validated", "plan": plan})
+    status = await wait_for(lambda: status_of(apiserver).get("phase") == "Failed" and status_of(apiserver))
+    assert condition(status, "Failed")["reason"] == "InsufficientGPUMemory"
+    assert "12.5 GiB" in status["message"] and "would fit: method: qlora" in status["message"]
+    assert status["plan"]["memory"]["fits"] is False
+    assert not training_jobs(apiserver)
+
+
+async def test_validation_off_creates_the_training_job_at_once(apiserver, operator):
+    await apply(apiserver, sftjob(validation={"enabled": False}))
+    job = (await wait_for(lambda: objs(apiserver, "batch/v1/jobs")))[0]
+    assert job["metadata"]["labels"][render.COMPONENT_LABEL] == "trainer"
+    assert len(objs(apiserver, "batch/v1/jobs")) == 1
+
+
+async def test_a_suspended_run_still_validates_and_shows_its_plan(apiserver, operator):
+    await apply(apiserver, validating(suspend=True))
+    job = (await wait_for(lambda: objs(apiserver, "batch/v1/jobs")))[0]
+    await finish(apiserver, job, 0, {"status": "Validated", "plan": PLAN})
+    status = await wait_for(lambda: status_of(apiserver).get("phase") == "Suspended" and status_of(apiserver))
+    assert status["plan"]["totalSteps"] == 10
+    assert training_jobs(apiserver)[0]["spec"]["suspend"] is True
