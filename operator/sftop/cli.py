@@ -3,6 +3,7 @@
     sftop --version                    print the version
     sftop crd                          print the SFTJob CustomResourceDefinition
     sftop validate FILE...             check SFTJob manifests offline; exit 1 when any is invalid
+    sftop plan MANIFEST                the run's plan: data, steps, parameters, GPU memory (no training, no GPU)
     sftop run MANIFEST --local         run an SFTJob's training on this machine (CPU or local GPUs)
     sftop demo                         fine-tune a real chat model on Task API data, show before/after
     sftop operator                     run the operator (settings from SFTOP_* environment variables)
@@ -56,6 +57,31 @@ def _run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return run.exit_code
     print("\n".join(local.summary(run)))
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from sftop import local
+
+    try:
+        run = local.plan(Path(args.manifest), Path(args.volumes), args.name)
+    except local.LocalRunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 64
+    if run.exit_code != 0:
+        print(f"{run.name}: validation failed ({run.message.get('reason')}): {run.message.get('message')}",
+              file=sys.stderr)
+        return run.exit_code
+    if args.json:
+        import json
+
+        print(json.dumps(run.result, indent=2))
+    from sftop_trainer.plan import does_not_fit
+
+    problem = does_not_fit(run.result or {})
+    if problem:
+        print(f"{run.name}: {problem}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -113,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="which SFTJob, when the file has several")
     p.add_argument("--no-progress-bar", action="store_true", help="log JSON progress lines instead of a bar")
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("plan", help="check an SFTJob's data, template and model without training and print its "
+                                    "plan: rows, samples, tokens, steps, parameters, GPU memory and whether it fits")
+    p.add_argument("manifest", help="a file with the SFTJob (and the ConfigMaps it reads)")
+    p.add_argument("--volumes", default=".sftop/volumes",
+                   help="folder whose subfolders stand for the claims the SFTJob names (default: .sftop/volumes)")
+    p.add_argument("--name", help="which SFTJob, when the file has several")
+    p.add_argument("--json", action="store_true", help="also print the plan as JSON (as in status.plan)")
+    p.set_defaults(func=_plan)
 
     p = sub.add_parser("demo", help="fine-tune SmolLM2-135M-Instruct to write Task API JSON, on the CPU, and show "
                                     "held-out answers before and after")

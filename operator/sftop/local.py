@@ -45,8 +45,10 @@ def _pick(docs: list[Any], name: str | None) -> dict[str, Any]:
     return jobs[0]
 
 
-def prepare(path: Path, volumes: Path, name: str | None = None) -> tuple[api.SFTJob, str, Path, Path]:
-    """Parse the manifest and write the trainer config. Returns (job, run id, run folder, config path)."""
+def prepare(path: Path, volumes: Path, name: str | None = None, gpus: int | None = None) \
+        -> tuple[api.SFTJob, str, Path, Path]:
+    """Parse the manifest and write the trainer config. Returns (job, run id, run folder, config path). `gpus`:
+    the GPUs this machine has, when the run is to train here."""
     docs = manifest.read(path)
     raw = _pick(docs, name)
     # What the API server and the operator would reject, in the words `sftop validate` uses.
@@ -75,6 +77,8 @@ def prepare(path: Path, volumes: Path, name: str | None = None) -> tuple[api.SFT
     layout = render.Layout(pvc_root=str(volumes), configmap_root=str(configmaps), output_dir=str(output),
                            progress_port=0)
     cfg = render.trainer_config(job.metadata.name, namespace, spec, rid, layout)
+    if gpus is not None:
+        cfg.hardware.gpus = min(spec.resources.gpus, gpus)
     output.mkdir(parents=True, exist_ok=True)
     config_path = output / "trainer-config.json"
     config_path.write_text(json.dumps(cfg.dump(), indent=2) + "\n")
@@ -93,26 +97,52 @@ def gpu_note(spec: api.SFTJobSpec, visible: int) -> str | None:
     return None
 
 
-def run(path: Path, volumes: Path, name: str | None = None, progress_bar: bool = True) -> LocalRun:
-    import torch
-
+def _trainer(config_path: Path, message_file: Path, *flags: str) -> tuple[int, dict[str, Any]]:
+    """The trainer's command in this process: (exit code, its termination message)."""
     from sftop_trainer.__main__ import main as train_main
 
-    job, rid, output, config_path = prepare(path, volumes, name)
-    note = gpu_note(job.spec, torch.cuda.device_count())
-    if note:
-        print(f"note: {note}", file=sys.stderr)
-    message_file = output / "termination-message.json"
+    message_file.unlink(missing_ok=True)
     previous = os.environ.get("SFTOP_TERMINATION_LOG")
     os.environ["SFTOP_TERMINATION_LOG"] = str(message_file)
     try:
-        code = train_main(["--config", str(config_path), "--progress-bar" if progress_bar else "--no-progress-bar"])
+        code = train_main(["--config", str(config_path), *flags])
     finally:
         if previous is None:
             os.environ.pop("SFTOP_TERMINATION_LOG", None)
         else:
             os.environ["SFTOP_TERMINATION_LOG"] = previous
-    message = json.loads(message_file.read_text()) if message_file.exists() else {}
+    return code, json.loads(message_file.read_text()) if message_file.exists() else {}
+
+
+def plan(path: Path, volumes: Path, name: str | None = None) -> LocalRun:
+    """`sftop plan`: the SFTJob's Validating phase on this machine. The plan is printed; it and the prepared data
+    stay in the run folder, where `sftop run --local` finds them."""
+    job, rid, output, config_path = prepare(path, volumes, name)
+    code, message = _trainer(config_path, output / "termination-message.json", "--validate")
+    return LocalRun(job.metadata.name, job.metadata.namespace or "default", rid, output, config_path, code,
+                    message.get("plan"), message)
+
+
+def run(path: Path, volumes: Path, name: str | None = None, progress_bar: bool = True) -> LocalRun:
+    """The plan first (printed), then training, as in the cluster."""
+    import torch
+
+    visible = torch.cuda.device_count()
+    job, rid, output, config_path = prepare(path, volumes, name, gpus=visible)
+    note = gpu_note(job.spec, visible)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    message_file = output / "termination-message.json"
+    code, message = _trainer(config_path, message_file, "--validate")
+    if code == 0:
+        from sftop_trainer.plan import does_not_fit
+
+        problem = does_not_fit(message.get("plan") or {})
+        if problem and visible:
+            code, message = 67, {"reason": "InsufficientGPUMemory", "message": problem}
+    if code == 0:
+        code, message = _trainer(config_path, message_file,
+                                 "--progress-bar" if progress_bar else "--no-progress-bar")
     result_file = output / "result.json"
     result = json.loads(result_file.read_text()) if code == 0 and result_file.exists() else None
     return LocalRun(job.metadata.name, job.metadata.namespace or "default", rid, output, config_path, code, result,
