@@ -27,6 +27,7 @@ async def cluster(apiserver, tmp_path, tiny_model, monkeypatch):
     monkeypatch.setenv("SFTOP_METRICS_PORT", "0")
     # Pods ask for 1 CPU, as they would to fit this 2-CPU node side by side; their thread variables follow.
     monkeypatch.setenv("SFTOP_DEFAULT_CPU", "1")
+    monkeypatch.setenv("SFTOP_VALIDATION_CPU", "1")
     node = Node(apiserver, tmp_path)
     shutil.copytree(tiny_model, node.volume("models") / "tiny")
     train, test = taskapi.split(96, 8)

@@ -7,11 +7,12 @@ import json
 import yaml
 
 from harness.cluster import NS, apply, condition, objs, patch, requests, status_of, wait_for
+from sftop.render import COMPONENT_LABEL
 
 PATH = f"/apis/sftop.dev/v1alpha1/namespaces/{NS}/sftjobs/tiny"
 
 
-def manifest(steps=40, save=10, data="tasks.jsonl", eval_file=None, **training):
+def manifest(steps=40, save=10, data="tasks.jsonl", eval_file=None, validation=True, **training):
     dataset = {"pvc": {"claimName": "data", "path": data}}
     if eval_file:
         dataset["evalSplit"] = {"file": eval_file}
@@ -23,6 +24,7 @@ def manifest(steps=40, save=10, data="tasks.jsonl", eval_file=None, **training):
                                   "perDeviceTrainBatchSize": 4, **training},
                      "resources": {"gpus": 0, "cpu": 1, "memory": "2Gi"},
                      "runPolicy": {"backoffLimit": 2},
+                     "validation": {"enabled": validation},
                      "output": {"pvc": {"claimName": "adapters", "create": {"size": "1Gi"}}}}}
 
 
@@ -45,8 +47,13 @@ def phase(emu):
     return status_of(emu, "tiny").get("phase")
 
 
-def trainer_pods(emu):
-    return sorted((p for p in objs(emu, "v1/pods")), key=lambda p: p["metadata"]["name"])
+def trainer_pods(emu, component="trainer"):
+    return sorted((p for p in objs(emu, "v1/pods") if p["metadata"]["labels"][COMPONENT_LABEL] == component),
+                  key=lambda p: p["metadata"]["name"])
+
+
+def training_jobs(emu):
+    return [j for j in objs(emu, "batch/v1/jobs") if j["metadata"]["labels"][COMPONENT_LABEL] == "trainer"]
 
 
 async def kubectl(emu, *args):
@@ -69,6 +76,8 @@ async def test_kubectl_apply_runs_to_succeeded_with_progress_result_and_adapter(
         p = status_of(emu, "tiny").get("progress") or {}
         return p if p and 0 < p.get("percent", 0) < 100 and p.get("loss") is not None and p.get("eta") else None
 
+    validating = await until(emu, lambda: phase(emu) == "Validating" and status_of(emu, "tiny"), node)
+    assert condition(validating, "Validated")["status"] == "Unknown" and not training_jobs(emu)
     progress = await until(emu, mid_run_progress, node)
     table = await kubectl(emu, "get", "sftjobs")
     header, row = table.splitlines()[:2]
@@ -89,12 +98,22 @@ async def test_kubectl_apply_runs_to_succeeded_with_progress_result_and_adapter(
     assert result["adapterPath"] == f"adapters:{NS}/tiny/{run['id']}/adapter"
     folder = node.volume("adapters") / NS / "tiny" / run["id"]
     assert (folder / "adapter" / "adapter_model.safetensors").exists()
-    assert json.loads((folder / "result.json").read_text())["steps"] == 60
+    saved = json.loads((folder / "result.json").read_text())
+    assert saved["steps"] == 60
+    # the plan, made before any GPU was asked for, said what the run then did
+    plan = status["plan"]
+    assert plan["totalSteps"] == saved["steps"] and plan["samples"] == saved["data"]["rowsTrain"] == 96
+    assert plan["rows"] == {"read": 96, "train": 96, "eval": 8, "skipped": 0}
+    assert plan["trainableParameters"] == saved["trainableParameters"]
+    assert plan["totalParameters"] == saved["totalParameters"]
+    assert plan["memory"]["perGpu"] > 0 and "fits" not in plan["memory"]
+    assert condition(status, "Validated")["status"] == "True"
+    assert not (folder / "prepared").exists(), "the prepared data is removed once the run succeeded"
     assert status["progress"]["percent"] == 100 and run["attempts"] == 1
     assert condition(status, "Succeeded")["status"] == "True"
     described = await kubectl(emu, "describe", "sftjob", "tiny")
     events = described.split("Events:", 1)[1]
-    for reason in ("PodStarting", "Training", "Succeeded"):
+    for reason in ("Validating", "Validated", "PodStarting", "Training", "Succeeded"):
         assert reason in events, described
     assert "Succeeded" in (await kubectl(emu, "get", "sft", "tiny")).splitlines()[1]
 
@@ -118,7 +137,7 @@ async def test_suspend_checkpoints_and_resume_continues_from_that_step(cluster):
     await apply(emu, manifest(steps=600, save=1000))  # long enough to be suspended mid-run
     await until(emu, lambda: (status_of(emu, "tiny").get("progress") or {}).get("step", 0) >= 10, node)
     await patch(emu, PATH, {"spec": {"suspend": True}})
-    await until(emu, lambda: phase(emu) == "Suspended" and not [p for p in objs(emu, "v1/pods")], node)
+    await until(emu, lambda: phase(emu) == "Suspended" and not trainer_pods(emu), node)
     run = status_of(emu, "tiny")["run"]
     checkpoints = list((node.volume("adapters") / NS / "tiny" / run["id"] / "checkpoints").glob("checkpoint-*"))
     assert len(checkpoints) == 1, "saveSteps is 1000: the checkpoint is the one the suspension asked for"
@@ -127,7 +146,7 @@ async def test_suspend_checkpoints_and_resume_continues_from_that_step(cluster):
     status = await until(emu, lambda: phase(emu) == "Succeeded" and status_of(emu, "tiny"), node)
     result = json.loads((node.volume("adapters") / NS / "tiny" / run["id"] / "result.json").read_text())
     assert result["resumedFromStep"] == stopped_at > 0 and result["steps"] == 600
-    assert status["run"]["id"] == run["id"] and len(objs(emu, "batch/v1/jobs")) == 1
+    assert status["run"]["id"] == run["id"] and len(training_jobs(emu)) == 1
 
 
 async def test_operator_restarted_mid_run_finishes_without_a_duplicate_job(cluster):
@@ -138,19 +157,37 @@ async def test_operator_restarted_mid_run_finishes_without_a_duplicate_job(clust
     await asyncio.sleep(2)
     await operator.start()
     await until(emu, lambda: phase(emu) == "Succeeded", node)
-    assert len(objs(emu, "batch/v1/jobs")) == 1 and len(requests(emu, "POST", "/jobs")) == 1
-    assert len(trainer_pods(emu)) == 1
+    # one validation Job, one training Job, each created once
+    assert len(training_jobs(emu)) == 1 and len(requests(emu, "POST", "/jobs")) == 2
+    assert len(trainer_pods(emu)) == 1 and len(trainer_pods(emu, "validation")) == 1
 
 
-async def test_data_error_fails_with_the_line_and_no_retry(cluster):
-    emu, node, _ = cluster
+def broken_data(node):
     lines = (node.volume("data") / "tasks.jsonl").read_text().splitlines()
     lines[6] = lines[6][:20]
     (node.volume("data") / "broken.jsonl").write_text("\n".join(lines) + "\n")
+
+
+async def test_data_error_fails_during_validation_with_the_line_and_no_gpu_job(cluster):
+    emu, node, _ = cluster
+    broken_data(node)
     await apply(emu, manifest(data="broken.jsonl"))
+    status = await until(emu, lambda: phase(emu) == "Failed" and status_of(emu, "tiny"), node)
+    failed = condition(status, "Failed")
+    assert failed["reason"] == "InvalidData" and "line 7" in failed["message"]
+    assert condition(status, "Validated")["status"] == "False"
+    await asyncio.sleep(1)
+    assert not training_jobs(emu) and len(requests(emu, "POST", "/jobs")) == 1, "no training Job was ever created"
+    assert len(trainer_pods(emu, "validation")) == 1, "a data error is not retried"
+
+
+async def test_without_validation_the_gpu_pod_finds_the_data_error_and_does_not_retry(cluster):
+    emu, node, _ = cluster
+    broken_data(node)
+    await apply(emu, manifest(data="broken.jsonl", validation=False))
     status = await until(emu, lambda: phase(emu) == "Failed" and status_of(emu, "tiny"), node)
     failed = condition(status, "Failed")
     assert failed["reason"] == "InvalidData" and "line 7" in failed["message"]
     await asyncio.sleep(1)
     assert len(trainer_pods(emu)) == 1, "a data error is not retried"
-    assert status["run"]["attempts"] == 1
+    assert status["run"]["attempts"] == 1 and not trainer_pods(emu, "validation")

@@ -389,7 +389,8 @@ def make_plan(cfg: TrainerConfig, gpus: int | None = None, keep_data: bool = Fal
         "gpus": gpus,
         "method": cfg.method,
         "trainableParameters": trainable,
-        "totalParameters": params.total,
+        # as the run counts them: the adapter's parameters are part of the model it trains
+        "totalParameters": params.total + (trainable if cfg.method != "full" else 0),
         "memory": {
             "perGpu": gib(memory["total"]),
             "parts": {k: gib(v) for k, v in memory["parts"].items()},
