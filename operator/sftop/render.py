@@ -29,6 +29,8 @@ def run_id(spec: api.SFTJobSpec) -> str:
     exclude["resources"] = {"gpu_memory"}  # only the plan's fit check reads it
     canonical = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude_none=True,
                                 exclude=exclude)
+    if not canonical.get("resources", True):
+        canonical.pop("resources")  # only excluded fields differed from their defaults
     digest = hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     return digest[: api.RUN_ID_LENGTH]
 

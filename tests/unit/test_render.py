@@ -102,3 +102,60 @@ def test_settings_from_environment():
         Settings.from_env({"SFTOP_WORKERS": "many"})
     with pytest.raises(SettingsError, match="SFTOP_LOG_FORMAT"):
         Settings.from_env({"SFTOP_LOG_FORMAT": "xml"})
+
+
+@pytest.mark.parametrize("doc", SFTJOBS, ids=[d["metadata"]["name"] for d in SFTJOBS])
+def test_every_example_renders_a_restricted_cpu_only_validation_job(doc):
+    name, ns, spec = parse(doc)
+    rid = render.run_id(spec)
+    job = render.validation_job(name, ns, spec, rid, Settings())
+    training = render.job(name, ns, spec, rid, Settings())
+    kubernetes_validate.validate(job, "1.32.0", strict=True)
+    assert job["metadata"]["name"] == f"{name}-v{rid[:7]}" != training["metadata"]["name"]
+    assert len(job["metadata"]["name"]) <= 63
+    pod = job["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+    container = pod["containers"][0]
+    assert container["args"] == ["--config", "/etc/sftop/config.json", "--validate"]
+    assert set(container["resources"]["limits"]) == {"cpu", "memory"}, "validation asks for no GPU"
+    assert not {"nodeSelector", "tolerations", "affinity", "priorityClassName"} & set(pod)
+    assert render.QUEUE_LABEL not in job["metadata"]["labels"] and job["spec"]["suspend"] is False
+    # the same volumes as the training pod: it reads the same data and model, and writes to the same run folder
+    assert pod["volumes"] == training["spec"]["template"]["spec"]["volumes"]
+    assert job["spec"]["template"]["metadata"]["labels"][render.COMPONENT_LABEL] == "validation"
+
+
+def test_validation_can_be_queued_and_sized():
+    spec = api.SFTJobSpec.model_validate({
+        "model": {"hub": {"id": "org/model"}}, "dataset": {"inline": [{"text": "x"}]},
+        "output": {"pvc": {"claimName": "out"}}, "queueName": "gpu-queue",
+        "validation": {"queueName": "cpu-queue", "cpu": "500m", "memory": "2Gi"}})
+    job = render.validation_job("chat", "ns", spec, render.run_id(spec), Settings())
+    assert job["metadata"]["labels"][render.QUEUE_LABEL] == "cpu-queue" and job["spec"]["suspend"] is True
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"] == {"cpu": "500m", "memory": "2Gi"}
+    assert {"name": "OMP_NUM_THREADS", "value": "1"} in container["env"]
+
+
+@pytest.mark.parametrize("quantity,expected", [("80Gi", 80 * 2**30), ("24G", 24 * 10**9), ("81920Mi", 80 * 2**30),
+                                               ("1.5Ti", int(1.5 * 2**40)), ("1e9", 10**9), ("1024", 1024)])
+def test_quantity_bytes(quantity, expected):
+    assert render.quantity_bytes(quantity) == expected
+
+
+def test_the_plan_knows_the_gpu_memory_from_the_spec_or_the_gpu_feature_discovery_label():
+    base = {"model": {"hub": {"id": "org/model"}}, "dataset": {"inline": [{"text": "x"}]},
+            "output": {"pvc": {"claimName": "out"}}}
+    labelled = api.SFTJobSpec.model_validate({**base, "resources": {
+        "gpus": 2, "nodeSelector": {"nvidia.com/gpu.memory": "23034"}}})
+    assert render.hardware(labelled).model_dump() == {
+        "gpus": 2, "gpu_memory": 23034 * 2**20, "gpu_memory_source": "nodeSelector nvidia.com/gpu.memory=23034 MiB"}
+    stated = api.SFTJobSpec.model_validate({**base, "resources": {
+        "gpuMemory": "80Gi", "nodeSelector": {"nvidia.com/gpu.memory": "23034"}}})
+    assert render.hardware(stated).gpu_memory == 80 * 2**30  # the spec's word wins
+    assert render.hardware(api.SFTJobSpec.model_validate(base)).gpu_memory is None
+    # neither the GPU's memory nor validation settings are training inputs: no new run for them
+    plain = api.SFTJobSpec.model_validate(base)
+    changed = api.SFTJobSpec.model_validate({**base, "resources": {"gpuMemory": "40Gi"},
+                                             "validation": {"enabled": False}})
+    assert render.run_id(plain) == render.run_id(changed)
