@@ -45,6 +45,12 @@ def test_run_local_trains_the_manifest_into_the_run_folder(tmp_path, tiny_model,
     assert json.loads((folder / "result.json").read_text())["steps"] == 4
     out = capsys.readouterr().out
     assert f"run {rid} of faq succeeded: 4 steps" in out and str(folder / "adapter") in out
+    # the plan came first, and said what the run then did
+    assert out.index("steps     4 (") < out.index(f"run {rid} of faq succeeded")
+    assert "data      16 rows read: 16 to train on, 0 held out, 0 skipped" in out
+    plan = json.loads((folder / "plan.json").read_text())
+    result = json.loads((folder / "result.json").read_text())
+    assert plan["totalSteps"] == result["steps"] and plan["samples"] == result["data"]["rowsTrain"]
 
 
 def test_run_local_without_the_configmap_says_so(tmp_path, capsys):
