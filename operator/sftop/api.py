@@ -547,7 +547,8 @@ class Plan(Spec):
 class SFTJobStatus(Spec):
     """What the operator observed. Written by the operator only."""
 
-    phase: Phase | None = Field(None, description="Pending → Validating → (Queued) → Running → Succeeded | Failed; "
+    phase: Phase | None = Field(None, description="Pending → Validating → (Queued) → Running → Succeeded | "
+                                                  "Failed; "
                                                   "Suspended while spec.suspend is true.")
     message: str | None = Field(None, description="The latest human-readable explanation of the phase.")
     observed_generation: int | None = Field(None, description="The SFTJob generation the operator last acted on.")

@@ -238,7 +238,8 @@ class Controller:
             if spec.validation.enabled and not (current.get("id") == rid and current.get("validated")):
                 status, passed = self._validation(body, status, spec, rid)
                 if not passed:
-                    return None if status.get("phase") in lifecycle.TERMINAL else min(30.0, self.settings.resync_interval)
+                    finished = status.get("phase") in lifecycle.TERMINAL
+                    return None if finished else min(30.0, self.settings.resync_interval)
             job = self._create_children(body, spec, rid)
         job = self._apply_suspend(job, spec)
 

@@ -7,7 +7,7 @@ import json
 import kubernetes_validate
 
 from harness.apiserver import SFTJOBS
-from harness.cluster import (NS, apply, condition, job_status, make_pod, obj, objs, pod_status, requests, sftjob,
+from harness.cluster import (apply, condition, job_status, make_pod, obj, objs, pod_status, requests, sftjob,
                              status_of, terminated, wait_for)
 from sftop import api, render
 
@@ -58,7 +58,8 @@ async def test_a_new_run_validates_on_a_cpu_before_any_gpu_job(apiserver, operat
     assert status["run"]["validationJobName"] == f"chat-v{rid[:7]}"
 
     await finish(apiserver, job, 0, {"status": "Validated", "plan": PLAN})
-    status = await wait_for(lambda: status_of(apiserver).get("plan") and training_jobs(apiserver) and status_of(apiserver))
+    status = await wait_for(lambda: status_of(apiserver).get("plan") and training_jobs(apiserver)
+                            and status_of(apiserver))
     assert status["plan"] == PLAN and status["run"]["validated"] is True
     assert condition(status, "Validated")["status"] == "True"
     assert training_jobs(apiserver)[0]["metadata"]["name"] == f"chat-{rid}"
