@@ -277,7 +277,7 @@ class Controller:
         event = None
         if (seen.phase, seen.reason) != (status.get("phase"), _reason(status, status.get("phase"))):
             event = ("Warning" if seen.warning else "Normal", seen.reason, seen.message)
-        self._write(body, status, new, event=event)
+        self._write(body, status, new, event=event, reason=seen.reason)
         if seen.phase == "Running":
             return self.settings.progress_interval
         if seen.phase in ("Pending", "Queued"):
@@ -361,7 +361,7 @@ class Controller:
         new["conditions"] = conditions
         if (new.get("phase"), reason) == (status.get("phase"), _validated_reason(status)):
             event = None
-        self._write(body, status, new, event=event)
+        self._write(body, status, new, event=event, reason=reason)
         return new, passed
 
     # ------------------------------------------------------------------------------------- helpers
@@ -502,8 +502,12 @@ class Controller:
         return result
 
     def _write(self, body: dict[str, Any], old: dict[str, Any], new: dict[str, Any],
-               event: tuple[str, str, str] | None = None) -> None:
-        """Patch the status when it changed (only the difference), then post the event."""
+               event: tuple[str, str, str] | None = None, reason: str | None = None) -> None:
+        """Patch the status when it changed (only the difference), then post the event. Every write carries the
+        kstatus conditions that follow from the phase it writes."""
+        if new.get("phase"):
+            new = {**new, "conditions": lifecycle.standard_conditions(new, new.get("observedGeneration"), now(),
+                                                                      reason)}
         new = {k: v for k, v in new.items() if v is not None and v != {} and v != []}
         patch = merge_patch(body.get("status") or {}, new)
         if patch is not None:

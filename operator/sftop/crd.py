@@ -101,6 +101,11 @@ def open_api_schema() -> dict[str, Any]:
     spec["description"] = api.SFTJobSpec.__doc__.strip()
     status = spec_schema(api.SFTJobStatus)
     status["description"] = api.SFTJobStatus.__doc__.strip()
+    # The API server applies this default when it reads an SFTJob the operator has not yet written a status for:
+    # generation 1 against observedGeneration 0 reads as "not yet reconciled" to kstatus (Flux, kubectl-based
+    # tooling), to Flux's CEL health checks and to the Argo CD health script, instead of as a finished object
+    # with no conditions.
+    status["default"] = {"observedGeneration": 0}
     return {
         "type": "object",
         "description": "SFTJob fine-tunes a large language model with TRL's SFTTrainer (LoRA, QLoRA or full) "

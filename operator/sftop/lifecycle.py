@@ -22,7 +22,9 @@ from typing import Any
 from sftop_trainer.errors import EXIT_CLASSES
 
 TERMINAL = frozenset({"Succeeded", "Failed"})
-CONDITION_TYPES = ("Accepted", "Validated", "Queued", "Running", "Suspended", "Succeeded", "Failed")
+CONDITION_TYPES = ("Ready", "Reconciling", "Stalled", "Accepted", "Validated", "Queued", "Running", "Suspended",
+                   "Succeeded", "Failed")
+IN_PROGRESS = frozenset({"Pending", "Validating", "Queued", "Running"})
 # Container waiting reasons that mean the pod cannot start without someone acting.
 STUCK_WAITING = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
                  "CreateContainerError", "CrashLoopBackOff", "RunContainerError"}
@@ -204,4 +206,49 @@ def phase_conditions(conditions: list[dict[str, Any]], phase: str, reason: str, 
             conditions = set_condition(conditions, kind, "True", reason, message, generation, now)
         elif any(c.get("type") == kind for c in conditions):
             conditions = set_condition(conditions, kind, "False", reason, f"now {phase}", generation, now)
+    return conditions
+
+
+def phase_reason(status: dict[str, Any]) -> str:
+    """The reason behind the status's phase, in the words its conditions use."""
+    phase = status.get("phase") or "Pending"
+    conds = conditions_of({"status": status})
+    held = holds(conds, phase)
+    if held is not None:
+        return held.get("reason") or phase
+    if phase == "Validating" and conds.get("Validated"):
+        return conds["Validated"].get("reason") or phase
+    accepted = conds.get("Accepted")
+    if accepted is not None and accepted.get("status") == "False":
+        return accepted.get("reason") or phase
+    return phase
+
+
+def standard_conditions(status: dict[str, Any], generation: int | None, now: str,
+                        reason: str | None = None) -> list[dict[str, Any]]:
+    """The status's conditions with kstatus' Ready, Reconciling and Stalled (kubernetes-sigs/cli-utils,
+    pkg/kstatus) derived from its phase, so that Flux, Argo CD and `kubectl wait` read SFTJobs without custom code:
+
+    Ready        True once the run Succeeded; otherwise False, with the phase as its reason
+    Reconciling  True while the run is Pending, Validating, Queued or Running: work is under way
+    Stalled      True when the run Failed: nothing more happens without a change to the spec
+
+    A Suspended run is neither: kstatus reads Ready=False as in progress. Each carries the generation it speaks for,
+    and status.observedGeneration lags a new spec until the operator has acted on it, which kstatus reads as in
+    progress too."""
+    phase = status.get("phase") or "Pending"
+    reason, message = reason or phase_reason(status), status.get("message") or ""
+    conditions = list(status.get("conditions") or [])
+    if phase == "Succeeded":
+        conditions = set_condition(conditions, "Ready", "True", "Succeeded", message, generation, now)
+    else:
+        conditions = set_condition(conditions, "Ready", "False", phase, message, generation, now)
+    if phase in IN_PROGRESS:
+        conditions = set_condition(conditions, "Reconciling", "True", reason, message, generation, now)
+    else:
+        conditions = set_condition(conditions, "Reconciling", "False", phase, f"the run is {phase}", generation, now)
+    if phase == "Failed":
+        conditions = set_condition(conditions, "Stalled", "True", reason, message, generation, now)
+    else:
+        conditions = set_condition(conditions, "Stalled", "False", phase, f"the run is {phase}", generation, now)
     return conditions

@@ -11,7 +11,7 @@ checks each one.
 | resourceVersion | bumps metadata.resourceVersion on every write |
 | generation | bumps metadata.generation when the spec (not status or metadata) changes |
 | status subresource | for resources with a status subresource, ignores status on create and on writes to the main resource, and writes only status through /status |
-| CRD schema | drops null values of non-nullable fields, prunes unknown fields (rejects them with fieldValidation=Strict), applies defaults, and rejects an SFTJob that breaks the CRD's schema or CEL rules with 422 Invalid |
+| CRD schema | drops null values of non-nullable fields, prunes unknown fields (rejects them with fieldValidation=Strict), applies defaults (status's too, recursively, as structural defaulting does on every read from etcd), and rejects an SFTJob that breaks the CRD's schema or CEL rules with 422 Invalid |
 | list kind | answers LIST with kind `<Kind>List`, apiVersion and metadata.resourceVersion |
 | label selectors | filters LIST by `labelSelector` (equality, inequality, existence) and `fieldSelector` (equality) |
 | tables | answers `Accept: ...;as=Table` (kubectl get) for SFTJobs with the CRD's printer columns |

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import threading
 import time
 from typing import Any, Callable
@@ -183,3 +184,26 @@ def terminated(code: int, message: str = "", reason: str | None = None) -> dict[
     state = {"exitCode": code, "message": message, "reason": reason or ("Completed" if code == 0 else "Error")}
     return {"phase": "Succeeded" if code == 0 else "Failed",
             "containerStatuses": [{"name": "trainer", "ready": False, "state": {"terminated": state}}]}
+
+
+# A validation Job's plan, as the trainer writes it into its termination message.
+PLAN = {"rows": {"read": 12, "train": 10, "eval": 1, "skipped": 1},
+        "skipped": [{"reason": "no assistant turn", "count": 1, "rows": [7]}],
+        "samples": 10, "overlong": 0, "overlongAction": "truncate", "longestSample": 80, "tokens": 700,
+        "trainedTokens": 300, "loss": "assistant turns", "stepsPerEpoch": 3, "totalSteps": 10, "effectiveBatch": 4,
+        "gpus": 1, "method": "lora", "trainableParameters": 1000, "totalParameters": 50000,
+        "memory": {"perGpu": 12.5, "parts": {"weights": 10.0, "activations": 1.9, "cuda": 0.6},
+                   "assumptions": ["frozen weights in bfloat16"]}}
+
+
+async def finish(emu: ApiServer, job: dict[str, Any], code: int, message: dict[str, Any]) -> None:
+    """A pod of `job` runs to `code` with `message`, and the Job completes or fails: the Job controller's part."""
+    pod = await make_pod(emu, job)
+    await pod_status(emu, pod, terminated(code, json.dumps(message)))
+    if code == 0:
+        await job_status(emu, job, {"succeeded": 1, "completionTime": "2026-11-22T10:01:00Z", "conditions": [
+            {"type": "Complete", "status": "True", "lastTransitionTime": "2026-11-22T10:01:00Z"}]})
+    else:
+        await job_status(emu, job, {"failed": 1, "conditions": [
+            {"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": "exit code",
+             "lastTransitionTime": "2026-11-22T10:01:00Z"}]})

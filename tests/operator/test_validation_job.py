@@ -2,22 +2,11 @@
 
 These tests play the validation Job's controller and kubelet by hand; tests/e2e runs the real trainer in it."""
 
-import json
-
 import kubernetes_validate
 
 from harness.apiserver import SFTJOBS
-from harness.cluster import (apply, condition, job_status, make_pod, obj, objs, pod_status, requests, sftjob,
-                             status_of, terminated, wait_for)
+from harness.cluster import PLAN, apply, condition, finish, obj, objs, requests, sftjob, status_of, wait_for
 from sftop import api, render
-
-PLAN = {"rows": {"read": 12, "train": 10, "eval": 1, "skipped": 1},
-        "skipped": [{"reason": "no assistant turn", "count": 1, "rows": [7]}],
-        "samples": 10, "overlong": 0, "overlongAction": "truncate", "longestSample": 80, "tokens": 700,
-        "trainedTokens": 300, "loss": "assistant turns", "stepsPerEpoch": 3, "totalSteps": 10, "effectiveBatch": 4,
-        "gpus": 1, "method": "lora", "trainableParameters": 1000, "totalParameters": 50000,
-        "memory": {"perGpu": 12.5, "parts": {"weights": 10.0, "activations": 1.9, "cuda": 0.6},
-                   "assumptions": ["frozen weights in bfloat16"]}}
 
 
 def validating(**spec):
@@ -26,18 +15,6 @@ def validating(**spec):
 
 def training_jobs(emu):
     return [j for j in objs(emu, "batch/v1/jobs") if j["metadata"]["labels"][render.COMPONENT_LABEL] == "trainer"]
-
-
-async def finish(emu, job, code, message):
-    pod = await make_pod(emu, job)
-    await pod_status(emu, pod, terminated(code, json.dumps(message)))
-    if code == 0:
-        await job_status(emu, job, {"succeeded": 1, "completionTime": "2026-11-22T10:01:00Z", "conditions": [
-            {"type": "Complete", "status": "True", "lastTransitionTime": "2026-11-22T10:01:00Z"}]})
-    else:
-        await job_status(emu, job, {"failed": 1, "conditions": [
-            {"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": "exit code",
-             "lastTransitionTime": "2026-11-22T10:01:00Z"}]})
 
 
 async def test_a_new_run_validates_on_a_cpu_before_any_gpu_job(apiserver, operator):
