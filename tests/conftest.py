@@ -77,3 +77,12 @@ async def operator(apiserver, monkeypatch):
         yield op
     finally:
         await op.stop()
+
+
+@pytest.fixture
+async def kueue(apiserver):
+    """Kueue's controllers (tests/harness/kueue.py) in the emulated cluster; define its queues in the test."""
+    from harness.kueue import Kueue
+
+    async with Kueue(apiserver) as k:
+        yield k

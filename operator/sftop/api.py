@@ -336,7 +336,9 @@ class SFTJobSpec(Spec):
         {"rule": "!has(self.quantization) || self.method == 'qlora'",
          "message": "quantization applies only to method qlora"},
         {"rule": "!has(self.lora) || self.method != 'full'",
-         "message": "lora settings apply only to methods lora and qlora"}]})
+         "message": "lora settings apply only to methods lora and qlora"},
+        {"rule": "!has(self.workloadPriorityClassName) || has(self.queueName)",
+         "message": "workloadPriorityClassName is a Kueue priority: it needs queueName"}]})
 
     model: ModelSpec = Field(description="The base model to fine-tune.")
     dataset: DatasetSpec = Field(description="The training data.")
@@ -368,6 +370,11 @@ class SFTJobSpec(Spec):
     queue_name: _pattern(DNS1123_LABEL, "a LocalQueue name (lowercase letters, digits and '-')", "team-a",
                          63) | None = Field(None, description="Kueue LocalQueue to submit the run to. Kueue then decides when "
                                                "it starts, by the team's quota.")
+    workload_priority_class_name: ObjectName | None = Field(
+        None, description="Kueue WorkloadPriorityClass of the run (the `kueue.x-k8s.io/priority-class` label on its "
+                          "Job): orders it in its queue and decides which runs it may preempt, apart from the "
+                          "pod's own PriorityClass (resources.priorityClassName). Needs queueName. A change reaches "
+                          "a queued run; Kueue never lets it be removed from a Job.")
     suspend: bool = Field(False, description="Suspend the run: its pod stops after saving a checkpoint. "
                                              "Setting it back to false resumes from that checkpoint.")
     run_policy: RunPolicy = Field(RunPolicy(), description="Retries, deadline and cleanup of "
@@ -378,6 +385,9 @@ class SFTJobSpec(Spec):
     @model_validator(mode="after")
     def _method(self) -> SFTJobSpec:
         check_method(self.method, self.lora, self.quantization)
+        if self.workload_priority_class_name and not self.queue_name:
+            raise ValueError("spec.workloadPriorityClassName is a Kueue priority: it needs spec.queueName (the "
+                             "LocalQueue the run is submitted to)")
         return self
 
 
@@ -414,6 +424,11 @@ class RunStatus(Spec):
     attempts: int = Field(0, description="Trainer pods started for this run, retries included.")
     validation_job_name: str | None = Field(None, description="Name of the run's validation Job.")
     validated: bool | None = Field(None, description="Whether the run passed its Validating phase.")
+    workload_name: str | None = Field(None, description="Name of the run's Kueue Workload, when it is queued.")
+    preemptions: int = Field(0, description="Times Kueue preempted the run; each time its trainer saved a "
+                                            "checkpoint and the readmitted run resumed from it.")
+    last_preemption_time: str | None = Field(None, description="When Kueue last preempted the run (RFC 3339).",
+                                             json_schema_extra={"format": "date-time"})
 
 
 class PreviousRun(Spec):

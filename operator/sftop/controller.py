@@ -23,8 +23,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sftop import api, lifecycle, render
-from sftop.kube import Kube, now
+from sftop import api, kueue, lifecycle, render
+from sftop.kube import Kube, KueueAbsent, now
 from sftop.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -242,6 +242,7 @@ class Controller:
                     return None if finished else min(30.0, self.settings.resync_interval)
             job = self._create_children(body, spec, rid)
         job = self._apply_suspend(job, spec)
+        job = self._apply_priority(job, spec)
 
         pods = self._pods(namespace, name, rid, "trainer")
         conditions = lifecycle.conditions_of(job)
@@ -253,12 +254,18 @@ class Controller:
         seen = lifecycle.observe(spec.suspend, bool(spec.queue_name), job, pods)
         stamp = now()
         new = self._base_status(status, spec, rid, namespace, name, generation)
-        new.update(phase=seen.phase, message=seen.message)
         run = new["run"]
+        if seen.phase == "Queued":
+            self._queue_view(job, spec.queue_name, seen, run, (status.get("progress") or {}).get("step"))
+        elif seen.phase == "Running" and run.get("preemptions"):
+            seen.message += f" (resumed from its checkpoint after {run['preemptions']} preemption(s) by Kueue)"
+        new.update(phase=seen.phase, message=seen.message)
         for field, value in (("startTime", seen.start_time), ("completionTime", seen.completion_time)):
             if value:
                 run[field] = value
-        run["attempts"] = max(seen.attempts, run.get("attempts", 0))
+        # A preempted pod is deleted while its Job is suspended and the Job does not count it: count it here.
+        started = 0 if seen.phase == "Queued" else seen.attempts
+        run["attempts"] = max(started + run.get("preemptions", 0), run.get("attempts", 0))
         conditions = lifecycle.set_condition(new.get("conditions", []), "Accepted", "True", "Accepted",
                                              "the spec is valid and its references exist", generation, stamp)
         new["conditions"] = lifecycle.phase_conditions(conditions, seen.phase, seen.reason, seen.message,
@@ -315,6 +322,8 @@ class Controller:
         if finished and not any(lifecycle.termination_message(p)[0] for p in pods):
             pods = self._list_pods(namespace, name, rid, "validation")
         seen = lifecycle.observe(False, bool(spec.validation.queue_name), job, pods)
+        if seen.phase == "Queued":
+            self._queue_view(job, spec.validation.queue_name, seen, {}, None)
         stamp = now()
         new = self._base_status(status, spec, rid, namespace, name, generation)
         new["run"]["validationJobName"] = vname
@@ -474,6 +483,50 @@ class Controller:
         if want != suspended:
             job = self.kube.set_job_suspended(job["metadata"]["namespace"], job["metadata"]["name"], want)
             self.jobs[(job["metadata"]["namespace"], job["metadata"]["name"])] = job
+        return job
+
+    def _queue_view(self, job: dict[str, Any], queue: str | None, seen: lifecycle.Observation, run: dict[str, Any],
+                    step: int | None) -> None:
+        """A run Kueue holds suspended: why, from its Workload; counts a preemption the first time it is seen."""
+        namespace = job["metadata"]["namespace"]
+        queue = queue or ""
+        try:
+            workload = self.kube.workload_of(namespace, job)
+        except KueueAbsent:
+            seen.reason, seen.warning = "KueueNotInstalled", True
+            seen.message = (f"the run waits for Kueue to admit it (LocalQueue {queue}), but this cluster serves no "
+                            f"Kueue API: install Kueue, or remove spec.queueName to run without a queue")
+            return
+        position = preemptor = None
+        cluster_queue = ((self.kube.local_queue(namespace, queue) or {}).get("spec") or {}).get("clusterQueue")
+        if workload is not None:
+            run["workloadName"] = workload["metadata"]["name"]
+            reserved = kueue.condition(workload, "QuotaReserved")
+            if not kueue.holds(workload, "Evicted") and not (reserved and reserved.get("status") == "True"):
+                position = kueue.position_of(self.kube.pending_workloads(namespace, queue), workload)
+            uid = kueue.preemptor_job_uid(workload)
+            if uid:
+                preemptor = next((f"SFTJob {ns}/{(j['metadata'].get('labels') or {})[render.SFTJOB_LABEL]}"
+                                  for (ns, _), j in list(self.jobs.items()) if j["metadata"].get("uid") == uid
+                                  and render.SFTJOB_LABEL in (j["metadata"].get("labels") or {})), None)
+        state = kueue.queue_state(workload, queue, cluster_queue, position, preemptor, step)
+        seen.reason, seen.message, seen.warning = state.reason, state.message, state.warning
+        if state.preempted_at and state.preempted_at != run.get("lastPreemptionTime"):
+            run["preemptions"] = run.get("preemptions", 0) + 1
+            run["lastPreemptionTime"] = state.preempted_at
+
+    def _apply_priority(self, job: dict[str, Any], spec: api.SFTJobSpec) -> dict[str, Any]:
+        """spec.workloadPriorityClassName on the Job, where Kueue allows the change: a new value always, a first
+        value only while the Job is suspended, never a removal."""
+        meta = job["metadata"]
+        want, have = spec.workload_priority_class_name, (meta.get("labels") or {}).get(render.PRIORITY_LABEL)
+        conditions = lifecycle.conditions_of(job)
+        if not spec.queue_name or not want or want == have or lifecycle.holds(conditions, "Complete") \
+                or lifecycle.holds(conditions, "Failed"):
+            return job
+        if have or (job.get("spec") or {}).get("suspend"):
+            job = self.kube.set_job_label(meta["namespace"], meta["name"], render.PRIORITY_LABEL, want)
+            self.jobs[(meta["namespace"], meta["name"])] = job
         return job
 
     def _read_progress(self, key: Key, ip: str, new: dict[str, Any], stamp: str) -> None:

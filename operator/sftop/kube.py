@@ -23,6 +23,15 @@ from sftop.settings import Settings, _version
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
+KUEUE_GROUP = "kueue.x-k8s.io"
+KUEUE_VERSIONS = ("v1beta2", "v1beta1")
+VISIBILITY_GROUP = "visibility.kueue.x-k8s.io"
+VISIBILITY_VERSIONS = ("v1beta2", "v1beta1")
+JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
+
+
+class KueueAbsent(Exception):
+    """The cluster serves no Kueue API."""
 
 
 def now() -> str:
@@ -69,6 +78,7 @@ class Kube:
         self.batch = kubernetes.client.BatchV1Api(client)
         self.custom = kubernetes.client.CustomObjectsApi(client)
         self.instance = socket.gethostname()
+        self.kueue_version: str | None = None
 
     def close(self) -> None:
         self.client.close()
@@ -124,6 +134,73 @@ class Kube:
         except ApiException as e:
             if e.status != 404:
                 raise
+
+    # -------------------------------------------------------------------------------------- Kueue
+
+    def _kueue(self, call: Callable[[str], Any]) -> Any:
+        """`call(version)` against the Kueue API version this cluster serves (v1beta2, else v1beta1); raises
+        KueueAbsent when neither is served."""
+        versions = [self.kueue_version] if self.kueue_version else list(KUEUE_VERSIONS)
+        for version in versions:
+            try:
+                out = retrying(lambda: call(version))
+            except ApiException as e:
+                if e.status == 404:
+                    continue
+                raise
+            self.kueue_version = version
+            return out
+        self.kueue_version = None
+        raise KueueAbsent("Kueue's API (kueue.x-k8s.io workloads) is not served in this cluster")
+
+    def workload_of(self, namespace: str, job: dict[str, Any]) -> dict[str, Any] | None:
+        """The Kueue Workload of a Job: by Kueue's job-uid label, else by its owner reference. KueueAbsent when
+        the cluster has no Kueue."""
+        uid = job["metadata"].get("uid")
+
+        def find(version: str) -> list[dict[str, Any]]:
+            items = self.custom.list_namespaced_custom_object(KUEUE_GROUP, version, namespace, "workloads",
+                                                              label_selector=f"{JOB_UID_LABEL}={uid}")["items"]
+            if not items:
+                items = [w for w in self.custom.list_namespaced_custom_object(
+                    KUEUE_GROUP, version, namespace, "workloads")["items"]
+                    if any(o.get("uid") == uid for o in w["metadata"].get("ownerReferences") or [])]
+            return items
+
+        items = self._kueue(find)
+        return max(items, key=lambda w: w["metadata"].get("creationTimestamp") or "") if items else None
+
+    def local_queue(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._kueue(lambda v: self.custom.get_namespaced_custom_object(KUEUE_GROUP, v, namespace,
+                                                                                  "localqueues", name))
+        except KueueAbsent:
+            return None
+
+    def pending_workloads(self, namespace: str, local_queue: str) -> list[dict[str, Any]] | None:
+        """Kueue's visibility API: the LocalQueue's pending Workloads with their positions; None when it does not
+        answer (it is an aggregated API that clusters may not serve)."""
+        for version in VISIBILITY_VERSIONS:
+            try:
+                answer = self.client.call_api(
+                    f"/apis/{VISIBILITY_GROUP}/{version}/namespaces/{{namespace}}/localqueues/{{name}}/pendingworkloads",
+                    "GET", path_params={"namespace": namespace, "name": local_queue},
+                    header_params={"Accept": "application/json"}, response_type="object",
+                    auth_settings=["BearerToken"], _return_http_data_only=True, _request_timeout=5)
+            except ApiException as e:
+                if e.status == 404:
+                    continue
+                log.debug("Kueue's visibility API did not answer: %s", e)
+                return None
+            except Exception as e:  # a position in the queue is a courtesy
+                log.debug("Kueue's visibility API did not answer: %s", e)
+                return None
+            return answer.get("items") or []
+        return None
+
+    def set_job_label(self, namespace: str, name: str, key: str, value: str) -> dict[str, Any]:
+        obj = retrying(lambda: self.batch.patch_namespaced_job(name, namespace, {"metadata": {"labels": {key: value}}}))
+        return self.client.sanitize_for_serialization(obj)
 
     # --------------------------------------------------------------------------------- references
 

@@ -18,7 +18,7 @@ from sftop_trainer.config import (DataSource, Hardware, ModelSource, OutputTarge
                                   TrainerConfig)
 
 # Spec fields that do not change what a run trains: changing them never starts a new run.
-NOT_TRAINING_INPUTS = ("suspend", "run_policy", "queue_name", "validation")
+NOT_TRAINING_INPUTS = ("suspend", "run_policy", "queue_name", "workload_priority_class_name", "validation")
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # GPU Feature Discovery: each GPU's memory in MiB
 
 
@@ -139,6 +139,7 @@ def model_summary(spec: api.SFTJobSpec) -> str:
 SFTJOB_LABEL = "sftop.dev/sftjob"
 RUN_LABEL = "sftop.dev/run"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"  # a Kueue WorkloadPriorityClass
 OUTPUT_ANNOTATION = "sftop.dev/output"
 CONTAINER = "trainer"
 CONFIG_FILE = "config.json"
@@ -277,6 +278,8 @@ def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings, val
     job_labels = dict(labels)
     if queue:
         job_labels[QUEUE_LABEL] = queue
+        if spec.workload_priority_class_name and not validation:
+            job_labels[PRIORITY_LABEL] = spec.workload_priority_class_name
     env: list[dict[str, Any]] = [
         {"name": "HF_HOME", "value": "/cache/huggingface"},
         {"name": "SFTOP_TERMINATION_LOG", "value": "/dev/termination-log"},

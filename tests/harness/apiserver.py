@@ -34,6 +34,7 @@ import string
 import uuid
 from typing import Any
 
+import aiohttp.web
 import kmock
 from kmock._internal import dicts, enums
 from kmock._internal.k8s import KubernetesError
@@ -49,6 +50,12 @@ SFTJOB_INFO = dict(kind=api.KIND, singular=api.SINGULAR, namespaced=True, shortn
                    verbs={"get", "list", "watch", "create", "update", "patch", "delete"})
 # Built-in kinds with a status subresource that the operator and the node agent write.
 STATUS_RESOURCES = {"batch/v1/jobs", "v1/pods", "v1/persistentvolumeclaims", SFTJOBS}
+KUEUE_GROUP, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta2"
+KUEUE_RESOURCES = [("workloads", "Workload", True), ("localqueues", "LocalQueue", True),
+                   ("clusterqueues", "ClusterQueue", False), ("resourceflavors", "ResourceFlavor", False),
+                   ("workloadpriorityclasses", "WorkloadPriorityClass", False)]
+VISIBILITY_PATH = re.compile(rf"/apis/visibility\.kueue\.x-k8s\.io/{KUEUE_VERSION}/namespaces/(?P<namespace>[^/]+)"
+                             r"/localqueues/(?P<name>[^/]+)/pendingworkloads")
 
 
 def _now() -> str:
@@ -110,7 +117,19 @@ class ApiServer(kmock.KubernetesEmulator):
         self.faults: list[tuple[str, str, int]] = []  # (method, path fragment, status)
         self.log: list[Any] = []  # every request, in order
         self.inflight: dict[int, Any] = {}
+        self.status_resources = set(STATUS_RESOURCES)
+        self.visibility: Any = None  # Kueue's visibility API, once a Kueue (harness.kueue) is installed
         self[kmock.action.CREATE] << 201 << (lambda request: request.data)
+
+    def install_kueue(self, visibility: Any) -> None:
+        """Serve Kueue's API group (its CRDs) and its visibility API, as a cluster with Kueue installed does.
+        `visibility(namespace, local_queue)` answers the pending-workloads query."""
+        for plural, kind, namespaced in KUEUE_RESOURCES:
+            self.resources[f"{KUEUE_GROUP}/{KUEUE_VERSION}/{plural}"] = dict(
+                kind=kind, singular=kind.lower(), namespaced=namespaced, subresources={"status"},
+                verbs={"get", "list", "watch", "create", "update", "patch", "delete"})
+            self.status_resources.add(f"{KUEUE_GROUP}/{KUEUE_VERSION}/{plural}")
+        self.visibility = visibility
 
     # ---------------------------------------------------------------------------------------- faults
 
@@ -140,6 +159,12 @@ class ApiServer(kmock.KubernetesEmulator):
             self.inflight.pop(id(request), None)
 
     async def _serve(self, request: Any):
+        found = VISIBILITY_PATH.fullmatch(request.url.path)
+        if found and self.visibility is not None:
+            ns, queue = found.group("namespace"), found.group("name")
+            return aiohttp.web.json_response({
+                "kind": "PendingWorkloadsSummary", "apiVersion": f"visibility.kueue.x-k8s.io/{KUEUE_VERSION}",
+                "metadata": {"name": queue, "namespace": ns}, "items": self.visibility(ns, queue)})
         if request.resource is not None:
             try:
                 fault = self._fault(request)
@@ -171,7 +196,7 @@ class ApiServer(kmock.KubernetesEmulator):
             meta["creationTimestamp"] = _now()
             meta["resourceVersion"] = str(next(self.revision))
             meta["generation"] = 1
-            if res in STATUS_RESOURCES and res != "v1/pods":
+            if res in self.status_resources and res != "v1/pods":
                 data.pop("status", None)
             if res == SFTJOBS:
                 self._check_sftjob(request, data)
@@ -183,7 +208,7 @@ class ApiServer(kmock.KubernetesEmulator):
             if isinstance(data, list):  # a JSON patch: turn it into the merge patch of its effect
                 data = merge_patch(old, dict(dicts.patch_dict(old, data))) or {}
                 object.__setattr__(request, "data", data)  # kmock's Request is frozen; the patch is ours to shape
-            if res in STATUS_RESOURCES:
+            if res in self.status_resources:
                 if request.subresource == "status":
                     for k in [k for k in data if k != "status"]:
                         del data[k]
