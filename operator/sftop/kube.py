@@ -8,6 +8,7 @@ Reads of SFTJobs, Jobs and Pods come from the watch cache (sftop.controller), no
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import socket
 import time
@@ -182,20 +183,21 @@ class Kube:
         answer (it is an aggregated API that clusters may not serve)."""
         for version in VISIBILITY_VERSIONS:
             try:
-                answer = self.client.call_api(
-                    f"/apis/{VISIBILITY_GROUP}/{version}/namespaces/{{namespace}}/localqueues/{{name}}/pendingworkloads",
-                    "GET", path_params={"namespace": namespace, "name": local_queue},
-                    header_params={"Accept": "application/json"}, response_type="object",
-                    auth_settings=["BearerToken"], _return_http_data_only=True, _request_timeout=5)
-            except ApiException as e:
-                if e.status == 404:
-                    continue
-                log.debug("Kueue's visibility API did not answer: %s", e)
-                return None
+                request = self.client.param_serialize(
+                    "GET", f"/apis/{VISIBILITY_GROUP}/{version}/namespaces/{{namespace}}/localqueues/{{name}}"
+                           f"/pendingworkloads", path_params={"namespace": namespace, "name": local_queue},
+                    header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+                response = self.client.call_api(*request, _request_timeout=5)
+                response.read()
             except Exception as e:  # a position in the queue is a courtesy
                 log.debug("Kueue's visibility API did not answer: %s", e)
                 return None
-            return answer.get("items") or []
+            if response.status == 404:
+                continue
+            if response.status != 200:
+                log.debug("Kueue's visibility API answered %s", response.status)
+                return None
+            return json.loads(response.data).get("items") or []
         return None
 
     def set_job_label(self, namespace: str, name: str, key: str, value: str) -> dict[str, Any]:
