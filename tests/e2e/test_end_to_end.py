@@ -191,3 +191,47 @@ async def test_without_validation_the_gpu_pod_finds_the_data_error_and_does_not_
     await asyncio.sleep(1)
     assert len(trainer_pods(emu)) == 1, "a data error is not retried"
     assert status["run"]["attempts"] == 1 and not trainer_pods(emu, "validation")
+
+
+async def test_kueue_preemption_mid_run_checkpoints_requeues_and_resumes_from_that_step(cluster, kueue):
+    """A platform's queue holds one run at a time. A nightly run trains; an urgent run with a higher Kueue priority
+    arrives; Kueue preempts the nightly one (its trainer checkpoints on SIGTERM), runs the urgent one, then admits the
+    nightly one again, which resumes from the checkpoint and succeeds. The preemption is counted, never a failure."""
+    emu, node, _ = cluster
+    await kueue.queue("cpus", {"default": {"cpu": "1", "memory": "8Gi"}}, [(NS, "team-a")])
+    await kueue.priority_class("nightly", 10)
+    await kueue.priority_class("urgent", 1000)
+    nightly = manifest(steps=600, save=1000)
+    nightly["spec"].update(queueName="team-a", workloadPriorityClassName="nightly")
+    await apply(emu, nightly)
+    await until(emu, lambda: (status_of(emu, "tiny").get("progress") or {}).get("step", 0) >= 10, node)
+    urgent = manifest(steps=20)
+    urgent["metadata"]["name"] = "urgent"
+    urgent["spec"].update(queueName="team-a", workloadPriorityClassName="urgent")
+    await apply(emu, urgent)
+
+    def preempted():
+        s = status_of(emu, "tiny")
+        held = condition(s, "Queued") or {}
+        return s.get("phase") == "Queued" and held.get("reason") == "Preempted" and not [
+            p for p in trainer_pods(emu) if p["metadata"]["labels"]["sftop.dev/sftjob"] == "tiny"] and s
+
+    status = await until(emu, preempted, node)
+    assert f"preempted by Kueue for SFTJob {NS}/urgent" in status["message"]
+    assert status["run"]["preemptions"] == 1 and condition(status, "Failed") is None
+    run = status["run"]
+    checkpoints = list((node.volume("adapters") / NS / "tiny" / run["id"] / "checkpoints").glob("checkpoint-*"))
+    assert len(checkpoints) == 1, "saveSteps is 1000: the checkpoint is the one the preemption's SIGTERM asked for"
+    stopped_at = int(checkpoints[0].name.split("-")[1])
+    assert stopped_at >= 10
+
+    await until(emu, lambda: status_of(emu, "urgent").get("phase") == "Succeeded", node)
+    status = await until(emu, lambda: phase(emu) == "Succeeded" and status_of(emu, "tiny"), node)
+    result = json.loads((node.volume("adapters") / NS / "tiny" / run["id"] / "result.json").read_text())
+    assert result["resumedFromStep"] == stopped_at and result["steps"] == 600
+    assert status["run"]["preemptions"] == 1 and status["run"]["attempts"] == 2
+    assert status["run"]["id"] == run["id"]
+    assert len([j for j in training_jobs(emu) if j["metadata"]["labels"]["sftop.dev/sftjob"] == "tiny"]) == 1
+    workload = next(w for w in objs(emu, "kueue.x-k8s.io/v1beta2/workloads")
+                    if w["metadata"]["name"] == status["run"]["workloadName"])
+    assert workload["spec"]["priority"] == 10
