@@ -128,7 +128,7 @@ async def test_a_spec_change_reads_in_progress_until_the_operator_observed_it(ap
         await restarted.stop()
 
 
-async def test_a_metadata_free_spec_change_on_a_finished_run_reads_current_once_observed(apiserver, operator):
+async def test_a_spec_change_that_starts_no_run_reads_current_again_once_observed(apiserver, operator):
     """A change that starts no new run (the validation settings) is current again as soon as the operator saw it."""
     await apply(apiserver, sftjob())
     job = (await wait_for(lambda: objs(apiserver, "batch/v1/jobs")))[0]
@@ -162,3 +162,26 @@ async def test_kubectl_wait_for_ready_returns_when_the_run_succeeded(apiserver, 
     assert code == 0 and "sftjob.sftop.dev/chat condition met" in out, out
     code, out = await kubectl(apiserver, "wait", "--for=condition=Stalled=false", "sftjob/chat", "--timeout=5s")
     assert code == 0, out
+
+
+async def test_a_spec_change_mid_run_reads_in_progress_until_observed_then_follows_the_run(apiserver, operator):
+    await apply(apiserver, sftjob())
+    job = (await wait_for(lambda: objs(apiserver, "batch/v1/jobs")))[0]
+    pod = await make_pod(apiserver, job)
+    await pod_status(apiserver, pod, running())
+    await phase(apiserver, "Running")
+    await operator.stop()
+    await patch(apiserver, PATH, {"spec": {"suspend": True}})
+    stale = obj(apiserver, SFTJOBS, "chat")
+    assert (stale["metadata"]["generation"], stale["status"]["observedGeneration"]) == (2, 1)
+    result = kstatus.compute(stale)
+    assert (result.status, result.reason) == ("InProgress", "LatestGenerationNotObserved")
+    assert argocd.health(SCRIPT, stale)["message"].startswith("Waiting for the sftop operator to act on generation 2")
+    restarted = Operator(apiserver)
+    await restarted.start()
+    try:
+        status = await phase(apiserver, "Suspended")
+        assert status["observedGeneration"] == 2 and condition(status, "Reconciling")["observedGeneration"] == 2
+        assert read(apiserver) == ("InProgress", "Suspended", "InProgress")
+    finally:
+        await restarted.stop()
