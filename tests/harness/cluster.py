@@ -207,3 +207,12 @@ async def finish(emu: ApiServer, job: dict[str, Any], code: int, message: dict[s
         await job_status(emu, job, {"failed": 1, "conditions": [
             {"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": "exit code",
              "lastTransitionTime": "2026-11-22T10:01:00Z"}]})
+
+
+async def oom_killed(emu: ApiServer, job: dict[str, Any]) -> None:
+    """The Job's pod is OOMKilled, and the Job fails once its backoff limit is reached."""
+    pod = await make_pod(emu, job)
+    await pod_status(emu, pod, terminated(137, reason="OOMKilled"))
+    await job_status(emu, job, {"failed": 4, "conditions": [
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+         "message": "Job has reached the specified backoff limit", "lastTransitionTime": "2026-11-22T10:05:00Z"}]})

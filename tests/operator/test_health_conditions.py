@@ -10,8 +10,8 @@ import yaml
 
 from harness import argocd, flux, kstatus
 from harness.apiserver import SFTJOBS
-from harness.cluster import (NS, PLAN, Operator, apply, condition, finish, job_status, make_pod, obj, objs, patch,
-                             pod_status, running, sftjob, status_of, terminated, wait_for)
+from harness.cluster import (NS, PLAN, Operator, apply, condition, finish, job_status, make_pod, obj, objs, oom_killed,
+                             patch, pod_status, running, sftjob, status_of, terminated, wait_for)
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = (ROOT / "examples/argocd/resource_customizations/sftop.dev/SFTJob/health.lua").read_text()
@@ -70,11 +70,7 @@ async def test_every_phase_reads_right_in_kstatus_argocd_and_flux(apiserver, ope
 async def test_a_failed_run_is_stalled(apiserver, operator):
     await apply(apiserver, sftjob())
     job = (await wait_for(lambda: objs(apiserver, "batch/v1/jobs")))[0]
-    pod = await make_pod(apiserver, job)
-    await pod_status(apiserver, pod, terminated(137, reason="OOMKilled"))
-    await job_status(apiserver, job, {"failed": 4, "conditions": [
-        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "backoff limit",
-         "lastTransitionTime": "2026-11-22T10:05:00Z"}]})
+    await oom_killed(apiserver, job)
     status = await phase(apiserver, "Failed")
     assert standard(status) == {"Ready": "False", "Reconciling": "False", "Stalled": "True"}
     assert condition(status, "Stalled")["reason"] == "OOMKilled" and condition(status, "Ready")["reason"] == "Failed"
