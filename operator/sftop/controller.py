@@ -21,6 +21,7 @@ import time
 import urllib.request
 from typing import Any
 
+from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
 from sftop import api, kueue, lifecycle, render
@@ -492,13 +493,17 @@ class Controller:
         queue = queue or ""
         try:
             workload = self.kube.workload_of(namespace, job)
+            cluster_queue = ((self.kube.local_queue(namespace, queue) or {}).get("spec") or {}).get("clusterQueue")
         except KueueAbsent:
             seen.reason, seen.warning = "KueueNotInstalled", True
             seen.message = (f"the run waits for Kueue to admit it (LocalQueue {queue}), but this cluster serves no "
                             f"Kueue API: install Kueue, or remove spec.queueName to run without a queue")
             return
+        except ApiException as e:  # Kueue's view is an explanation: without it the run still reads Queued
+            log.warning("could not read Kueue's Workload of Job %s/%s: %s", namespace, job["metadata"]["name"],
+                        str(e).splitlines()[0][:200])
+            return
         position = preemptor = None
-        cluster_queue = ((self.kube.local_queue(namespace, queue) or {}).get("spec") or {}).get("clusterQueue")
         if workload is not None:
             run["workloadName"] = workload["metadata"]["name"]
             reserved = kueue.condition(workload, "QuotaReserved")

@@ -134,3 +134,11 @@ async def test_preemption_is_queued_preempted_counted_and_resumes(apiserver, kue
     assert status["run"]["attempts"] == 2 and status["run"]["preemptions"] == 1
     events = [e["reason"] for e in objs(apiserver, "v1/events") if e["involvedObject"]["name"] == "nightly"]
     assert "Preempted" in events
+
+
+async def test_a_kueue_read_that_fails_leaves_the_run_queued_with_the_plain_reason(apiserver, kueue, operator):
+    await kueue.queue("gpus", {"a100": {"cpu": "64", "memory": "512Gi", "nvidia.com/gpu": "0"}}, [(NS, "team-a")])
+    apiserver.fail_next("GET", "/workloads", status=403, times=1000)
+    await apply(apiserver, queued())
+    await wait_for(lambda: status_of(apiserver).get("phase") == "Queued", explain=explain(apiserver))
+    assert reason(apiserver) == "WaitingForAdmission" and operator.controller.errors == 0
