@@ -39,9 +39,11 @@ async def test_a_queued_run_names_the_missing_quota_and_its_place_in_the_queue(a
     await wait_for(lambda: status_of(apiserver, "first").get("phase") == "Pending", explain=explain(apiserver, "first"))
     await apply(apiserver, queued("second", gpus=1))
     await apply(apiserver, queued("third", gpus=1))
+    # Kueue writes why the Workload waits after creating it; the operator reads it at the run's next reconcile.
     status = await wait_for(lambda: reason(apiserver, "third") == "WaitingForQuota"
+                            and "unused quota" in status_of(apiserver, "third")["message"]
                             and "2nd" in status_of(apiserver, "third")["message"] and status_of(apiserver, "third"),
-                            explain=explain(apiserver, "third"))
+                            timeout=20, explain=explain(apiserver, "third"))
     assert status["phase"] == "Queued"
     assert status["message"] == ("waiting for quota in ClusterQueue gpus (LocalQueue team-a): couldn't assign flavors "
                                  "to pod set main: insufficient unused quota for nvidia.com/gpu in flavor a100, 1 more "
@@ -58,7 +60,7 @@ async def test_a_run_kueue_cannot_admit_says_why_and_warns(apiserver, kueue, ope
     await kueue.queue("gpus", {"a100": {"cpu": "64", "memory": "512Gi", "nvidia.com/gpu": "2"}}, [(NS, "other")])
     await apply(apiserver, queued())
     status = await wait_for(lambda: reason(apiserver) == "Inadmissible" and status_of(apiserver),
-                            explain=explain(apiserver))
+                            timeout=20, explain=explain(apiserver))
     assert status["message"] == "Kueue cannot admit the run (Inadmissible): LocalQueue team-a doesn't exist " \
                                 "(LocalQueue team-a)"
     events = [e for e in objs(apiserver, "v1/events") if e["reason"] == "Inadmissible"]
@@ -83,12 +85,12 @@ async def test_the_kueue_priority_is_a_label_on_the_job_and_follows_the_spec_whi
     job = await wait_for(lambda: training_job(apiserver))
     assert job["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "batch"
     assert job["spec"]["template"]["spec"]["priorityClassName"] == "gpu-pods", "the pod priority stays apart"
-    await wait_for(lambda: reason(apiserver) == "WaitingForQuota", explain=explain(apiserver))
+    await wait_for(lambda: reason(apiserver) == "WaitingForQuota", timeout=20, explain=explain(apiserver))
     rid = status_of(apiserver)["run"]["id"]
     await patch(apiserver, f"{PATH}/chat", {"spec": {"workloadPriorityClassName": "urgent"}})
     await wait_for(lambda: training_job(apiserver)["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "urgent")
     workload = await wait_for(lambda: next((w for w in objs(apiserver, WORKLOADS) if w["spec"].get("priority") == 1000),
-                                           None))
+                                           None), timeout=20)
     assert workload["spec"]["priorityClassName"] == "urgent"
     assert status_of(apiserver)["run"]["id"] == rid and len(objs(apiserver, "batch/v1/jobs")) == 1, \
         "a new priority is not a new run"
@@ -108,7 +110,7 @@ async def test_preemption_is_queued_preempted_counted_and_resumes(apiserver, kue
 
     await apply(apiserver, queued("urgent", priority="urgent"))
     status = await wait_for(lambda: reason(apiserver, "nightly") == "Preempted" and status_of(apiserver, "nightly"),
-                            explain=explain(apiserver, "nightly"))
+                            timeout=20, explain=explain(apiserver, "nightly"))
     assert status["phase"] == "Queued" and condition(status, "Failed") is None
     assert status["message"].startswith(f"preempted by Kueue for SFTJob {NS}/urgent: Preempted to accommodate a "
                                         "workload (UID: ")
