@@ -283,7 +283,7 @@ class Controller:
                 progress["loss"] = new["result"]["trainLoss"]
             new["progress"] = progress
         event = None
-        if (seen.phase, seen.reason) != (status.get("phase"), _reason(status, status.get("phase"))):
+        if (seen.phase, seen.reason) != (status.get("phase"), lifecycle.phase_reason(status)):
             event = ("Warning" if seen.warning else "Normal", seen.reason, seen.message)
         self._write(body, status, new, event=event, reason=seen.reason)
         if seen.phase == "Running":
@@ -506,8 +506,7 @@ class Controller:
         position = preemptor = None
         if workload is not None:
             run["workloadName"] = workload["metadata"]["name"]
-            reserved = kueue.condition(workload, "QuotaReserved")
-            if not kueue.holds(workload, "Evicted") and not (reserved and reserved.get("status") == "True"):
+            if not kueue.holds(workload, "Evicted") and not kueue.holds(workload, "QuotaReserved"):
                 position = kueue.position_of(self.kube.pending_workloads(namespace, queue), workload)
             uid = kueue.preemptor_job_uid(workload)
             if uid:
@@ -597,15 +596,4 @@ def _validated_reason(status: dict[str, Any]) -> str | None:
     for c in status.get("conditions") or []:
         if c.get("type") == "Validated":
             return c.get("reason")
-    return None
-
-
-def _reason(status: dict[str, Any], phase: str | None) -> str | None:
-    for c in status.get("conditions") or []:
-        if c.get("type") == phase and c.get("status") == "True":
-            return c.get("reason")
-    if phase == "Pending":
-        for c in status.get("conditions") or []:
-            if c.get("type") == "Accepted" and c.get("status") == "False":
-                return c.get("reason")
     return None

@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from sftop import lifecycle
+
 # QuotaReserved=False reasons that mean "waiting its turn"; the rest mean Kueue cannot admit the run as things are.
 WAITING = frozenset({"Pending", "WaitingForQuota", "WaitingForPreemptedWorkloads", "PendingEvaluation",
                      "QuotaReserved"})
@@ -36,12 +38,11 @@ class QueueState:
 
 
 def condition(workload: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    return next((c for c in (workload.get("status") or {}).get("conditions") or [] if c.get("type") == kind), None)
+    return lifecycle.conditions_of(workload).get(kind)
 
 
 def holds(workload: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    c = condition(workload, kind)
-    return c if c is not None and c.get("status") == "True" else None
+    return lifecycle.holds(lifecycle.conditions_of(workload), kind)
 
 
 def preemptor_job_uid(workload: dict[str, Any]) -> str | None:
