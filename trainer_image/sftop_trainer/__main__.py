@@ -9,7 +9,8 @@ variable. With several visible GPUs the command relaunches itself through torchr
 Trainer's accelerate backend runs them data parallel. It exits with the training processes' exit code.
 
 Exit codes (sftop_trainer.errors): 0 success, 1 unexpected error, 64 invalid config, 65 invalid data, 66 model
-load failure, 67 CUDA out of memory, 68 loss not finite, 69 interrupted after a checkpoint.
+load failure, 67 CUDA out of memory, 68 loss not finite, 69 interrupted after a checkpoint, 70 loss spike
+(training.lossWatchdog).
 """
 
 from __future__ import annotations
@@ -120,10 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     from sftop_trainer.config import load_config
     from sftop_trainer.train import failure
 
-    def fail(code: ExitCode, message: str) -> int:
+    def fail(code: ExitCode, message: str, details: dict | None = None) -> int:
         reason = EXIT_CLASSES[code].reason
         log.error("%s: %s", reason, message)
-        return _finish(int(code), failure(code, reason, message), args.status_file)
+        return _finish(int(code), {**failure(code, reason, message), **(details or {})}, args.status_file)
 
     try:
         cfg = load_config(args.config)
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = train.run(cfg, progress_bar=progress_bar)
     except TrainerError as e:
-        return fail(e.code, e.message)
+        return fail(e.code, e.message, getattr(e, "details", None))
     except Exception as e:
         import torch
 

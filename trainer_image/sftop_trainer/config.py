@@ -190,8 +190,27 @@ SchedulerType = Literal["linear", "cosine", "cosine_with_restarts", "polynomial"
 MANAGED_SFT_FIELDS = frozenset({
     "output_dir", "resume_from_checkpoint", "report_to", "logging_dir", "push_to_hub", "hub_token",
     "use_cpu", "save_strategy", "eval_strategy", "do_train", "do_eval", "local_rank", "logging_nan_inf_filter",
-    "enable_jit_checkpoint", "include_num_input_tokens_seen", "disable_tqdm",
+    "enable_jit_checkpoint", "include_num_input_tokens_seen", "disable_tqdm", "load_best_model_at_end",
+    "metric_for_best_model", "greater_is_better", "run_name",
 })
+
+
+class EarlyStopping(Spec):
+    """Stop when the eval loss stops improving (transformers' `EarlyStoppingCallback`)."""
+
+    patience: int = Field(3, ge=1, le=1000, description="Evaluations in a row without improvement of the eval loss "
+                                                        "after which the run stops.")
+    threshold: float = Field(0.0, ge=0, le=1000, description="How much the eval loss must fall below the best so far "
+                                                             "to count as an improvement.")
+
+
+class LossWatchdog(Spec):
+    """Stop a run whose training loss spikes: a logged loss above `factor` × the lowest logged so far, `logs` times
+    in a row. The run fails with reason LossSpike and keeps the checkpoints saved before the spike."""
+
+    factor: float = Field(2.0, gt=1, le=1000, description="A logged training loss above factor × the lowest logged "
+                                                          "loss so far counts as a spike.")
+    logs: int = Field(3, ge=1, le=1000, description="Logged losses in a row above that line that stop the run.")
 
 
 class TrainingSpec(Spec):
@@ -201,7 +220,10 @@ class TrainingSpec(Spec):
         {"rule": "!(has(self.epochs) && has(self.maxSteps))",
          "message": "set either epochs or maxSteps, not both"},
         {"rule": "!(has(self.warmupSteps) && has(self.warmupRatio))",
-         "message": "set either warmupSteps or warmupRatio, not both"}]})
+         "message": "set either warmupSteps or warmupRatio, not both"},
+        {"rule": "!has(self.resultCheckpoint) || self.resultCheckpoint != 'best' || !has(self.evalSteps) || "
+                 "(has(self.saveSteps) ? self.saveSteps : 100) % self.evalSteps == 0",
+         "message": "resultCheckpoint best picks among saved checkpoints: saveSteps must be a multiple of evalSteps"}]})
 
     epochs: float | None = Field(None, gt=0, le=1000,
                                  description="Passes over the training data (`num_train_epochs`). "
@@ -256,6 +278,16 @@ class TrainingSpec(Spec):
     save_total_limit: int = Field(2, ge=1, le=1000, description="Checkpoints kept; older ones are deleted.")
     eval_steps: int | None = Field(None, ge=1, le=1_000_000, description="Steps between evaluations when there is "
                                                                          "an eval split; defaults to saveSteps.")
+    result_checkpoint: Literal["last", "best"] = Field(
+        "last", description="Which weights are the run's result: `last`, the final step's; `best`, the checkpoint "
+                            "with the lowest eval loss (transformers' load_best_model_at_end). `best` needs "
+                            "dataset.evalSplit and a saveSteps that is a multiple of evalSteps; the best checkpoint is "
+                            "never rotated away.")
+    early_stopping: EarlyStopping | None = Field(None, description="Stop once the eval loss has not improved for "
+                                                                   "`patience` evaluations. Needs dataset.evalSplit.")
+    loss_watchdog: LossWatchdog | None = Field(None, description="Stop a run whose training loss spikes and stays "
+                                                                 "high (reason LossSpike). NaN or infinite losses "
+                                                                 "always stop a run (LossNotFinite).")
     sft_config: dict[str, Any] = Field(
         {},
         description="Further SFTConfig fields by their TRL names (snake_case), passed through as they are, "
@@ -276,7 +308,30 @@ class TrainingSpec(Spec):
         managed = sorted(MANAGED_SFT_FIELDS.intersection(self.sft_config))
         if managed:
             raise ValueError(f"sftConfig must not set {', '.join(managed)}: the trainer manages them")
+        if self.result_checkpoint == "best" and self.eval_steps and self.save_steps % self.eval_steps:
+            raise ValueError(f"resultCheckpoint best picks among saved checkpoints: saveSteps ({self.save_steps}) "
+                             f"must be a multiple of evalSteps ({self.eval_steps})")
         return self
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether these settings need evaluations during training."""
+        return self.result_checkpoint == "best" or self.early_stopping is not None
+
+
+def check_needs_eval(training: TrainingSpec, has_eval: bool, where: str) -> None:
+    """resultCheckpoint best and earlyStopping compare eval losses: they need evaluation data."""
+    if has_eval or not training.evaluates:
+        return
+    what = "training.resultCheckpoint: best" if training.result_checkpoint == "best" else "training.earlyStopping"
+    raise ValueError(f"{what} compares eval losses: it needs evaluation data ({where})")
+
+
+NEEDS_EVAL_RULE = {"rule": "has(self.dataset.evalSplit) || !has(self.training) || "
+                           "((!has(self.training.resultCheckpoint) || self.training.resultCheckpoint != 'best') && "
+                           "!has(self.training.earlyStopping))",
+                   "message": "training.resultCheckpoint best and training.earlyStopping compare eval losses: they "
+                              "need dataset.evalSplit"}
 
 
 class EvaluationSpec(Spec):
@@ -319,6 +374,10 @@ def default_learning_rate(method: str, hidden_size: int | None = None) -> float:
 
 class ModelSource(Spec):
     name: str = Field(min_length=1, description="Hub model id, or a local folder with the model's files.")
+    hub_id: str | None = Field(None, description="The Hub id of the model a local folder holds a copy of: the "
+                                                 "adapter names it as its base, so serving stacks find the base.")
+    origin: str | None = Field(None, description="How a local folder is named outside this machine, for example "
+                                                 "`pvc://models/smollm2`; recorded in the provenance.")
     revision: str | None = Field(None, description="Hub revision (commit sha, tag or branch).")
     trust_remote_code: bool = Field(False, description="Run code from the model repository.")
     dtype: Dtype = Field("auto", description="dtype of the weights: `auto` takes bfloat16 on a GPU that has it, "
@@ -357,6 +416,42 @@ class OutputTarget(Spec):
     merge_adapter: bool = Field(False, description="Also write the base model with the adapter merged into it.")
 
 
+class WarmStartSource(Spec):
+    """A LoRA adapter to continue training from, instead of a fresh one."""
+
+    path: str = Field(min_length=1, description="Folder of the adapter (adapter_config.json and "
+                                                "adapter_model.safetensors): an earlier run's adapter/ or one of "
+                                                "its checkpoints.")
+    origin: str | None = Field(None, description="How the adapter is named outside this machine, for the "
+                                                 "provenance: `<claim>:<folder>`.")
+
+
+class MlflowTracking(Spec):
+    """An MLflow tracking server that receives the run's parameters and metrics (transformers' MLflowCallback)."""
+
+    tracking_uri: str = Field(min_length=1, max_length=2048, description="URI of the tracking server, for example "
+                                                                         "`http://mlflow.mlops:5000`.")
+    experiment: str = Field("sftop", min_length=1, max_length=256,
+                            description="Experiment the run is logged under; created when missing.")
+
+
+class WandbTracking(Spec):
+    """A Weights & Biases project that receives the run's parameters and metrics (transformers' WandbCallback)."""
+
+    project: str = Field(min_length=1, max_length=128, description="W&B project.")
+    entity: str | None = Field(None, max_length=128, description="W&B team or user; the API key's default when "
+                                                                 "unset.")
+    base_url: str | None = Field(None, max_length=2048, description="URL of a self-hosted W&B server.")
+
+
+class TrackingTarget(Spec):
+    """Where the trainer reports the run, besides its own files. Credentials reach it as environment variables."""
+
+    run_name: str | None = Field(None, max_length=256, description="The run's name there.")
+    mlflow: MlflowTracking | None = None
+    wandb: WandbTracking | None = None
+
+
 class ProgressEndpoint(Spec):
     host: str = Field("0.0.0.0", description="Address the progress endpoint listens on.")
     port: int = Field(8080, ge=0, le=65535, description="Port of the progress and metrics endpoint; 0 disables it.")
@@ -389,13 +484,20 @@ class TrainerConfig(Spec):
     quantization: QuantizationSpec | None = None
     training: TrainingSpec = TrainingSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
+    warm_start: WarmStartSource | None = None
     output: OutputTarget
     progress: ProgressEndpoint = ProgressEndpoint()
     hardware: Hardware = Hardware()
+    tracking: TrackingTarget | None = None
 
     @model_validator(mode="after")
     def _method_rules(self) -> TrainerConfig:
         check_method(self.method, self.lora, self.quantization)
+        check_needs_eval(self.training, self.dataset.eval_split is not None or self.dataset.eval_path is not None,
+                         "dataset.evalSplit or dataset.evalPath")
+        if self.warm_start is not None and self.method == "full":
+            raise ValueError("warmStart continues a LoRA adapter (methods lora and qlora); for method full, name the "
+                             "earlier run's model/ folder as the model")
         if self.method != "full" and self.lora is None:
             self.lora = LoraSpec()
         if self.method == "qlora" and self.quantization is None:

@@ -22,6 +22,7 @@ class ExitCode(enum.IntEnum):
     OUT_OF_MEMORY = 67
     LOSS_NOT_FINITE = 68
     INTERRUPTED = 69
+    LOSS_SPIKE = 70
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ EXIT_CLASSES: dict[int, ExitClass] = {
                   "CUDA ran out of memory; lower the batch size or maxLength, or use more or larger GPUs"),
         ExitClass(ExitCode.LOSS_NOT_FINITE, "LossNotFinite", False, True,
                   "the loss became NaN or infinite; lower the learning rate or check the data"),
+        ExitClass(ExitCode.LOSS_SPIKE, "LossSpike", False, True,
+                  "the training loss spiked and stayed high (training.lossWatchdog); the earlier checkpoints are kept"),
         ExitClass(ExitCode.INTERRUPTED, "Interrupted", True, False,
                   "stopped by SIGTERM (preemption, eviction, suspend) after saving a checkpoint; a retry resumes"),
     )
@@ -85,6 +88,10 @@ class OutOfMemory(TrainerError):
 
 class LossNotFinite(TrainerError):
     code = ExitCode.LOSS_NOT_FINITE
+
+
+class LossSpike(TrainerError):
+    code = ExitCode.LOSS_SPIKE
 
 
 class Interrupted(TrainerError):

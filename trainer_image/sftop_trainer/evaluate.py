@@ -229,6 +229,7 @@ class EvaluationRecord:
         self.before: dict[str, Any] | None = saved.get("before")
         self.before_answers: list[str] = saved.get("beforeAnswers", [])
         self.history: list[dict[str, Any]] = saved.get("history", [])
+        self.step_override: int | None = None  # the step an evaluation of reloaded (best) weights is recorded at
 
     @staticmethod
     def entry(step: int, logs: dict[str, Any]) -> dict[str, Any]:
@@ -259,16 +260,17 @@ class EvaluationRecord:
             self.path.write_text(json.dumps({"before": self.before, "beforeAnswers": self.before_answers,
                                              "history": self.history}, indent=2) + "\n")
 
-    def summary(self) -> dict[str, Any] | None:
-        """The result's `evaluation`: prompts answered, before, after (the last evaluation), the history, and
-        samples with the answers before and after."""
+    def summary(self, step: int | None = None) -> dict[str, Any] | None:
+        """The result's `evaluation`: prompts answered, before, after (the evaluation at `step`, the result's
+        weights; the last one by default), the history, and samples with the answers before and after."""
         if not self.history and self.before is None:
             return None
         out: dict[str, Any] = {"prompts": len(self.answers.items) if self.answers else 0}
         if self.before is not None:
             out["before"] = {k: v for k, v in self.before.items() if k != "step"}
         if self.history:
-            out["after"] = self.history[-1]
+            at = [h for h in self.history if h["step"] == step]
+            out["after"] = at[-1] if at else self.history[-1]
             out["history"] = self.history
         latest = self.answers.latest if self.answers else None
         if latest:

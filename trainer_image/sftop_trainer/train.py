@@ -30,6 +30,7 @@ from typing import Any
 from sftop_trainer import data as data_mod
 from sftop_trainer import model as model_mod
 from sftop_trainer import progress as progress_mod
+from sftop_trainer import provenance
 from sftop_trainer.config import TrainerConfig, default_learning_rate
 from sftop_trainer.errors import (
     ConfigError,
@@ -37,7 +38,9 @@ from sftop_trainer.errors import (
     ExitCode,
     Interrupted,
     LossNotFinite,
+    LossSpike,
     OutOfMemory,
+    TrainerError,
 )
 from sftop_trainer.progress import Progress, emit, serve
 
@@ -131,6 +134,10 @@ def build_sft_config(cfg: TrainerConfig, output_dir: Path, *, has_eval: bool, as
     # On a CPU, the first no-grad pass over a 4-bit model repacks its weights for inference and later training
     # computes wrong gradients: a QLoRA run there evaluates only once training is over.
     periodic_eval = has_eval and not (cfg.method == "qlora" and not gpu)
+    if has_eval and t.evaluates and not periodic_eval:
+        raise ConfigError("training.resultCheckpoint best and training.earlyStopping compare evaluations during "
+                          "training, which qlora on a CPU cannot run (an inference pass corrupts its 4-bit weights' "
+                          "training): use lora, or a GPU")
     warmup: float | int = t.warmup_steps if t.warmup_steps is not None else (
         t.warmup_ratio if t.warmup_ratio is not None else 0.03)
     kw: dict[str, Any] = dict(
@@ -161,7 +168,11 @@ def build_sft_config(cfg: TrainerConfig, output_dir: Path, *, has_eval: bool, as
         save_total_limit=t.save_total_limit,
         eval_strategy="steps" if periodic_eval else "no",
         eval_steps=(t.eval_steps or t.save_steps) if periodic_eval else None,
-        report_to="none",
+        report_to=report_to(cfg),
+        run_name=(cfg.tracking.run_name if cfg.tracking else None) or cfg.run.id,
+        load_best_model_at_end=periodic_eval and t.result_checkpoint == "best",
+        metric_for_best_model="eval_loss" if periodic_eval and t.evaluates else None,
+        greater_is_better=False if periodic_eval and t.evaluates else None,
         use_cpu=not gpu,
         bf16=(gpu and dtype == "bfloat16") or model_mod.cpu_autocast(cfg),
         fp16=gpu and dtype == "float16",
@@ -192,6 +203,36 @@ def build_sft_config(cfg: TrainerConfig, output_dir: Path, *, has_eval: bool, as
         return SFTConfig(**kw)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"training: SFTConfig rejects these settings: {e}") from e
+
+
+def report_to(cfg: TrainerConfig) -> list[str] | str:
+    """transformers' integrations the run reports to, from the config's tracking targets."""
+    if cfg.tracking is None:
+        return "none"
+    out = [name for name in ("mlflow", "wandb") if getattr(cfg.tracking, name) is not None]
+    return out or "none"
+
+
+def tracking_environment(cfg: TrainerConfig) -> dict[str, str]:
+    """What transformers' MLflow and W&B callbacks read from the environment, from the config (credentials are
+    already in the environment: the operator passes them from Secrets)."""
+    env: dict[str, str] = {}
+    t = cfg.tracking
+    if t is None:
+        return env
+    tags = {"sftop.run": cfg.run.id, "sftop.sftjob": f"{cfg.run.namespace}/{cfg.run.sftjob}" if cfg.run.sftjob
+            else None, "sftop.model": cfg.model.hub_id or cfg.model.name, "sftop.method": cfg.method}
+    if t.mlflow is not None:
+        env.update(MLFLOW_TRACKING_URI=t.mlflow.tracking_uri, MLFLOW_EXPERIMENT_NAME=t.mlflow.experiment,
+                   MLFLOW_TAGS=json.dumps({k: v for k, v in tags.items() if v}), MLFLOW_FLATTEN_PARAMS="TRUE",
+                   HF_MLFLOW_LOG_ARTIFACTS="FALSE")
+    if t.wandb is not None:
+        env.update(WANDB_PROJECT=t.wandb.project, WANDB_LOG_MODEL="false", WANDB_WATCH="false")
+        if t.wandb.entity:
+            env["WANDB_ENTITY"] = t.wandb.entity
+        if t.wandb.base_url:
+            env["WANDB_BASE_URL"] = t.wandb.base_url
+    return env
 
 
 # ------------------------------------------------------------------------------------------ trainer
@@ -315,7 +356,8 @@ def make_trainer_class():
     return Trainer
 
 
-def progress_callback(progress: Progress):
+def progress_callback(progress: Progress, best: bool = False):
+    """Live progress; `best`: the last step is evaluated and saved like any other, to compete for the result."""
     from transformers import TrainerCallback
 
     class ProgressCallback(TrainerCallback):
@@ -326,7 +368,10 @@ def progress_callback(progress: Progress):
             progress.step(state.global_step, state.max_steps, state.epoch, state.num_input_tokens_seen)
             if state.global_step >= state.max_steps:
                 control.should_log = True  # the last step's loss, whatever loggingSteps is
-                control.should_evaluate = False  # the run evaluates once training is over (not in its runtime)
+                if best:
+                    control.should_evaluate = control.should_save = True
+                else:
+                    control.should_evaluate = False  # the run evaluates once training is over (not in its runtime)
 
         def on_log(self, args, state, control, logs=None, **kw):
             logs = logs or {}
@@ -341,6 +386,58 @@ def progress_callback(progress: Progress):
                 emit("progress", **progress.snapshot())
 
     return ProgressCallback()
+
+
+class LossSpikeWatch:
+    """training.lossWatchdog: a logged loss above factor × the lowest logged so far, `logs` times in a row."""
+
+    def __init__(self, factor: float, logs: int):
+        self.factor, self.logs = factor, logs
+        self.lowest: float | None = None
+        self.high: list[tuple[int, float]] = []  # (step, loss) of the spike so far
+
+    def observe(self, step: int, loss: float) -> str | None:
+        """The reason to stop, once the spike lasted `logs` logs."""
+        if self.lowest is not None and loss > self.factor * self.lowest:
+            self.high.append((step, loss))
+            if len(self.high) >= self.logs:
+                first = self.high[0][0]
+                return (f"the training loss spiked at step {first} and stayed above {self.factor:g} × its lowest "
+                        f"({self.lowest:.4g}) for {len(self.high)} logged steps, reaching {loss:.4g} at step {step}")
+            return None
+        self.high = []
+        self.lowest = loss if self.lowest is None else min(self.lowest, loss)
+        return None
+
+
+def record_callback(cfg: TrainerConfig, progress: Progress, out: Path):
+    """The run's record as it trains: metrics.jsonl at each log, the checkpoint inventory at each save, the loss
+    watchdog (training.lossWatchdog)."""
+    from transformers import TrainerCallback
+
+    from sftop_trainer import history as history_mod
+
+    metrics = history_mod.MetricHistory(out)
+    wd = cfg.training.loss_watchdog
+    watch = LossSpikeWatch(wd.factor, wd.logs) if wd is not None else None
+
+    class RecordCallback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not logs or not state.is_world_process_zero:
+                return
+            metrics.observe(state.global_step, state.epoch, state.num_input_tokens_seen, logs)
+            loss = logs.get("loss")
+            if watch is not None and isinstance(loss, (int, float)) and math.isfinite(loss):
+                reason = watch.observe(state.global_step, loss)
+                if reason:
+                    raise LossSpike(f"{reason}; lower training.learningRate or check the data. The checkpoints "
+                                    f"saved before the spike are kept")
+
+        def on_save(self, args, state, control, **kw):
+            if state.is_world_process_zero:
+                progress.update(checkpoints=history_mod.inventory(out / CHECKPOINTS, state.best_model_checkpoint))
+
+    return RecordCallback()
 
 
 def quiet_bar():
@@ -451,11 +548,24 @@ def build_trainer(cfg: TrainerConfig, progress: Progress, *, progress_bar: bool 
     args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
 
     progress.update(phase="LoadingModel")
+    provenance.check_warm_start(cfg)  # before any weight is loaded
     model = model_mod.load_model(cfg, cfg.training.gradient_checkpointing)
     peft_config = model_mod.lora_config(cfg, model) if cfg.method != "full" else None
+    if cfg.warm_start is not None:
+        from peft import PeftModel
+
+        log.info("continuing the adapter at %s", cfg.warm_start.origin or cfg.warm_start.path)
+        model = PeftModel.from_pretrained(model, cfg.warm_start.path, is_trainable=True)
+        peft_config = None
+    t = cfg.training
+    best = args.load_best_model_at_end
+    callbacks = [progress_callback(progress, best=best), record_callback(cfg, progress, Path(cfg.output.dir))]
+    if t.early_stopping is not None and args.metric_for_best_model:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(t.early_stopping.patience, t.early_stopping.threshold))
     trainer = make_trainer_class()(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                                   processing_class=tokenizer, peft_config=peft_config,
-                                   callbacks=[progress_callback(progress)])
+                                   processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     from transformers import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(PrinterCallback)  # the JSON progress lines say the same
@@ -466,9 +576,9 @@ def build_trainer(cfg: TrainerConfig, progress: Progress, *, progress_bar: bool 
 
 
 def config_fingerprint(cfg: TrainerConfig) -> str:
-    """sha256 of what a run trains on and writes to (the config but its progress endpoint and hardware): a result is
+    """sha256 of what a run trains on and writes to (the config but its progress endpoint, hardware and tracking): a result is
     reused only for the same config."""
-    text = json.dumps(cfg.dump(exclude={"progress", "hardware"}), sort_keys=True, separators=(",", ":"))
+    text = json.dumps(cfg.dump(exclude={"progress", "hardware", "tracking"}), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -503,12 +613,10 @@ def mean_train_loss(log_history: list[dict[str, Any]]) -> float | None:
 
 
 def run(cfg: TrainerConfig, *, progress_bar: bool = False) -> dict[str, Any]:
-    """Train as `cfg` says and return the result (also written to result.json)."""
+    """Train as `cfg` says and return the result (also written to result.json). A run that fails (but for an
+    interruption, which a later attempt resumes) leaves a result.json too, with the failure and what it had."""
     import datasets
-    import torch
     import transformers
-
-    from sftop_trainer.evaluate import AnswerEval, EvaluationRecord
 
     # In a pod the log is read by machines and people: JSON lines, no progress bars. A terminal gets one bar.
     datasets.disable_progress_bars()
@@ -522,118 +630,226 @@ def run(cfg: TrainerConfig, *, progress_bar: bool = False) -> dict[str, Any]:
         emit("result", **done)
         return done
     previous_handler = signal.getsignal(signal.SIGTERM)
-    watch = SigtermWatch()
     progress = Progress(cfg.run.id)
     # SFTOP_PROGRESS_HOST: several trainers on one host (a test node, a workstation) each listen on their own address.
     host = os.environ.get("SFTOP_PROGRESS_HOST") or cfg.progress.host
     server = serve(progress, host, cfg.progress.port) if is_main_process() else None
     started = time.time()
+    state: dict[str, Any] = {}
     try:
-        emit("start", runId=cfg.run.id, model=cfg.model.name, method=cfg.method)
-        progress.update(phase="LoadingData")
-        trainer, tokenizer, data = build_trainer(cfg, progress, progress_bar=progress_bar)
-        report, eval_rows = data.report, data.eval_rows
-        ev = cfg.evaluation
-        answers = AnswerEval(tokenizer, eval_rows, ev.prompts, ev.max_new_tokens, ev.samples) \
-            if ev.answers and eval_rows is not None else None
-        record = EvaluationRecord(out, answers) if eval_rows is not None else None
-        trainer.evaluation_record = record
-        if record is not None:
-            trainer.add_callback(evaluation_callback(record))
-        trainable, total = model_mod.count_parameters(trainer.model)
-        learning_rate = trainer.args.learning_rate
-        resume = latest_complete_checkpoint(out / CHECKPOINTS)
-        resumed_from = checkpoint_step(resume) if resume else 0
-        emit("train", resumeFromStep=resumed_from, trainRows=report.rows_train, evalRows=report.rows_eval,
-             overlong=report.overlong, trainableParameters=trainable, totalParameters=total, loss=report.loss)
-        if record is not None and ev.baseline and resume is None and record.before is None:
-            if cfg.method == "qlora" and not model_mod.has_gpu():
-                log.info("no evaluation before training: an inference pass on a 4-bit model on a CPU would corrupt "
-                         "its training")
-            else:
-                progress.update(phase="Evaluating")
-                trainer.evaluate()
-                record.mark_baseline()
-        watch.chain()
-        if resume is not None and is_final_checkpoint(resume, trainer):
-            # Training is over: finish from the last checkpoint (transformers would train a step past the end).
-            from transformers import TrainerState
-
-            log.info("the latest checkpoint is the run's last step; finishing the run from it")
-            trainer._load_from_checkpoint(str(resume))
-            trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
-            train_runtime = max((h["train_runtime"] for h in trainer.state.log_history if "train_runtime" in h),
-                                default=None)
-        else:
-            try:
-                output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-            except torch.OutOfMemoryError as e:
-                raise OutOfMemory(f"CUDA ran out of memory at step {trainer.state.global_step}: lower "
-                                  f"training.perDeviceTrainBatchSize or training.maxLength, use qlora, or give the run "
-                                  f"more or larger GPUs ({str(e).splitlines()[0]})") from e
-            train_runtime = output.metrics.get("train_runtime")  # this attempt's training loop
-            if watch.received and trainer.state.global_step < trainer.state.max_steps:
-                raise Interrupted(f"stopped by SIGTERM at step {trainer.state.global_step}; a checkpoint was saved "
-                                  f"and the next attempt resumes from it")
-
-        # SIGTERM during the last steps: training is complete, so the adapter is saved as usual (seconds) and the
-        # run succeeds instead of being redone.
-        steps, tokens = trainer.state.global_step, trainer.state.num_input_tokens_seen
-        if record is not None and (not record.history or record.history[-1]["step"] != steps):
-            progress.update(phase="Evaluating")
-            trainer.evaluate()
-        progress.update(phase="Saving")
-        history = trainer.state.log_history
-        losses = [h["loss"] for h in history if "loss" in h]
-        final_dir = out / ("model" if cfg.method == "full" else "adapter")
-        trainer.save_model(str(final_dir))
-        if is_main_process():
-            tokenizer.save_pretrained(str(final_dir))
-        epoch = trainer.state.epoch
-        del trainer
-        merged_dir = None
-        if cfg.output.merge_adapter and cfg.method != "full" and is_main_process():
-            merged_dir = merge_adapter(cfg, final_dir, out / "merged")
-
-        evaluation = record.summary() if record is not None else None
-        result = {
-            "status": "Succeeded",
-            "runId": cfg.run.id,
-            "model": {"name": cfg.model.name, "revision": cfg.model.revision},
-            "method": cfg.method,
-            "adapterPath": final_dir.name,
-            "mergedPath": merged_dir.name if merged_dir else None,
-            "steps": steps,
-            "epochs": round(epoch, 4) if epoch else None,
-            "resumedFromStep": resumed_from,
-            "trainLoss": mean_train_loss(history),
-            "firstLoss": losses[0] if losses else None,
-            "finalLoss": losses[-1] if losses else None,
-            "evalLoss": (evaluation or {}).get("after", {}).get("evalLoss"),
-            "evaluation": evaluation,
-            "runtimeSeconds": round(time.time() - started, 2),
-            "trainRuntimeSeconds": round(train_runtime, 2) if train_runtime is not None else None,
-            "learningRate": learning_rate,
-            "trainableParameters": trainable,
-            "totalParameters": total,
-            "trainedTokens": tokens,
-            "data": report.as_dict(),
-            "configSha256": config_fingerprint(cfg),
-            "versions": library_versions(),
-        }
-        if is_main_process():
-            (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-            from sftop_trainer.plan import PREPARED
-
-            shutil.rmtree(out / PREPARED, ignore_errors=True)  # the prepared data served its run
-        progress.update(phase="Succeeded", percent=100, eta="0s")
-        emit("result", **result)
-        return result
+        return _train(cfg, out, progress, progress_bar, started, state)
+    except TrainerError as e:
+        if not isinstance(e, Interrupted) and is_main_process():
+            e.details = write_failed_result(cfg, out, e, started, state)  # type: ignore[attr-defined]
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
         if server is not None:
             server.shutdown()
             server.server_close()
+
+
+def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool, started: float,
+           state: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from sftop_trainer import history as history_mod
+    from sftop_trainer.evaluate import AnswerEval, EvaluationRecord
+
+    watch = SigtermWatch()
+    emit("start", runId=cfg.run.id, model=cfg.model.name, method=cfg.method)
+    os.environ.update(tracking_environment(cfg))
+    progress.update(phase="LoadingData")
+    trainer, tokenizer, data = build_trainer(cfg, progress, progress_bar=progress_bar)
+    state["trainer"] = trainer
+    report, eval_rows = data.report, data.eval_rows
+    state["report"] = report
+    ev = cfg.evaluation
+    answers = AnswerEval(tokenizer, eval_rows, ev.prompts, ev.max_new_tokens, ev.samples) \
+        if ev.answers and eval_rows is not None else None
+    record = EvaluationRecord(out, answers) if eval_rows is not None else None
+    state["record"] = record
+    trainer.evaluation_record = record
+    if record is not None:
+        trainer.add_callback(evaluation_callback(record))
+    trainable, total = model_mod.count_parameters(trainer.model)
+    learning_rate = trainer.args.learning_rate
+    resume = latest_complete_checkpoint(out / CHECKPOINTS)
+    resumed_from = checkpoint_step(resume) if resume else 0
+    emit("train", resumeFromStep=resumed_from, trainRows=report.rows_train, evalRows=report.rows_eval,
+         overlong=report.overlong, trainableParameters=trainable, totalParameters=total, loss=report.loss,
+         warmStart=cfg.warm_start.origin or cfg.warm_start.path if cfg.warm_start else None)
+    if record is not None and ev.baseline and resume is None and record.before is None:
+        if cfg.method == "qlora" and not model_mod.has_gpu():
+            log.info("no evaluation before training: an inference pass on a 4-bit model on a CPU would corrupt "
+                     "its training")
+        else:
+            progress.update(phase="Evaluating")
+            trainer.evaluate()
+            record.mark_baseline()
+    watch.chain()
+    if resume is not None and is_final_checkpoint(resume, trainer):
+        # Training is over: finish from the last checkpoint (transformers would train a step past the end).
+        from transformers import TrainerState
+
+        log.info("the latest checkpoint is the run's last step; finishing the run from it")
+        trainer._load_from_checkpoint(str(resume))
+        trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
+        if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint:
+            trainer._load_best_model()
+        train_runtime = max((h["train_runtime"] for h in trainer.state.log_history if "train_runtime" in h),
+                            default=None)
+    else:
+        try:
+            output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        except torch.OutOfMemoryError as e:
+            raise OutOfMemory(f"CUDA ran out of memory at step {trainer.state.global_step}: lower "
+                              f"training.perDeviceTrainBatchSize or training.maxLength, use qlora, or give the run "
+                              f"more or larger GPUs ({str(e).splitlines()[0]})") from e
+        train_runtime = output.metrics.get("train_runtime")  # this attempt's training loop
+        if watch.received and trainer.state.global_step < trainer.state.max_steps:
+            raise Interrupted(f"stopped by SIGTERM at step {trainer.state.global_step}; a checkpoint was saved "
+                              f"and the next attempt resumes from it")
+
+    # SIGTERM during the last steps: training is complete, so the adapter is saved as usual (seconds) and the
+    # run succeeds instead of being redone.
+    steps, tokens = trainer.state.global_step, trainer.state.num_input_tokens_seen
+    stop_reason = early_stop_reason(cfg, trainer)
+    best_path = trainer.state.best_model_checkpoint if trainer.args.load_best_model_at_end else None
+    result_step = checkpoint_step(Path(best_path)) if best_path else steps
+    if record is not None and result_step != steps:
+        # The best checkpoint's weights are loaded: its scores (and answers) are the result's.
+        progress.update(phase="Evaluating")
+        record.step_override = result_step
+        trainer.evaluate()
+        record.step_override = None
+    elif record is not None and (not record.history or record.history[-1]["step"] != steps):
+        progress.update(phase="Evaluating")
+        trainer.evaluate()
+    progress.update(phase="Saving")
+    history = trainer.state.log_history
+    losses = [h["loss"] for h in history if "loss" in h]
+    final_dir = out / ("model" if cfg.method == "full" else "adapter")
+    trainer.save_model(str(final_dir))
+    if is_main_process():
+        tokenizer.save_pretrained(str(final_dir))
+    epoch = trainer.state.epoch
+    checkpoints = history_mod.inventory(out / CHECKPOINTS, best_path)
+    state.pop("trainer", None)
+    del trainer
+    merged_dir = None
+    if cfg.output.merge_adapter and cfg.method != "full" and is_main_process():
+        merged_dir = merge_adapter(cfg, final_dir, out / "merged")
+
+    evaluation = record.summary(result_step) if record is not None else None
+    result = {
+        "status": "Succeeded",
+        "runId": cfg.run.id,
+        "model": {"name": cfg.model.hub_id or cfg.model.name, "revision": cfg.model.revision},
+        "method": cfg.method,
+        "adapterPath": final_dir.name,
+        "mergedPath": merged_dir.name if merged_dir else None,
+        "steps": steps,
+        "resultStep": result_step,
+        "stopReason": stop_reason,
+        "epochs": round(epoch, 4) if epoch else None,
+        "resumedFromStep": resumed_from,
+        "warmStart": cfg.warm_start.origin or cfg.warm_start.path if cfg.warm_start else None,
+        "trainLoss": mean_train_loss(history),
+        "firstLoss": losses[0] if losses else None,
+        "finalLoss": losses[-1] if losses else None,
+        "evalLoss": (evaluation or {}).get("after", {}).get("evalLoss"),
+        "evaluation": evaluation,
+        "checkpoints": checkpoints,
+        "runtimeSeconds": round(time.time() - started, 2),
+        "trainRuntimeSeconds": round(train_runtime, 2) if train_runtime is not None else None,
+        "learningRate": learning_rate,
+        "trainableParameters": trainable,
+        "totalParameters": total,
+        "trainedTokens": tokens,
+        "data": report.as_dict(),
+        "configSha256": config_fingerprint(cfg),
+        "versions": library_versions(),
+    }
+    if is_main_process():
+        if cfg.method != "full":
+            result["serving"] = provenance.write(final_dir, cfg, result, started, time.time())
+        write_history_plot(cfg, out)
+        (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        from sftop_trainer.plan import PREPARED
+
+        shutil.rmtree(out / PREPARED, ignore_errors=True)  # the prepared data served its run
+    progress.update(phase="Succeeded", percent=100, eta="0s")
+    emit("result", **result)
+    return result
+
+
+def early_stop_reason(cfg: TrainerConfig, trainer) -> str | None:
+    """Why the run ended before its planned steps, when it did (not for an interruption)."""
+    es = cfg.training.early_stopping
+    state = trainer.state
+    if es is None or state.global_step >= state.max_steps:
+        return None
+    return (f"EarlyStopping: the eval loss did not improve by more than {es.threshold:g} for {es.patience} "
+            f"evaluation(s); best {state.best_metric:.4g} at step "
+            f"{checkpoint_step(Path(state.best_model_checkpoint)) if state.best_model_checkpoint else '?'}, stopped "
+            f"at step {state.global_step} of {state.max_steps}")
+
+
+def write_history_plot(cfg: TrainerConfig, out: Path) -> None:
+    """loss.png from metrics.jsonl; a plot that fails is logged, never fatal."""
+    from sftop_trainer import history as history_mod
+
+    path = out / history_mod.METRICS_FILE
+    if not path.is_file():
+        return
+    try:
+        history_mod.write_plot(history_mod.read_history(path), out / history_mod.PLOT_FILE,
+                               title=f"{cfg.run.sftjob or cfg.model.name} {cfg.run.id or ''}".strip())
+    except Exception as e:  # matplotlib missing or a backend problem: the numbers are in metrics.jsonl
+        log.warning("no loss plot written: %s", e)
+
+
+def write_failed_result(cfg: TrainerConfig, out: Path, error: TrainerError, started: float,
+                        state: dict[str, Any]) -> dict[str, Any]:
+    """result.json of a failed run: the failure, the steps and metrics it reached, and the checkpoints it kept. A
+    finished run's result is never replaced. Returns what the termination message adds to the failure."""
+    from sftop_trainer import history as history_mod
+
+    trainer, record, report = state.get("trainer"), state.get("record"), state.get("report")
+    details: dict[str, Any] = {}
+    if trainer is not None:
+        history = trainer.state.log_history
+        losses = [h["loss"] for h in history if "loss" in h]
+        details.update(steps=trainer.state.global_step, trainLoss=mean_train_loss(history),
+                       firstLoss=losses[0] if losses else None, finalLoss=losses[-1] if losses else None)
+    details["checkpoints"] = history_mod.inventory(out / CHECKPOINTS, trainer.state.best_model_checkpoint
+                                                   if trainer is not None else None)
+    if record is not None:
+        details["evaluation"] = record.summary()
+    details = {k: v for k, v in details.items() if v not in (None, [])}
+    result = {**failure(error.code, exit_reason(error.code), error.message), "runId": cfg.run.id,
+              **details, "data": report.as_dict() if report is not None else None,
+              "runtimeSeconds": round(time.time() - started, 2), "configSha256": config_fingerprint(cfg),
+              "versions": library_versions()}
+    path = out / "result.json"
+    try:
+        if path.is_file() and json.loads(path.read_text()).get("status") == "Succeeded":
+            return details  # another config's finished result: never replaced
+    except (OSError, ValueError):
+        pass
+    try:
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        write_history_plot(cfg, out)
+    except OSError as e:
+        log.warning("could not write the failed run's result.json: %s", e)
+    return details
+
+
+def exit_reason(code) -> str:
+    from sftop_trainer.errors import EXIT_CLASSES
+
+    return EXIT_CLASSES[int(code)].reason
 
 
 def evaluation_callback(record):
@@ -642,7 +858,8 @@ def evaluation_callback(record):
     class EvaluationCallback(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "eval_loss" in logs:
-                record.observe(state.global_step, logs)
+                step = record.step_override if record.step_override is not None else state.global_step
+                record.observe(step, logs)
 
     return EvaluationCallback()
 
@@ -687,29 +904,44 @@ def compact_evaluation(evaluation: dict[str, Any] | None, samples: int) -> dict[
 
 
 def compact(result: dict[str, Any]) -> str:
-    """The result (or failure) in the few keys the operator reads, within the termination-message limit."""
-    keys = ("status", "exitCode", "reason", "message", "steps", "trainLoss", "evalLoss", "runtimeSeconds",
-            "trainableParameters", "totalParameters", "trainedTokens", "adapterPath", "mergedPath", "resumedFromStep")
+    """The result (or failure) in the keys the operator reads, within the termination-message limit: samples, then
+    older checkpoints (the best one stays), then the evaluation give way first."""
+    keys = ("status", "exitCode", "reason", "message", "steps", "resultStep", "stopReason", "trainLoss", "evalLoss",
+            "runtimeSeconds", "trainableParameters", "totalParameters", "trainedTokens", "adapterPath", "mergedPath",
+            "resumedFromStep", "warmStart", "serving")
     small = {k: result[k] for k in keys if result.get(k) is not None}
     if result.get("plan"):
         small["plan"] = result["plan"]
         if len(json.dumps(small).encode()) > TERMINATION_LIMIT:  # the assumptions stay in plan.json
             small["plan"] = {**result["plan"], "memory": {k: v for k, v in result["plan"]["memory"].items()
                                                           if k != "assumptions"}}
-    for samples in (3, 2, 1, 0):  # fewer samples until it fits
-        evaluation = compact_evaluation(result.get("evaluation"), samples)
-        if evaluation is not None:
-            small["evaluation"] = evaluation
-        text = json.dumps(small, separators=(",", ":"), ensure_ascii=False)
-        if len(text.encode()) <= TERMINATION_LIMIT:
-            return text
-    small.pop("evaluation", None)
-    text = json.dumps(small, separators=(",", ":"), ensure_ascii=False)
+    checkpoints = result.get("checkpoints") or []
+
+    def fewer(n: int) -> list[dict[str, Any]]:
+        best = [c for c in checkpoints if c.get("best")]
+        newest = checkpoints[-n:] if n else []
+        return best + [c for c in newest if c not in best] if best and best[0] not in newest else newest
+
+    def text_of(extra: dict[str, Any]) -> str:
+        return json.dumps({**small, **{k: v for k, v in extra.items() if v}}, separators=(",", ":"),
+                          ensure_ascii=False)
+
+    for samples in (3, 2, 1, 0):
+        for n in (len(checkpoints), 5, 2, 1):
+            text = text_of({"evaluation": compact_evaluation(result.get("evaluation"), samples),
+                            "checkpoints": fewer(n)})
+            if len(text.encode()) <= TERMINATION_LIMIT:
+                return text
+    text = text_of({"checkpoints": fewer(1)})
+    if len(text.encode()) <= TERMINATION_LIMIT:
+        return text
+    small.pop("serving", None)
+    text = text_of({})
     if len(text.encode()) > TERMINATION_LIMIT and "message" in small:
         over = len(text.encode()) - TERMINATION_LIMIT + 16
         small["message"] = small["message"].encode()[: max(0, len(small["message"].encode()) - over)].decode(
             errors="ignore") + " …"
-        text = json.dumps(small, separators=(",", ":"), ensure_ascii=False)
+        text = text_of({})
     return text
 
 
