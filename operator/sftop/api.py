@@ -17,19 +17,23 @@ from sftop_trainer.config import (
     DataFormat,
     Dtype,
     EVAL_SPLIT_RULES,
+    NEEDS_EVAL_RULE,
     EvalSplit,
     EvaluationSpec,
     HubDataset,
     LoraSpec,
     Method,
+    MlflowTracking,
     QuantizationSpec,
     RelativePath,
     Spec,
     TrainingSpec,
+    WandbTracking,
     cel_exactly_one,
     check_data_file,
     check_eval_split,
     check_method,
+    check_needs_eval,
     error_lines,  # noqa: F401 - part of this module's interface (field-named error lines)
     exactly_one,
 )
@@ -115,6 +119,16 @@ class PVCPath(Spec):
     path: RelativePath = Field(description="Path inside the volume, relative, without `..`.")
 
 
+class PVCModel(PVCPath):
+    """A model folder on a PersistentVolumeClaim in the SFTJob's namespace, mounted read-only."""
+
+    hub_id: _pattern(HUB_ID, "a Hub model id", "HuggingFaceTB/SmolLM2-135M-Instruct", 256) | None = Field(
+        None, description="The Hub id of the model this folder is a copy of, for example "
+                          "`HuggingFaceTB/SmolLM2-135M-Instruct`. The adapter names it as its base "
+                          "(adapter_config.json's base_model_name_or_path, the model card), so serving stacks that "
+                          "load the base by id find it; unset, the base is named `pvc://<claim>/<path>`.")
+
+
 class ModelSpec(Spec):
     """The base model: from the Hub or from a volume."""
 
@@ -122,8 +136,8 @@ class ModelSpec(Spec):
         cel_exactly_one(("hub", "pvc"), "model")]})
 
     hub: HubModel | None = Field(None, description="Download the model from the Hugging Face Hub.")
-    pvc: PVCPath | None = Field(None, description="Load the model from a folder on a PersistentVolumeClaim "
-                                                  "(the files `save_pretrained` writes).")
+    pvc: PVCModel | None = Field(None, description="Load the model from a folder on a PersistentVolumeClaim "
+                                                   "(the files `save_pretrained` writes).")
     trust_remote_code: bool = Field(False, description="Allow the model repository's own Python code to run. "
                                                        "Only for models you trust.")
     dtype: Dtype = Field("auto", description="dtype of the base weights: `auto` takes bfloat16 on GPUs that "
@@ -313,6 +327,65 @@ class LocalObjectReference(Spec):
     name: ObjectName = Field(description="Name of the object, in the SFTJob's namespace.")
 
 
+class WarmStart(Spec):
+    """Continue training an earlier LoRA adapter instead of starting a fresh one: an SFTJob's run (its final adapter
+    or one of its checkpoints), or a folder on a claim. The run checks, before it asks for a GPU, that the adapter
+    was trained on the same base model with the same rank. The optimizer and the learning-rate schedule start
+    afresh."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel_exactly_one(("sft_job", "pvc"), "warmStart"),
+        {"rule": "has(self.sftJob) || (!has(self.runId) && !has(self.checkpoint))",
+         "message": "warmStart.runId and warmStart.checkpoint choose among an SFTJob's runs: they need sftJob"}]})
+
+    sft_job: ObjectName | None = Field(None, description="An SFTJob in this namespace whose adapter to continue: "
+                                                         "another SFTJob, or this one (its earlier run).")
+    run_id: _pattern(r"^[0-9a-f]{8}$", "a run id (8 hex digits)", "3f9c2a1b", 8) | None = Field(
+        None, description="Which of that SFTJob's runs: its status.run.id or one of status.previousRuns. Unset: its "
+                          "current run, which must have succeeded; for this SFTJob itself, its newest earlier run "
+                          "that succeeded.")
+    checkpoint: int | None = Field(None, ge=1, description="Continue from that run's checkpoint of this step "
+                                                           "(status.checkpoints lists them) instead of its final "
+                                                           "adapter; a failed run's checkpoints qualify too.")
+    pvc: PVCPath | None = Field(None, description="A folder on a claim holding a PEFT LoRA adapter "
+                                                  "(adapter_config.json and adapter_model.safetensors).")
+
+    @model_validator(mode="after")
+    def _one(self) -> WarmStart:
+        exactly_one(self, ("sft_job", "pvc"), "warmStart")
+        if self.pvc is not None and (self.run_id is not None or self.checkpoint is not None):
+            raise ValueError("warmStart.runId and warmStart.checkpoint choose among an SFTJob's runs: they need "
+                             "sftJob, not pvc")
+        return self
+
+
+class MlflowSpec(MlflowTracking):
+    """An MLflow tracking server: the run's parameters and metrics, logged by transformers' MLflow integration."""
+
+    token_secret: SecretKeyRef | None = Field(None, description="Secret key holding a bearer token "
+                                                                "(MLFLOW_TRACKING_TOKEN).")
+    username_secret: SecretKeyRef | None = Field(None, description="Secret key holding the user name for basic "
+                                                                   "authentication (MLFLOW_TRACKING_USERNAME).")
+    password_secret: SecretKeyRef | None = Field(None, description="Secret key holding the password for basic "
+                                                                   "authentication (MLFLOW_TRACKING_PASSWORD).")
+
+
+class WandbSpec(WandbTracking):
+    """A Weights & Biases project: the run's parameters and metrics, logged by transformers' W&B integration."""
+
+    api_key_secret: SecretKeyRef = Field(description="Secret key holding the W&B API key (WANDB_API_KEY).")
+
+
+class TrackingSpec(Spec):
+    """Experiment tracking. Credentials come from Secrets and reach the trainer as environment variables only,
+    never through its ConfigMap or the SFTJob's status. Not a training input: changing it starts no new run."""
+
+    run_name: str | None = Field(None, max_length=256, description="The run's name in the tracker; "
+                                                                   "`<sftjob>-<run id>` when unset.")
+    mlflow: MlflowSpec | None = Field(None, description="Log to an MLflow tracking server.")
+    wandb: WandbSpec | None = Field(None, description="Log to Weights & Biases.")
+
+
 class RunPolicy(Spec):
     """How the trainer Job is retried, bounded and cleaned up."""
 
@@ -338,7 +411,10 @@ class SFTJobSpec(Spec):
         {"rule": "!has(self.lora) || self.method != 'full'",
          "message": "lora settings apply only to methods lora and qlora"},
         {"rule": "!has(self.workloadPriorityClassName) || has(self.queueName)",
-         "message": "workloadPriorityClassName is a Kueue priority: it needs queueName"}]})
+         "message": "workloadPriorityClassName is a Kueue priority: it needs queueName"},
+        {"rule": "!has(self.warmStart) || self.method != 'full'",
+         "message": "warmStart continues a LoRA adapter (methods lora and qlora)"},
+        NEEDS_EVAL_RULE]})
 
     model: ModelSpec = Field(description="The base model to fine-tune.")
     dataset: DatasetSpec = Field(description="The training data.")
@@ -375,6 +451,9 @@ class SFTJobSpec(Spec):
                           "Job): orders it in its queue and decides which runs it may preempt, apart from the "
                           "pod's own PriorityClass (resources.priorityClassName). Needs queueName. A change reaches "
                           "a queued run; Kueue never lets it be removed from a Job.")
+    warm_start: WarmStart | None = Field(None, description="Continue an earlier run's LoRA adapter (or one of its "
+                                                           "checkpoints) instead of training a fresh one.")
+    tracking: TrackingSpec | None = Field(None, description="Report the run to MLflow or Weights & Biases.")
     suspend: bool = Field(False, description="Suspend the run: its pod stops after saving a checkpoint. "
                                              "Setting it back to false resumes from that checkpoint.")
     run_policy: RunPolicy = Field(RunPolicy(), description="Retries, deadline and cleanup of "
@@ -385,6 +464,10 @@ class SFTJobSpec(Spec):
     @model_validator(mode="after")
     def _method(self) -> SFTJobSpec:
         check_method(self.method, self.lora, self.quantization)
+        check_needs_eval(self.training, self.dataset.eval_split is not None, "spec.dataset.evalSplit")
+        if self.warm_start is not None and self.method == "full":
+            raise ValueError("spec.warmStart continues a LoRA adapter (methods lora and qlora); for method full, name "
+                             "the earlier run's model/ folder in spec.model.pvc")
         if self.workload_priority_class_name and not self.queue_name:
             raise ValueError("spec.workloadPriorityClassName is a Kueue priority: it needs spec.queueName (the "
                              "LocalQueue the run is submitted to)")
@@ -425,6 +508,8 @@ class RunStatus(Spec):
     validation_job_name: str | None = Field(None, description="Name of the run's validation Job.")
     validated: bool | None = Field(None, description="Whether the run passed its Validating phase.")
     workload_name: str | None = Field(None, description="Name of the run's Kueue Workload, when it is queued.")
+    warm_start: str | None = Field(None, description="The adapter the run continues (spec.warmStart, resolved), as "
+                                                     "<claim>:<folder>.")
     preemptions: int = Field(0, description="Times Kueue preempted the run; each time its trainer saved a "
                                             "checkpoint and the readmitted run resumed from it.")
     last_preemption_time: str | None = Field(None, description="When Kueue last preempted the run (RFC 3339).",
@@ -490,8 +575,37 @@ class EvaluationResult(Spec):
     samples: list[AnswerSample] = Field([], max_length=20, description="A few held-out prompts with the answers.")
 
 
+class CheckpointStatus(Spec):
+    """A checkpoint the run keeps on its output claim."""
+
+    step: int = Field(description="The optimizer step it holds.")
+    epoch: float | None = Field(None, description="Epochs done at that step.")
+    train_loss: float | None = Field(None, description="The training loss last logged at or before that step.")
+    eval_loss: float | None = Field(None, description="The eval loss measured at that step, when evaluated.")
+    path: str = Field(description="Where it is, as <claim>:<folder>; warmStart.checkpoint takes its step.")
+    complete: bool = Field(description="Whether it was saved completely (a save cut short is never resumed from).")
+    best: bool | None = Field(None, description="Whether it has the lowest eval loss so far (resultCheckpoint best "
+                                                "or earlyStopping).")
+
+
+class Serving(Spec):
+    """How to serve the adapter with LoRA serving stacks."""
+
+    claim_name: str = Field(description="The claim holding the adapter.")
+    path: str = Field(description="The adapter's folder inside the claim.")
+    base_model: str = Field(description="The base model, as serving stacks name it (the Hub id when known).")
+    base_model_revision: str | None = Field(None, description="The base model's revision.")
+    lora_rank: int = Field(description="The adapter's rank: vLLM refuses ranks above its --max-lora-rank.")
+    vllm_max_lora_rank: int | None = Field(None, description="The smallest --max-lora-rank vLLM accepts that serves "
+                                                             "this rank (vLLM's default is 16).")
+    target_modules: list[str] = Field([], description="Modules the adapter adapts.")
+    vllm_lora_modules: str = Field(description="The exact `--lora-modules` argument of `vllm serve`, with the claim "
+                                               "mounted at /adapters in the vLLM pod.")
+    storage_uri: str = Field(description="The adapter as a KServe storage URI (pvc://<claim>/<path>).")
+
+
 class Result(Spec):
-    """What a finished run produced, from the trainer's termination message."""
+    """What a finished run produced, from the trainer's termination message. A failed run keeps what it reached."""
 
     adapter_path: str | None = Field(None, description="Where the adapter (or the full model) is, as "
                                                        "<claim>:<folder>.")
@@ -505,6 +619,13 @@ class Result(Spec):
     trained_tokens: int | None = Field(None, description="Tokens the model was trained on.")
     evaluation: EvaluationResult | None = Field(None, description="Eval loss, token accuracy and held-out answers "
                                                                   "before and after training, with samples.")
+    result_step: int | None = Field(None, description="The step whose weights are the result: the last step, or "
+                                                      "the best checkpoint's with resultCheckpoint best.")
+    stop_reason: str | None = Field(None, description="Why the run ended before its planned steps (early stopping), "
+                                                      "in words.")
+    warm_start: str | None = Field(None, description="The adapter the run continued, as <claim>:<folder>.")
+    serving: Serving | None = Field(None, description="How to serve the adapter: claim, path, base model, rank, and "
+                                                      "the vLLM and KServe arguments.")
 
 
 class SkippedRows(Spec):
@@ -576,7 +697,11 @@ class SFTJobStatus(Spec):
                                                                                "(at most 10).")
     plan: Plan | None = Field(None, description="The current run's plan, from its Validating phase.")
     progress: Progress | None = Field(None, description="Live progress of the current run.")
-    result: Result | None = Field(None, description="The current run's result, once it succeeded.")
+    checkpoints: list[CheckpointStatus] = Field([], max_length=24, description="The current run's checkpoints on "
+                                                                             "its claim, oldest first: the newest 20 "
+                                                                             "and the best one.")
+    result: Result | None = Field(None, description="The current run's result, once it succeeded; for a failed run, "
+                                                    "the steps and losses it reached.")
 
 
 # ---------------------------------------------------------------------------------------------- object

@@ -236,12 +236,15 @@ class Controller:
                                                             message, generation, now())
                 self._write(body, status, new, event=("Warning", reason, message))
                 return REFERENCE_RETRY
+            warm_start, problem = self._warm_start(namespace, name, spec, status, rid)
+            if problem is not None:
+                return self._warm_start_problem(body, status, spec, rid, generation, *problem)
             if spec.validation.enabled and not (current.get("id") == rid and current.get("validated")):
-                status, passed = self._validation(body, status, spec, rid)
+                status, passed = self._validation(body, status, spec, rid, warm_start)
                 if not passed:
                     finished = status.get("phase") in lifecycle.TERMINAL
                     return None if finished else min(30.0, self.settings.resync_interval)
-            job = self._create_children(body, spec, rid)
+            job = self._create_children(body, spec, rid, warm_start=warm_start)
         job = self._apply_suspend(job, spec)
         job = self._apply_priority(job, spec)
 
@@ -273,8 +276,13 @@ class Controller:
                                                        generation, stamp)
         if seen.phase == "Running" and seen.pod_ip:
             self._read_progress(key, seen.pod_ip, new, stamp)
+        if seen.phase in lifecycle.TERMINAL and seen.result:
+            if seen.result.get("checkpoints") is not None:
+                new["checkpoints"] = checkpoint_status(seen.result["checkpoints"], run.get("outputPath"))
+            if seen.phase == "Failed" and seen.result.get("steps") is not None:
+                new["result"] = self._result(seen.result, run.get("outputPath"), name)
         if seen.phase == "Succeeded":
-            new["result"] = self._result(seen.result, run.get("outputPath"))
+            new["result"] = self._result(seen.result, run.get("outputPath"), name)
             progress = dict(new.get("progress") or {})
             progress.update(percent=100, eta="0s", updateTime=stamp)
             if progress.get("totalSteps") is not None or new["result"].get("steps") is not None:
@@ -309,7 +317,7 @@ class Controller:
                                               f"{render.COMPONENT_LABEL}={component}")
 
     def _validation(self, body: dict[str, Any], status: dict[str, Any], spec: api.SFTJobSpec,
-                    rid: str) -> tuple[dict[str, Any], bool]:
+                    rid: str, warm_start: render.ClaimPath | None = None) -> tuple[dict[str, Any], bool]:
         """The Validating phase of a run: create its CPU-only Job, follow it, and write what it found. Returns
         (the status now, whether the run passed and its training Job may be created)."""
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
@@ -317,7 +325,7 @@ class Controller:
         vname = render.validation_job_name(name, rid)
         job = self.jobs.get((namespace, vname)) or self.kube.read_job(namespace, vname)
         if job is None:
-            job = self._create_children(body, spec, rid, validation=True)
+            job = self._create_children(body, spec, rid, validation=True, warm_start=warm_start)
         pods = self._pods(namespace, name, rid, "validation")
         finished = any(lifecycle.holds(lifecycle.conditions_of(job), c) for c in ("Complete", "SuccessCriteriaMet"))
         if finished and not any(lifecycle.termination_message(p)[0] for p in pods):
@@ -326,7 +334,7 @@ class Controller:
         if seen.phase == "Queued":
             self._queue_view(job, spec.validation.queue_name, seen, {}, None)
         stamp = now()
-        new = self._base_status(status, spec, rid, namespace, name, generation)
+        new = self._base_status(status, spec, rid, namespace, name, generation, warm_start)
         new["run"]["validationJobName"] = vname
         conditions = lifecycle.set_condition(new.get("conditions", []), "Accepted", "True", "Accepted",
                                              "the spec is valid and its references exist", generation, stamp)
@@ -377,7 +385,7 @@ class Controller:
     # ------------------------------------------------------------------------------------- helpers
 
     def _base_status(self, status: dict[str, Any], spec: api.SFTJobSpec, rid: str, namespace: str, name: str,
-                     generation: int | None) -> dict[str, Any]:
+                     generation: int | None, warm_start: render.ClaimPath | None = None) -> dict[str, Any]:
         new = copy.deepcopy(status)
         new["observedGeneration"] = generation
         new["model"] = render.model_summary(spec)
@@ -386,6 +394,8 @@ class Controller:
             run = {}
         run.update(id=rid, jobName=render.job_name(name, rid),
                    outputPath=render.output_path(spec, namespace, name, rid))
+        if warm_start is not None:
+            run["warmStart"] = str(warm_start)
         run.setdefault("attempts", 0)
         new["run"] = run
         return new
@@ -419,7 +429,7 @@ class Controller:
         new = copy.deepcopy(status)
         new["previousRuns"] = [previous] + [r for r in status.get("previousRuns", []) if r.get("id") != rid
                                             and r.get("id") != old["id"]][: MAX_PREVIOUS_RUNS - 1]
-        for field in ("progress", "result", "plan"):
+        for field in ("progress", "result", "plan", "checkpoints"):
             new.pop(field, None)
         new["conditions"] = [c for c in new.get("conditions", []) if c.get("type") != "Validated"]
         new["run"] = {"id": rid}
@@ -456,18 +466,89 @@ class Controller:
                 return f"{short}KeyNotFound", f"{field}: {kind} {name} has no key {key!r}; the run starts when it does"
         return None
 
+    def _warm_start(self, namespace: str, name: str, spec: api.SFTJobSpec, status: dict[str, Any],
+                    rid: str) -> tuple[render.ClaimPath | None, tuple[str, str, bool] | None]:
+        """spec.warmStart resolved to a folder on a claim, once per run (kept in status.run.warmStart): (the folder,
+        None), or (None, (reason, message, whether it can never resolve))."""
+        ws = spec.warm_start
+        if ws is None:
+            return None, None
+        run = status.get("run") or {}
+        if run.get("id") == rid and run.get("warmStart"):
+            return render.ClaimPath.parse(run["warmStart"]), None
+        if ws.pvc is not None:
+            return render.ClaimPath(ws.pvc.claim_name, ws.pvc.path.rstrip("/")), None
+        assert ws.sft_job is not None
+        own = ws.sft_job == name
+        other = status if own else (self.sftjobs.get((namespace, ws.sft_job)) or {}).get("status")
+        if not own and (namespace, ws.sft_job) not in self.sftjobs:
+            return None, ("WarmStartNotFound", f"spec.warmStart.sftJob: SFTJob {ws.sft_job} does not exist in "
+                                               f"namespace {namespace}; the run starts when it does", False)
+        other = other or {}
+        current = other.get("run") or {}
+        runs = ([] if own else [{**current, "phase": other.get("phase")}]) + list(other.get("previousRuns") or [])
+        runs = [r for r in runs if r.get("id")]
+        if ws.run_id is not None:
+            found = [r for r in runs if r["id"] == ws.run_id]
+        elif own:
+            found = [r for r in runs if r.get("phase") == "Succeeded"][:1]
+        else:
+            found = runs[:1]
+        if not found:
+            known = ", ".join(f"{r['id']} ({r.get('phase')})" for r in runs) or "none"
+            which = f"run {ws.run_id}" if ws.run_id else "a run that succeeded"
+            return None, ("WarmStartNotFound", f"spec.warmStart: SFTJob {ws.sft_job} has no {which}; its runs: "
+                                               f"{known}", own or ws.run_id is not None)
+        source = found[0]
+        if not own and source is runs[0] and other.get("model") and other["model"] != render.model_summary(spec):
+            return None, ("WarmStartMismatch", f"spec.warmStart: SFTJob {ws.sft_job} trains another base model "
+                                               f"({other['model']}, this SFTJob {render.model_summary(spec)}); an "
+                                               f"adapter continues only on its own base", True)
+        if not source.get("outputPath"):
+            return None, ("WarmStartNotFound", f"spec.warmStart: run {source['id']} of SFTJob {ws.sft_job} has no "
+                                               f"output yet", False)
+        out = render.ClaimPath.parse(source["outputPath"])
+        if ws.checkpoint is not None:
+            return render.ClaimPath(out.claim, f"{out.folder}/checkpoints/checkpoint-{ws.checkpoint}"), None
+        phase = source.get("phase")
+        if phase == "Succeeded":
+            return render.ClaimPath(out.claim, f"{out.folder}/adapter"), None
+        if phase in lifecycle.TERMINAL or source is not runs[0] or own:
+            return None, ("WarmStartNotFound", f"spec.warmStart: run {source['id']} of SFTJob {ws.sft_job} ended "
+                                               f"{phase} without an adapter; name one of its checkpoints with "
+                                               f"warmStart.checkpoint", True)
+        return None, ("WaitingForWarmStart", f"spec.warmStart: waiting for run {source['id']} of SFTJob {ws.sft_job} "
+                                             f"to succeed (it is {phase or 'Pending'})", False)
+
+    def _warm_start_problem(self, body: dict[str, Any], status: dict[str, Any], spec: api.SFTJobSpec, rid: str,
+                            generation: int | None, reason: str, message: str, final: bool) -> float | None:
+        """A warm start that cannot resolve: the run fails when it never can, and waits when it may."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        new = self._base_status(status, spec, rid, namespace, name, generation)
+        stamp = now()
+        phase = "Failed" if final else "Pending"
+        new.update(phase=phase, message=message)
+        conditions = lifecycle.set_condition(new.get("conditions", []), "Accepted", "False" if final else "True",
+                                             reason, message, generation, stamp)
+        new["conditions"] = lifecycle.phase_conditions(conditions, phase, reason, message, generation, stamp)
+        if final:
+            new["run"]["completionTime"] = stamp
+        changed = (status.get("phase"), status.get("message")) != (phase, message)
+        self._write(body, status, new, event=("Warning", reason, message) if changed else None, reason=reason)
+        return None if final else REFERENCE_RETRY
+
     def _create_children(self, body: dict[str, Any], spec: api.SFTJobSpec, rid: str,
-                         validation: bool = False) -> dict[str, Any]:
+                         validation: bool = False, warm_start: render.ClaimPath | None = None) -> dict[str, Any]:
         import kopf
 
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         claim = render.output_claim(namespace, spec)
         if claim is not None:
             self.kube.ensure_claim(claim)  # not adopted: output outlives the SFTJob
-        config_map = render.config_map(name, namespace, spec, rid, self.settings)
+        config_map = render.config_map(name, namespace, spec, rid, self.settings, warm_start)
         kopf.adopt(config_map, owner=body)
         self.kube.ensure_config_map(config_map)
-        job = render.job(name, namespace, spec, rid, self.settings, validation=validation)
+        job = render.job(name, namespace, spec, rid, self.settings, validation=validation, warm_start=warm_start)
         kopf.adopt(job, owner=body, nested=("spec.template",))
         created = self.kube.ensure_job(job)
         self.jobs[(namespace, created["metadata"]["name"])] = created
@@ -541,21 +622,25 @@ class Controller:
         data = fetch_progress(ip, self.settings.progress_port)
         if data and data.get("step") is not None:
             new["progress"] = progress_status(data, stamp)
+        if data and isinstance(data.get("checkpoints"), list):
+            new["checkpoints"] = checkpoint_status(data["checkpoints"], new["run"].get("outputPath"))
 
     @staticmethod
-    def _result(message: dict[str, Any] | None, output_path: str | None) -> dict[str, Any]:
+    def _result(message: dict[str, Any] | None, output_path: str | None, name: str) -> dict[str, Any]:
         message = message or {}
         result: dict[str, Any] = {}
         if output_path and message.get("adapterPath"):
             result["adapterPath"] = f"{output_path}/{message['adapterPath']}"
         if output_path and message.get("mergedPath"):
             result["mergedPath"] = f"{output_path}/{message['mergedPath']}"
-        for src, dst in (("trainLoss", "trainLoss"), ("evalLoss", "evalLoss"), ("steps", "steps"),
-                         ("runtimeSeconds", "runtimeSeconds"), ("trainableParameters", "trainableParameters"),
-                         ("totalParameters", "totalParameters"), ("trainedTokens", "trainedTokens"),
-                         ("evaluation", "evaluation")):
-            if message.get(src) is not None:
-                result[dst] = message[src]
+        for key in ("trainLoss", "evalLoss", "steps", "runtimeSeconds", "trainableParameters", "totalParameters",
+                    "trainedTokens", "evaluation", "resultStep", "stopReason", "warmStart"):
+            if message.get(key) is not None:
+                result[key] = message[key]
+        serve = message.get("serving")
+        if output_path and message.get("adapterPath") and isinstance(serve, dict) and serve.get("loraRank"):
+            result["serving"] = serving_status(name, render.ClaimPath.parse(f"{output_path}/{message['adapterPath']}"),
+                                               serve)
         return result
 
     def _write(self, body: dict[str, Any], old: dict[str, Any], new: dict[str, Any],
@@ -573,6 +658,42 @@ class Controller:
             body["status"] = new  # the cache sees our own write before its watch event arrives
         if event is not None and patch is not None:
             self.kube.post_event(body, *event)
+
+
+def checkpoint_status(checkpoints: list[Any], output_path: str | None) -> list[dict[str, Any]]:
+    """The trainer's checkpoint inventory as status shows it: paths as <claim>:<folder>, within the status' bound."""
+    out = []
+    for c in checkpoints:
+        if not isinstance(c, dict) or not isinstance(c.get("step"), int) or not c.get("path"):
+            continue
+        entry = {k: c[k] for k in ("step", "epoch", "trainLoss", "evalLoss", "complete", "best") if c.get(k) is not None}
+        entry.setdefault("complete", False)
+        entry["path"] = f"{output_path}/{c['path']}" if output_path else c["path"]
+        out.append(entry)
+    if len(out) > MAX_CHECKPOINTS:
+        best = [c for c in out if c.get("best")]
+        out = (best + [c for c in out[-MAX_CHECKPOINTS:] if not c.get("best")])[-MAX_CHECKPOINTS:]
+        out.sort(key=lambda c: c["step"])
+    return out
+
+
+MAX_CHECKPOINTS = 21
+ADAPTER_MOUNT = "/adapters"  # where the serving handoff assumes the output claim is mounted in the vLLM pod
+
+
+def serving_status(name: str, adapter: render.ClaimPath, serve: dict[str, Any]) -> dict[str, Any]:
+    """status.result.serving: what vLLM and KServe need to load the adapter from its claim."""
+    path = f"{ADAPTER_MOUNT}/{adapter.folder}"
+    lora_module = {"name": name, "path": path, "base_model_name": serve.get("baseModel")}
+    out = {"claimName": adapter.claim, "path": adapter.folder, "baseModel": serve.get("baseModel"),
+           "loraRank": serve["loraRank"],
+           "targetModules": serve["targetModules"] if isinstance(serve.get("targetModules"), list) else [],
+           "vllmLoraModules": json.dumps({k: v for k, v in lora_module.items() if v}, separators=(",", ":")),
+           "storageUri": f"pvc://{adapter.claim}/{adapter.folder}"}
+    for key in ("baseModelRevision", "vllmMaxLoraRank"):
+        if serve.get(key) is not None:
+            out[key] = serve[key]
+    return out
 
 
 def validation_problem(plan: dict[str, Any] | None) -> tuple[str, str] | None:

@@ -38,7 +38,7 @@ class Observation:
     start_time: str | None = None
     completion_time: str | None = None
     attempts: int = 0
-    result: dict[str, Any] | None = None  # the trainer's termination message, when it succeeded
+    result: dict[str, Any] | None = None  # the trainer's termination message: a result, or a failure's
     pod_ip: str | None = None  # of the running trainer pod, for progress
     warning: bool = False  # whether users should look (an Event of type Warning)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -137,6 +137,9 @@ def observe(suspend: bool, queued: bool, job: dict[str, Any] | None, pods: list[
     failed = holds(conds, "Failed") or holds(conds, "FailureTarget")
     if failed:
         cause = next((f for f in map(failure_of, reversed(pods)) if f), None)
+        # What the failed run reached (steps, losses, checkpoints), from the last pod that wrote it.
+        reached = next((m for m in (termination_message(p)[1] for p in reversed(pods))
+                        if m and m.get("status") == "Failed"), None)
         job_reason = failed.get("reason") or "JobFailed"
         if job_reason in ("DeadlineExceeded",):
             reason, message = job_reason, f"the run exceeded runPolicy.activeDeadlineSeconds ({failed.get('message')})"
@@ -147,7 +150,7 @@ def observe(suspend: bool, queued: bool, job: dict[str, Any] | None, pods: list[
         else:
             reason, message = job_reason, failed.get("message") or "the Job failed"
         return Observation("Failed", reason, message, completion_time=failed.get("lastTransitionTime"),
-                           warning=True, **base)
+                           warning=True, result=reached, **base)
 
     if job.get("spec", {}).get("suspend"):
         active = [p for p in pods if (p.get("status") or {}).get("phase") in ("Pending", "Running")]

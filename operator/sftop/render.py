@@ -15,10 +15,10 @@ from typing import Any
 from sftop import api
 from sftop_trainer.threads import THREAD_VARIABLES
 from sftop_trainer.config import (DataSource, Hardware, ModelSource, OutputTarget, ProgressEndpoint, RunInfo,
-                                  TrainerConfig)
+                                  TrackingTarget, TrainerConfig, WarmStartSource)
 
 # Spec fields that do not change what a run trains: changing them never starts a new run.
-NOT_TRAINING_INPUTS = ("suspend", "run_policy", "queue_name", "workload_priority_class_name", "validation")
+NOT_TRAINING_INPUTS = ("suspend", "run_policy", "queue_name", "workload_priority_class_name", "validation", "tracking")
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # GPU Feature Discovery: each GPU's memory in MiB
 
 
@@ -47,6 +47,7 @@ class Layout:
     pvc_root: str = "/mnt/pvc"  # each claim the run reads, read-only, at <pvc_root>/<claimName>
     configmap_root: str = "/mnt/configmap"  # ConfigMap data at <configmap_root>/<name>/<key>
     output_dir: str = "/output"  # the run folder on the output claim (a subPath mount)
+    output_claim_mount: str | None = "/output"  # where the whole output claim is; None: at claim(name) like the rest
     progress_port: int = 8080
 
     def claim(self, name: str) -> str:
@@ -56,15 +57,43 @@ class Layout:
 POD_LAYOUT = Layout()
 
 
-def trainer_config(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, layout: Layout = POD_LAYOUT) \
-        -> TrainerConfig:
-    """The trainer's config for one run of an SFTJob."""
+@dataclass(frozen=True)
+class ClaimPath:
+    """A folder on a claim: `<claim>:<folder>` in status."""
+
+    claim: str
+    folder: str
+
+    def __str__(self) -> str:
+        return f"{self.claim}:{self.folder}"
+
+    @classmethod
+    def parse(cls, text: str) -> ClaimPath:
+        claim, _, folder = text.partition(":")
+        return cls(claim, folder)
+
+
+def warm_start_path(spec: api.SFTJobSpec, warm_start: ClaimPath | None, layout: Layout) -> str | None:
+    """Where the warm-start adapter appears to the trainer: under the output claim's mount when it is on the output
+    claim (mounted read-write once), else under its own read-only mount."""
+    if warm_start is None:
+        return None
+    if warm_start.claim == spec.output.pvc.claim_name and layout.output_claim_mount:
+        return posixpath.join(layout.output_claim_mount, warm_start.folder)
+    return posixpath.join(layout.claim(warm_start.claim), warm_start.folder)
+
+
+def trainer_config(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, layout: Layout = POD_LAYOUT,
+                   warm_start: ClaimPath | None = None) -> TrainerConfig:
+    """The trainer's config for one run of an SFTJob. `warm_start`: spec.warmStart, resolved to a folder."""
     if spec.model.hub is not None:
         model = ModelSource(name=spec.model.hub.id, revision=spec.model.hub.revision,
                             trust_remote_code=spec.model.trust_remote_code, dtype=spec.model.dtype)
     else:
         assert spec.model.pvc is not None
-        model = ModelSource(name=posixpath.join(layout.claim(spec.model.pvc.claim_name), spec.model.pvc.path),
+        pvc = spec.model.pvc
+        model = ModelSource(name=posixpath.join(layout.claim(pvc.claim_name), pvc.path), hub_id=pvc.hub_id,
+                            origin=f"pvc://{pvc.claim_name}/{pvc.path}",
                             trust_remote_code=spec.model.trust_remote_code, dtype=spec.model.dtype)
     ds = spec.dataset
     source: dict[str, Any]
@@ -95,10 +124,38 @@ def trainer_config(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, la
         quantization=spec.quantization,
         training=spec.training,
         evaluation=spec.evaluation,
+        warm_start=WarmStartSource(path=warm_start_path(spec, warm_start, layout), origin=str(warm_start))
+        if warm_start is not None else None,
         output=OutputTarget(dir=layout.output_dir, merge_adapter=spec.output.merge_adapter),
         progress=ProgressEndpoint(port=layout.progress_port),
         hardware=hardware(spec),
+        tracking=tracking(name, spec, rid),
     )
+
+
+def tracking(name: str, spec: api.SFTJobSpec, rid: str) -> TrackingTarget | None:
+    """spec.tracking without its Secret references (they become environment variables of the pod)."""
+    t = spec.tracking
+    if t is None or (t.mlflow is None and t.wandb is None):
+        return None
+    return TrackingTarget(
+        run_name=t.run_name or f"{name}-{rid}",
+        mlflow=t.mlflow.model_dump(include={"tracking_uri", "experiment"}) if t.mlflow else None,
+        wandb=t.wandb.model_dump(include={"project", "entity", "base_url"}) if t.wandb else None)
+
+
+def tracking_env(spec: api.SFTJobSpec) -> list[dict[str, Any]]:
+    """The tracking credentials, from their Secrets, as environment variables of the trainer."""
+    t = spec.tracking
+    refs: list[tuple[str, Any]] = []
+    if t is not None and t.mlflow is not None:
+        refs += [("MLFLOW_TRACKING_TOKEN", t.mlflow.token_secret), ("MLFLOW_TRACKING_USERNAME",
+                                                                    t.mlflow.username_secret),
+                 ("MLFLOW_TRACKING_PASSWORD", t.mlflow.password_secret)]
+    if t is not None and t.wandb is not None:
+        refs.append(("WANDB_API_KEY", t.wandb.api_key_secret))
+    return [{"name": env, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+            for env, ref in refs if ref is not None]
 
 
 def quantity_bytes(quantity: str) -> int:
@@ -177,11 +234,13 @@ def output_path(spec: api.SFTJobSpec, namespace: str, name: str, rid: str) -> st
     return f"{spec.output.pvc.claim_name}:{run_folder(spec, namespace, name, rid)}"
 
 
-def config_map(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings) -> dict[str, Any]:
-    """The run's trainer config. It never holds a secret: the hub token reaches the pod as an env var."""
+def config_map(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings,
+               warm_start: ClaimPath | None = None) -> dict[str, Any]:
+    """The run's trainer config. It never holds a secret: the hub token and tracking credentials reach the pod as
+    environment variables."""
     layout = Layout(output_dir=posixpath.join("/output", run_folder(spec, namespace, name, rid)),
                     progress_port=settings.progress_port)
-    cfg = trainer_config(name, namespace, spec, rid, layout)
+    cfg = trainer_config(name, namespace, spec, rid, layout, warm_start)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -223,12 +282,15 @@ def pod_failure_policy() -> dict[str, Any]:
     ]}
 
 
-def _claims_read(spec: api.SFTJobSpec) -> list[str]:
+def _claims_read(spec: api.SFTJobSpec, warm_start: ClaimPath | None = None) -> list[str]:
+    """The claims a run reads, each mounted read-only once; the output claim is mounted read-write on its own."""
     claims = []
-    if spec.model.pvc is not None:
-        claims.append(spec.model.pvc.claim_name)
-    if spec.dataset.pvc is not None and spec.dataset.pvc.claim_name not in claims:
-        claims.append(spec.dataset.pvc.claim_name)
+    for claim in (spec.model.pvc.claim_name if spec.model.pvc else None,
+                  spec.dataset.pvc.claim_name if spec.dataset.pvc else None,
+                  warm_start.claim if warm_start else None):
+        if claim and claim not in claims and not (warm_start and claim == warm_start.claim
+                                                  and claim == spec.output.pvc.claim_name):
+            claims.append(claim)
     return claims
 
 
@@ -250,15 +312,16 @@ def thread_env(cpu: str, gpus: int) -> list[dict[str, str]]:
     return [{"name": n, "value": threads} for n in THREAD_VARIABLES]
 
 
-def validation_job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings) -> dict[str, Any]:
+def validation_job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings,
+                   warm_start: ClaimPath | None = None) -> dict[str, Any]:
     """The run's Validating phase: the trainer image with --validate, on CPUs only (no GPU, no GPU placement),
     outside any Kueue queue unless spec.validation.queueName names one. It reads the data and the model's config
     (not its weights) and leaves the plan and the prepared data in the run folder."""
-    return job(name, namespace, spec, rid, settings, validation=True)
+    return job(name, namespace, spec, rid, settings, validation=True, warm_start=warm_start)
 
 
-def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings, validation: bool = False) \
-        -> dict[str, Any]:
+def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings, validation: bool = False,
+        warm_start: ClaimPath | None = None) -> dict[str, Any]:
     """The run's batch/v1 Job: one pod that runs the trainer, hardened to the restricted Pod Security
     Standard, with no Kubernetes API credentials."""
     res = spec.resources
@@ -288,6 +351,8 @@ def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings, val
     if spec.hub_token_secret is not None:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
             "name": spec.hub_token_secret.name, "key": spec.hub_token_secret.key}}})
+    if not validation:
+        env += tracking_env(spec)
     # The whole output claim is mounted and the trainer creates its run folder in it: a subPath mount would
     # make kubelet create that folder as root, which the non-root trainer then cannot write to.
     mounts: list[dict[str, Any]] = [
@@ -304,7 +369,7 @@ def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings, val
         {"name": "cache", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {}},
     ]
-    for i, claim in enumerate(_claims_read(spec)):
+    for i, claim in enumerate(_claims_read(spec, warm_start)):
         mounts.append({"name": f"input-{i}", "mountPath": POD_LAYOUT.claim(claim), "readOnly": True})
         volumes.append({"name": f"input-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
     if spec.dataset.config_map is not None:

@@ -244,13 +244,14 @@ class EvaluationRecord:
 
     def observe(self, step: int, logs: dict[str, Any]) -> None:
         """An evaluation's logged metrics (eval_loss, eval_mean_token_accuracy, eval_exact_match, ...)."""
-        self.history = [h for h in self.history if h["step"] != step] + [self.entry(step, logs)]
+        self.history = sorted([h for h in self.history if h["step"] != step] + [self.entry(step, logs)],
+                              key=lambda h: h["step"])
         self.save()
 
     def mark_baseline(self) -> None:
         """The evaluation just observed ran before training: it is the baseline."""
-        if self.history and self.history[-1]["step"] == 0:
-            self.before = self.history.pop()
+        if self.history and self.history[0]["step"] == 0:
+            self.before = self.history.pop(0)
             if self.answers and self.answers.latest:
                 self.before_answers = [s["answer"] for s in self.answers.latest["samples"]]
             self.save()
