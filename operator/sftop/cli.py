@@ -85,6 +85,38 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _history(args: argparse.Namespace) -> int:
+    """A run's loss curve from its metrics.jsonl: in the terminal, or as a PNG."""
+    from sftop_trainer import history
+
+    path = Path(args.path)
+    source = path / history.METRICS_FILE if path.is_dir() else path
+    if not source.is_file():
+        print(f"sftop history: no metrics.jsonl at {path} (give a run folder, or the file)", file=sys.stderr)
+        return 2
+    entries = history.read_history(source)
+    if not entries:
+        print(f"sftop history: {source} holds no logged step yet", file=sys.stderr)
+        return 1
+    title = source.parent.name
+    if args.png:
+        history.write_plot(entries, Path(args.png), title=title)
+        print(f"wrote {args.png}")
+        return 0
+    print(history.terminal_plot(entries, args.width, args.height, title=title, color=sys.stdout.isatty()))
+    last = entries[-1]
+    losses = [e for e in entries if "loss" in e]
+    evals = [e for e in entries if "evalLoss" in e]
+    summary = f"{len(losses)} logged steps, last step {last['step']}"
+    if losses:
+        summary += f"; train loss {losses[0]['loss']:.4f} -> {losses[-1]['loss']:.4f}"
+    if evals:
+        best = min(evals, key=lambda e: e["evalLoss"])
+        summary += f"; eval loss {evals[-1]['evalLoss']:.4f} (best {best['evalLoss']:.4f} at step {best['step']})"
+    print(summary)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from sftop import demo
 
@@ -153,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
                                     "held-out answers before and after")
     p.add_argument("--dir", default="sftop-demo", help="working folder (default: ./sftop-demo)")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("history", help="plot a run's train and eval loss from its metrics.jsonl, in the terminal "
+                                       "or as a PNG")
+    p.add_argument("path", help="a run folder (it holds metrics.jsonl), or the file itself")
+    p.add_argument("--png", help="write the plot to this PNG file instead of the terminal")
+    p.add_argument("--width", type=int, help="plot width in characters (default: the terminal's)")
+    p.add_argument("--height", type=int, help="plot height in lines (default: the terminal's)")
+    p.set_defaults(func=_history)
 
     p = sub.add_parser("operator", help="run the operator (see sftop.settings for its SFTOP_* variables)")
     p.add_argument("-n", "--namespace", action="append", help="watch this namespace (repeat); default: all")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -119,8 +120,8 @@ def write_plot(entries: list[dict[str, Any]], path: Path, title: str = "") -> Pa
 
 
 def terminal_plot(entries: list[dict[str, Any]], width: int | None = None, height: int | None = None,
-                  title: str = "") -> str:
-    """The loss curve as text for a terminal (plotext)."""
+                  title: str = "", color: bool = False) -> str:
+    """The loss curve as text for a terminal (plotext); `color`: keep its terminal colour codes."""
     import plotext as plt
 
     plt.clear_figure()
@@ -135,7 +136,8 @@ def terminal_plot(entries: list[dict[str, Any]], width: int | None = None, heigh
     plt.ylabel("loss")
     if title:
         plt.title(title)
-    return plt.build()
+    text = plt.build()
+    return text if color else re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
@@ -163,9 +165,11 @@ def checkpoint_entry(path: Path, complete: bool) -> dict[str, Any]:
     return entry
 
 
-def inventory(checkpoints: Path, best: str | None = None, limit: int = INVENTORY_LIMIT) -> list[dict[str, Any]]:
+def inventory(checkpoints: Path, best: str | None = None, limit: int = INVENTORY_LIMIT,
+              evals: dict[int, float] | None = None) -> list[dict[str, Any]]:
     """The checkpoints kept in `checkpoints`, oldest first: the newest `limit`, and the best one (the path
-    transformers recorded as best_model_checkpoint) even when older, marked `best`."""
+    transformers recorded as best_model_checkpoint) even when older, marked `best`. `evals`: eval losses by step,
+    for the steps evaluated after their checkpoint was written (the last one)."""
     from sftop_trainer.train import is_complete_checkpoint
 
     if not checkpoints.is_dir():
@@ -179,6 +183,8 @@ def inventory(checkpoints: Path, best: str | None = None, limit: int = INVENTORY
     out = []
     for path in kept:
         entry = checkpoint_entry(path, is_complete_checkpoint(path))
+        if entry["complete"] and "evalLoss" not in entry and (evals or {}).get(entry["step"]) is not None:
+            entry["evalLoss"] = evals[entry["step"]]
         if path.name == best_name:
             entry["best"] = True
         out.append(entry)

@@ -340,6 +340,9 @@ def make_plan(cfg: TrainerConfig, gpus: int | None = None, keep_data: bool = Fal
     world = max(1, gpus)
     tokenizer = model_mod.load_tokenizer(cfg)
     config = load_config(cfg)
+    from sftop_trainer.provenance import check_warm_start
+
+    check_warm_start(cfg)  # the adapter to continue fits this run: checked on a CPU, before a GPU is asked for
     args = train.build_sft_config(cfg, Path(cfg.output.dir), has_eval=False, assistant_only_loss=False,
                                   progress_bar=False)
     data = train.prepare_data(cfg, tokenizer, args)

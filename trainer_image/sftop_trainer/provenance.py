@@ -122,7 +122,10 @@ def provenance(cfg: TrainerConfig, result: dict[str, Any], started: float, ended
     def stamp(t: float) -> str:
         return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
-    data = result.get("data") or {}
+    data = dict(result.get("data") or {})
+    files = {p: file_sha256(p) for p in (cfg.dataset.path, cfg.dataset.eval_path) if p and Path(p).is_file()}
+    if files:
+        data["files"] = files
     model: dict[str, Any] = {"id": base_model_id(cfg), "revision": cfg.model.revision}
     if is_local_path(cfg.model.name):
         model["path"] = cfg.model.origin or cfg.model.name
@@ -133,7 +136,7 @@ def provenance(cfg: TrainerConfig, result: dict[str, Any], started: float, ended
         "baseModel": model,
         "method": cfg.method,
         "data": {k: data.get(k) for k in ("source", "format", "sha256", "rowsRead", "rowsTrain", "rowsEval",
-                                          "skipped", "overlong", "loss") if data.get(k) is not None},
+                                          "skipped", "overlong", "loss", "files") if data.get(k) is not None},
         "warmStart": cfg.warm_start.origin or cfg.warm_start.path if cfg.warm_start else None,
         "config": cfg.dump(exclude={"progress", "tracking"}),  # a trainer config holds no secret: tokens are env vars
         "metrics": {k: result.get(k) for k in ("steps", "epochs", "trainLoss", "firstLoss", "finalLoss", "evalLoss",
@@ -146,6 +149,17 @@ def provenance(cfg: TrainerConfig, result: dict[str, Any], started: float, ended
         "startTime": stamp(started),
         "endTime": stamp(ended),
     }
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a data file's bytes (what `sha256sum` prints); data.sha256 is over the rows as trained."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def model_card(cfg: TrainerConfig, result: dict[str, Any], serve: dict[str, Any]) -> str:

@@ -430,8 +430,12 @@ def record_callback(cfg: TrainerConfig, progress: Progress, out: Path):
             if watch is not None and isinstance(loss, (int, float)) and math.isfinite(loss):
                 reason = watch.observe(state.global_step, loss)
                 if reason:
-                    raise LossSpike(f"{reason}; lower training.learningRate or check the data. The checkpoints "
-                                    f"saved before the spike are kept")
+                    before = [c for c in history_mod.inventory(out / CHECKPOINTS)
+                              if c["complete"] and c["step"] < watch.high[0][0]]
+                    kept = (f"{before[-1]['path']}, saved before the spike, is kept (warmStart.checkpoint: "
+                            f"{before[-1]['step']} continues from it)") if before else \
+                        "no checkpoint was saved before the spike"
+                    raise LossSpike(f"{reason}; lower training.learningRate or check the data. {kept}")
 
         def on_save(self, args, state, control, **kw):
             if state.is_world_process_zero:
@@ -734,7 +738,8 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
     if is_main_process():
         tokenizer.save_pretrained(str(final_dir))
     epoch = trainer.state.epoch
-    checkpoints = history_mod.inventory(out / CHECKPOINTS, best_path)
+    checkpoints = history_mod.inventory(out / CHECKPOINTS, best_path, evals={
+        h["step"]: h["evalLoss"] for h in (record.history if record is not None else []) if "evalLoss" in h})
     state.pop("trainer", None)
     del trainer
     merged_dir = None
