@@ -235,6 +235,32 @@ def tracking_environment(cfg: TrainerConfig) -> dict[str, str]:
     return env
 
 
+TRACKING_FILE = "tracking.json"  # the MLflow run of this run folder: a resumed attempt logs to the same run
+
+
+def start_mlflow_run(cfg: TrainerConfig, out: Path):
+    """The run's MLflow run, started here (and ended when the run ends) so transformers' MLflowCallback logs the
+    evaluation after training into it too; an attempt that resumes the run folder resumes its MLflow run."""
+    if cfg.tracking is None or cfg.tracking.mlflow is None or not is_main_process():
+        return None
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg.tracking.mlflow.tracking_uri)
+    mlflow.set_experiment(cfg.tracking.mlflow.experiment)
+    saved = out / TRACKING_FILE
+    run_id = None
+    if saved.is_file():
+        try:
+            run_id = json.loads(saved.read_text()).get("mlflowRunId")
+        except ValueError:
+            pass
+    tags = json.loads(os.environ.get("MLFLOW_TAGS", "{}"))
+    active = mlflow.start_run(run_id=run_id, run_name=None if run_id else cfg.tracking.run_name, tags=tags)
+    saved.write_text(json.dumps({"mlflowRunId": active.info.run_id, "trackingUri": cfg.tracking.mlflow.tracking_uri,
+                                 "experiment": cfg.tracking.mlflow.experiment}) + "\n")
+    return mlflow
+
+
 # ------------------------------------------------------------------------------------------ trainer
 
 
@@ -640,13 +666,25 @@ def run(cfg: TrainerConfig, *, progress_bar: bool = False) -> dict[str, Any]:
     server = serve(progress, host, cfg.progress.port) if is_main_process() else None
     started = time.time()
     state: dict[str, Any] = {}
+    outcome = "FAILED"
     try:
-        return _train(cfg, out, progress, progress_bar, started, state)
+        result = _train(cfg, out, progress, progress_bar, started, state)
+        outcome = "FINISHED"
+        return result
     except TrainerError as e:
-        if not isinstance(e, Interrupted) and is_main_process():
+        if isinstance(e, Interrupted):
+            outcome = "KILLED"
+        elif is_main_process():
             e.details = write_failed_result(cfg, out, e, started, state)  # type: ignore[attr-defined]
         raise
     finally:
+        if state.get("mlflow") is not None:
+            state["mlflow"].end_run(status=outcome)
+        for key, value in state.get("environment", {}).items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         signal.signal(signal.SIGTERM, previous_handler)
         if server is not None:
             server.shutdown()
@@ -662,7 +700,10 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
 
     watch = SigtermWatch()
     emit("start", runId=cfg.run.id, model=cfg.model.name, method=cfg.method)
-    os.environ.update(tracking_environment(cfg))
+    tracking = tracking_environment(cfg)
+    state["environment"] = {k: os.environ.get(k) for k in tracking}  # put back when the run ends
+    os.environ.update(tracking)
+    state["mlflow"] = start_mlflow_run(cfg, out)
     progress.update(phase="LoadingData")
     trainer, tokenizer, data = build_trainer(cfg, progress, progress_bar=progress_bar)
     state["trainer"] = trainer
