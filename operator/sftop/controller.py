@@ -221,6 +221,7 @@ class Controller:
             return None
 
         job = self.jobs.get((namespace, jname))
+        warm_start = None
         if job is None:
             # Not in the cache: maybe only not yet (a restart, a watch that lags). Ask before creating anything.
             job = self.kube.read_job(namespace, jname)
@@ -257,7 +258,7 @@ class Controller:
             pods = self._list_pods(namespace, name, rid, "trainer")
         seen = lifecycle.observe(spec.suspend, bool(spec.queue_name), job, pods)
         stamp = now()
-        new = self._base_status(status, spec, rid, namespace, name, generation)
+        new = self._base_status(status, spec, rid, namespace, name, generation, warm_start)
         run = new["run"]
         if seen.phase == "Queued":
             self._queue_view(job, spec.queue_name, seen, run, (status.get("progress") or {}).get("step"))
