@@ -75,14 +75,52 @@ def prepare(path: Path, volumes: Path, name: str | None = None, gpus: int | None
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(found[0]["data"][key])
     layout = render.Layout(pvc_root=str(volumes), configmap_root=str(configmaps), output_dir=str(output),
-                           progress_port=0)
-    cfg = render.trainer_config(job.metadata.name, namespace, spec, rid, layout)
+                           output_claim_mount=None, progress_port=0)
+    warm_start = local_warm_start(spec, volumes, namespace, job.metadata.name, rid)
+    cfg = render.trainer_config(job.metadata.name, namespace, spec, rid, layout, warm_start)
     if gpus is not None:
         cfg.hardware.gpus = min(spec.resources.gpus, gpus)
     output.mkdir(parents=True, exist_ok=True)
     config_path = output / "trainer-config.json"
     config_path.write_text(json.dumps(cfg.dump(), indent=2) + "\n")
     return job, rid, output, config_path
+
+
+def local_warm_start(spec: api.SFTJobSpec, volumes: Path, namespace: str, name: str,
+                     rid: str) -> render.ClaimPath | None:
+    """spec.warmStart on this machine: a claim is a folder under `volumes`, and an SFTJob's runs are the run folders
+    `sftop run --local` left on the output claim (the newest one that succeeded, unless runId names one)."""
+    ws = spec.warm_start
+    if ws is None:
+        return None
+    if ws.pvc is not None:
+        return render.ClaimPath(ws.pvc.claim_name, ws.pvc.path.rstrip("/"))
+    assert ws.sft_job is not None
+    claim = spec.output.pvc.claim_name
+    parent = render.run_folder(spec, namespace, ws.sft_job, "x").rsplit("/", 1)[0]
+    folder = volumes / claim / parent
+    runs = [p for p in folder.iterdir() if p.is_dir() and p.name != rid] if folder.is_dir() else []
+    if ws.run_id is not None:
+        runs = [p for p in runs if p.name == ws.run_id]
+    else:
+        runs = sorted((p for p in runs if _succeeded(p)), key=lambda p: (p / "result.json").stat().st_mtime)[-1:]
+    if not runs:
+        which = f"run {ws.run_id}" if ws.run_id else "a run that succeeded"
+        raise LocalRunError(f"spec.warmStart: no {which} of SFTJob {ws.sft_job} in {folder}")
+    chosen = f"{parent}/{runs[-1].name}"
+    if ws.checkpoint is not None:
+        return render.ClaimPath(claim, f"{chosen}/checkpoints/checkpoint-{ws.checkpoint}")
+    if not _succeeded(runs[-1]):
+        raise LocalRunError(f"spec.warmStart: run {runs[-1].name} of SFTJob {ws.sft_job} did not succeed; name one "
+                            f"of its checkpoints with warmStart.checkpoint")
+    return render.ClaimPath(claim, f"{chosen}/adapter")
+
+
+def _succeeded(run_folder: Path) -> bool:
+    try:
+        return json.loads((run_folder / "result.json").read_text()).get("status") == "Succeeded"
+    except (OSError, ValueError):
+        return False
 
 
 def gpu_note(spec: api.SFTJobSpec, visible: int) -> str | None:
