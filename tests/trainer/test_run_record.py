@@ -82,7 +82,7 @@ def test_the_best_checkpoint_is_the_result_and_early_stopping_ends_the_run(train
 def test_best_and_early_stopping_need_evaluation_data(train_config, train):
     run = train(train_config(training={"earlyStopping": {"patience": 1}}))
     assert run.code == 64
-    assert "training.earlyStopping" in run.message["message"] and "evalSplit" in run.message["message"]
+    assert "training.earlyStopping" in run.message["message"] and "evaluation data, so set dataset.evalSplit" in run.message["message"]
 
 
 def test_the_loss_watchdog_fails_a_spiking_run_and_its_result_keeps_what_it_reached(train_config, train):

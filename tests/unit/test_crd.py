@@ -142,6 +142,14 @@ def test_crd_defaults_are_the_models_defaults():
     ({"training": {"epochs": 1, "maxSteps": 5}}, "either epochs or maxSteps"),
     ({"training": {"warmupSteps": 1, "warmupRatio": 0.1}}, "either warmupSteps or warmupRatio"),
     ({"dataset": {"inline": [{"text": "x"}], "evalSplit": {"fraction": 0.1, "name": "t"}}}, "exactly one of fraction"),
+    ({"training": {"resultCheckpoint": "best"}}, "evaluation data, so set"),
+    ({"training": {"earlyStopping": {"patience": 2}}}, "evaluation data, so set"),
+    ({"dataset": {"inline": [{"text": "x"}], "evalSplit": {"fraction": 0.1}},
+      "training": {"resultCheckpoint": "best", "saveSteps": 50, "evalSteps": 20}}, "multiple of evalSteps"),
+    ({"warmStart": {"sftJob": "a", "pvc": {"claimName": "c", "path": "p"}}}, "exactly one of sftJob, pvc"),
+    ({"warmStart": {}}, "exactly one of sftJob, pvc"),
+    ({"warmStart": {"pvc": {"claimName": "c", "path": "p"}, "checkpoint": 10}}, "they need sftJob"),
+    ({"method": "full", "warmStart": {"sftJob": "a"}}, "warmStart continues a LoRA adapter"),
 ])
 def test_cross_field_rules_hold_in_the_crd_and_in_the_models(spec_patch, words):
     doc = {"apiVersion": "sftop.dev/v1alpha1", "kind": "SFTJob", "metadata": {"name": "x"},

@@ -108,6 +108,18 @@ MISTAKES = [
     ("inline rows that are strings", "spec.dataset", {"inline": ["hello", "world"]}, "spec.dataset.inline[0]",
      "must be a mapping"),
     ("wrong apiVersion", "apiVersion", "sftop.dev/v1", "apiVersion", "sftop.dev/v1alpha1"),
+    ("result checkpoint by another name", "spec.training.resultCheckpoint", "lowest", "spec.training.resultCheckpoint",
+     "best"),
+    ("zero early-stopping patience", "spec.training.earlyStopping", {"patience": 0},
+     "spec.training.earlyStopping.patience", "1"),
+    ("watchdog factor that flags every loss", "spec.training.lossWatchdog", {"factor": 0.5},
+     "spec.training.lossWatchdog.factor", "1"),
+    ("warm start run id that is not one", "spec.warmStart", {"sftJob": "chat", "runId": "latest"},
+     "spec.warmStart.runId", "run id"),
+    ("tracking without a server", "spec.tracking", {"mlflow": {"experiment": "x"}}, "spec.tracking.mlflow.trackingUri",
+     "required"),
+    ("W&B without its key", "spec.tracking", {"wandb": {"project": "p"}}, "spec.tracking.wandb.apiKeySecret",
+     "required"),
 ]
 
 

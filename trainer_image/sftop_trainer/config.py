@@ -323,15 +323,15 @@ def check_needs_eval(training: TrainingSpec, has_eval: bool, where: str) -> None
     """resultCheckpoint best and earlyStopping compare eval losses: they need evaluation data."""
     if has_eval or not training.evaluates:
         return
-    what = "training.resultCheckpoint: best" if training.result_checkpoint == "best" else "training.earlyStopping"
-    raise ValueError(f"{what} compares eval losses: it needs evaluation data ({where})")
+    what = "training.resultCheckpoint best" if training.result_checkpoint == "best" else "training.earlyStopping"
+    raise ValueError(f"{what} compares eval losses: it needs evaluation data, so set {where}")
 
 
 NEEDS_EVAL_RULE = {"rule": "has(self.dataset.evalSplit) || !has(self.training) || "
                            "((!has(self.training.resultCheckpoint) || self.training.resultCheckpoint != 'best') && "
                            "!has(self.training.earlyStopping))",
                    "message": "training.resultCheckpoint best and training.earlyStopping compare eval losses: they "
-                              "need dataset.evalSplit"}
+                              "need evaluation data, so set dataset.evalSplit"}
 
 
 class EvaluationSpec(Spec):
