@@ -149,3 +149,24 @@ def test_mlflow_receives_the_runs_parameters_and_metrics(mlflow_server, train_co
     assert [m.value for m in losses] == pytest.approx([e["loss"] for e in logged], rel=1e-5)
     evaluated = client.get_metric_history(tracked.info.run_id, "eval_loss")
     assert evaluated and evaluated[-1].value == pytest.approx(run.result["evalLoss"], rel=1e-4)
+
+
+def test_weights_and_biases_receives_the_runs_losses(train_config, train, tmp_path, monkeypatch):
+    """W&B in offline mode (no server can be reached here): the run's record file holds its project, name and
+    every logged loss, as `wandb sync` would upload them."""
+    import re
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = train(train_config(run={"id": "77aa77aa", "sftjob": "chat", "namespace": "team-a"},
+                             tracking={"runName": "chat-77aa77aa", "wandb": {"project": "task-api"}}))
+    assert run.code == 0, run.message
+    records = list((tmp_path / "wandb").glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(records) == 1
+    data = records[0].read_bytes()
+    assert b"task-api" in data and b"chat-77aa77aa" in data
+    logged = [e["loss"] for e in json.loads((run.out / "checkpoints" / "checkpoint-8" / "trainer_state.json")
+                                            .read_text())["log_history"] if "loss" in e]
+    sent = {float(v) for v in re.findall(rb"train/loss\x82\x01.([0-9.e+-]+)", data)}
+    assert sent == set(logged), "every logged training loss, as W&B received it"

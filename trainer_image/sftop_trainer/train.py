@@ -680,6 +680,11 @@ def run(cfg: TrainerConfig, *, progress_bar: bool = False) -> dict[str, Any]:
     finally:
         if state.get("mlflow") is not None:
             state["mlflow"].end_run(status=outcome)
+        if cfg.tracking is not None and cfg.tracking.wandb is not None and is_main_process():
+            import wandb
+
+            if wandb.run is not None:  # the run's record is complete when the trainer's run ends, not at exit
+                wandb.finish(exit_code=0 if outcome == "FINISHED" else 1)
         for key, value in state.get("environment", {}).items():
             if value is None:
                 os.environ.pop(key, None)
