@@ -193,3 +193,29 @@ def test_warm_start_from_an_adapter_that_does_not_fit_fails_before_loading_weigh
     assert other_base.code == 64 and "it was trained on" in other_base.message["message"]
     missing = train(train_config(output={"dir": str(tmp_path / "missing")}, warmStart={"path": str(tmp_path)}))
     assert missing.code == 64 and "holds no LoRA adapter" in missing.message["message"]
+
+
+def test_a_pod_retried_after_the_last_checkpoint_still_reports_the_best_one(train_config, train, diverging_eval):
+    """The pod died after saving its last checkpoint, before its result: the retry trains nothing and the result is
+    still the best checkpoint, not the last step."""
+    config = train_config(dataset=diverging_eval, evaluation={"prompts": 2},
+                          training={"maxSteps": 16, "saveSteps": 4, "evalSteps": 4, "resultCheckpoint": "best",
+                                    "saveTotalLimit": 5})
+    first = train(config)
+    assert first.code == 0
+    expected = first.result
+    assert expected["resultStep"] < 16
+    import shutil
+
+    shutil.rmtree(first.out / "adapter")
+    (first.out / "result.json").unlink()
+    again = train(config)
+    assert again.code == 0
+    r = again.result
+    assert (r["steps"], r["resultStep"]) == (16, expected["resultStep"])
+    assert r["trainLoss"] == pytest.approx(expected["trainLoss"]) and r["resumedFromStep"] == 16
+    assert r["evalLoss"] == pytest.approx(expected["evalLoss"], rel=1e-5)
+    best = load_file(str(first.out / "checkpoints" / f"checkpoint-{expected['resultStep']}" /
+                         "adapter_model.safetensors"))
+    result = load_file(str(again.out / "adapter" / "adapter_model.safetensors"))
+    assert all(torch.equal(result[k], best[k]) for k in result)
