@@ -497,7 +497,7 @@ class Controller:
             found = runs[:1]
         if not found:
             known = ", ".join(f"{r['id']} ({r.get('phase')})" for r in runs) or "none"
-            which = f"run {ws.run_id}" if ws.run_id else "a run that succeeded"
+            which = f"run {ws.run_id}" if ws.run_id else "run that succeeded"
             return None, ("WarmStartNotFound", f"spec.warmStart: SFTJob {ws.sft_job} has no {which}; its runs: "
                                                f"{known}", own or ws.run_id is not None)
         source = found[0]

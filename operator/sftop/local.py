@@ -105,7 +105,7 @@ def local_warm_start(spec: api.SFTJobSpec, volumes: Path, namespace: str, name: 
     else:
         runs = sorted((p for p in runs if _succeeded(p)), key=lambda p: (p / "result.json").stat().st_mtime)[-1:]
     if not runs:
-        which = f"run {ws.run_id}" if ws.run_id else "a run that succeeded"
+        which = f"run {ws.run_id}" if ws.run_id else "run that succeeded"
         raise LocalRunError(f"spec.warmStart: no {which} of SFTJob {ws.sft_job} in {folder}")
     chosen = f"{parent}/{runs[-1].name}"
     if ws.checkpoint is not None:

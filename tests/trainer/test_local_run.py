@@ -113,32 +113,34 @@ def test_demo_fine_tunes_the_real_model_and_shows_before_and_after(tmp_path, smo
     assert "adapter: " in out
 
 
+def local_run(tmp_path, name: str, text: str, volumes) -> tuple[int, str]:
+    """`sftop run MANIFEST --local` of `text`: (exit code, the run id)."""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    code = main(["run", str(path), "--local", "--volumes", str(volumes), "--no-progress-bar"])
+    return code, render.run_id(api.SFTJobSpec.model_validate(list(yaml.safe_load_all(text))[1]["spec"]))
+
+
 def test_run_local_continues_the_adapter_of_an_earlier_run_and_names_its_base_portably(tmp_path, tiny_model, capsys):
     volumes = tmp_path / "volumes"
     shutil.copytree(tiny_model, volumes / "models" / "tiny")
-    rows = "\n".join("    " + json.dumps(r) for r in taskapi.rows(16))
-    first = tmp_path / "faq.yaml"
-    first.write_text(MANIFEST.replace("{rows}", rows))
-    assert main(["run", str(first), "--local", "--volumes", str(volumes), "--no-progress-bar"]) == 0
-    rid = render.run_id(api.SFTJobSpec.model_validate(list(yaml.safe_load_all(first.read_text()))[1]["spec"]))
+    text = MANIFEST.replace("{rows}", "\n".join("    " + json.dumps(r) for r in taskapi.rows(16)))
+    code, rid = local_run(tmp_path, "faq", text, volumes)
+    assert code == 0
     earlier = volumes / "adapters" / "runs" / "team-a" / "faq" / rid
     adapter_config = json.loads((earlier / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == "pvc://models/tiny", "not the path on this machine"
 
-    second = tmp_path / "faq-more.yaml"
-    second.write_text(MANIFEST.replace("{rows}", rows).replace(
-        "training: {maxSteps: 4,", "warmStart: {sftJob: faq}\n  training: {maxSteps: 6,"))
-    assert main(["run", str(second), "--local", "--volumes", str(volumes), "--no-progress-bar"]) == 0
-    spec = api.SFTJobSpec.model_validate(list(yaml.safe_load_all(second.read_text()))[1]["spec"])
-    result = json.loads((volumes / "adapters" / "runs" / "team-a" / "faq" / render.run_id(spec) / "result.json")
-                        .read_text())
+    code, rid2 = local_run(tmp_path, "faq-more", text.replace(
+        "training: {maxSteps: 4,", "warmStart: {sftJob: faq}\n  training: {maxSteps: 6,"), volumes)
+    assert code == 0
+    result = json.loads((volumes / "adapters" / "runs" / "team-a" / "faq" / rid2 / "result.json").read_text())
     assert result["warmStart"] == f"adapters:runs/team-a/faq/{rid}/adapter"
     first_result = json.loads((earlier / "result.json").read_text())
     assert result["firstLoss"] < first_result["firstLoss"], "it starts from the trained adapter"
 
-    missing = tmp_path / "faq-missing.yaml"
-    missing.write_text(MANIFEST.replace("{rows}", rows).replace(
-        "training: {maxSteps: 4,", "warmStart: {sftJob: faq, runId: 0badc0de}\n  training: {maxSteps: 6,"))
     capsys.readouterr()
-    assert main(["run", str(missing), "--local", "--volumes", str(volumes), "--no-progress-bar"]) != 0
+    code, _ = local_run(tmp_path, "faq-missing", text.replace(
+        "training: {maxSteps: 4,", "warmStart: {sftJob: faq, runId: 0badc0de}\n  training: {maxSteps: 6,"), volumes)
+    assert code != 0
     assert "no run 0badc0de of SFTJob faq" in capsys.readouterr().err
