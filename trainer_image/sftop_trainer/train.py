@@ -449,9 +449,11 @@ def record_callback(cfg: TrainerConfig, progress: Progress, out: Path):
 
     class RecordCallback(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kw):
-            if not logs or not state.is_world_process_zero:
+            if not logs:
                 return
-            metrics.observe(state.global_step, state.epoch, state.num_input_tokens_seen, logs)
+            if state.is_world_process_zero:
+                metrics.observe(state.global_step, state.epoch, state.num_input_tokens_seen, logs)
+            # Every process sees the same logged loss (averaged over them): all stop at the same step.
             loss = logs.get("loss")
             if watch is not None and isinstance(loss, (int, float)) and math.isfinite(loss):
                 reason = watch.observe(state.global_step, loss)
