@@ -153,6 +153,12 @@ class Controller:
             return
         self.sftjobs[key] = obj
         self.queue.add(key)
+        # An SFTJob that waits to continue this one's adapter looks again as soon as this one changes.
+        for (namespace, name), other in list(self.sftjobs.items()):
+            if namespace == key[0] and name != key[1] and \
+                    ((other.get("spec") or {}).get("warmStart") or {}).get("sftJob") == key[1] and \
+                    (other.get("status") or {}).get("phase") in (None, "Pending"):
+                self.queue.add((namespace, name))
 
     def _observe_child(self, cache: dict[Key, dict[str, Any]], event_type: str | None, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]

@@ -45,10 +45,11 @@ def _pick(docs: list[Any], name: str | None) -> dict[str, Any]:
     return jobs[0]
 
 
-def prepare(path: Path, volumes: Path, name: str | None = None, gpus: int | None = None) \
+def prepare(path: Path, volumes: Path, name: str | None = None, gpus: int | None = None, plan_only: bool = False) \
         -> tuple[api.SFTJob, str, Path, Path]:
     """Parse the manifest and write the trainer config. Returns (job, run id, run folder, config path). `gpus`:
-    the GPUs this machine has, when the run is to train here."""
+    the GPUs this machine has, when the run is to train here. `plan_only`: a warm start that is not on this
+    machine is left out of the plan (with a note) instead of stopping it."""
     docs = manifest.read(path)
     raw = _pick(docs, name)
     # What the API server and the operator would reject, in the words `sftop validate` uses.
@@ -76,7 +77,14 @@ def prepare(path: Path, volumes: Path, name: str | None = None, gpus: int | None
             target.write_text(found[0]["data"][key])
     layout = render.Layout(pvc_root=str(volumes), configmap_root=str(configmaps), output_dir=str(output),
                            output_claim_mount=None, progress_port=0)
-    warm_start = local_warm_start(spec, volumes, namespace, job.metadata.name, rid)
+    try:
+        warm_start = local_warm_start(spec, volumes, namespace, job.metadata.name, rid)
+    except LocalRunError as e:
+        if not plan_only:
+            raise
+        print(f"note: {e}; the plan leaves the warm start out (the cluster's Validating phase checks the adapter)",
+              file=sys.stderr)
+        warm_start = None
     cfg = render.trainer_config(job.metadata.name, namespace, spec, rid, layout, warm_start)
     if gpus is not None:
         cfg.hardware.gpus = min(spec.resources.gpus, gpus)
@@ -155,7 +163,7 @@ def _trainer(config_path: Path, message_file: Path, *flags: str) -> tuple[int, d
 def plan(path: Path, volumes: Path, name: str | None = None) -> LocalRun:
     """`sftop plan`: the SFTJob's Validating phase on this machine. The plan is printed; it and the prepared data
     stay in the run folder, where `sftop run --local` finds them."""
-    job, rid, output, config_path = prepare(path, volumes, name)
+    job, rid, output, config_path = prepare(path, volumes, name, plan_only=True)
     code, message = _trainer(config_path, output / "termination-message.json", "--validate")
     return LocalRun(job.metadata.name, job.metadata.namespace or "default", rid, output, config_path, code,
                     message.get("plan"), message)

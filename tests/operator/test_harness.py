@@ -50,7 +50,7 @@ async def test_status_subresource_split(apiserver):
     await apply(apiserver, manifest)
     # status is ignored on create; what is read back is the CRD's default for status, as a real server defaults
     # what it reads from etcd (and the defaults inside the default, as its structural defaulting recurses)
-    default = {"observedGeneration": 0, "conditions": [], "previousRuns": []}
+    default = {"observedGeneration": 0, "conditions": [], "previousRuns": [], "checkpoints": []}
     assert obj(apiserver, SFTJOBS, "chat")["status"] == default
     await patch(apiserver, f"{PATH}/chat", {"status": {"phase": "Succeeded"}})
     assert obj(apiserver, SFTJOBS, "chat")["status"] == default, "status is ignored on the main resource"

@@ -97,9 +97,11 @@ async def test_warm_start_from_another_sftjob_waits_for_it_and_continues_its_ada
                             and status_of(apiserver, "second"), timeout=30)
     assert condition(status, "Reconciling")["reason"] == "WaitingForWarmStart"
     first = await succeed(apiserver, "first")
-    second = await wait_for(lambda: job_of(apiserver, "second"), timeout=30)
+    second = await wait_for(lambda: job_of(apiserver, "second"), timeout=10)  # at once: first's change wakes it
     claim, folder = first["run"]["outputPath"].split(":")
-    assert status_of(apiserver, "second")["run"]["warmStart"] == f"{claim}:{folder}/adapter"
+    status = await wait_for(lambda: status_of(apiserver, "second").get("run", {}).get("warmStart")
+                            and status_of(apiserver, "second"))
+    assert status["run"]["warmStart"] == f"{claim}:{folder}/adapter"
     cfg = config_of(apiserver, "second")
     assert cfg["warmStart"] == {"path": f"/output/{folder}/adapter", "origin": f"{claim}:{folder}/adapter"}
     mounts = second["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
