@@ -1,5 +1,7 @@
 """LoRA, QLoRA and full fine-tuning each train on the CPU and leave something a serving stack can load."""
 
+import json
+
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
@@ -37,6 +39,8 @@ def test_full_fine_tuning_trains_every_weight_and_saves_the_model(train_config, 
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
     changed = [n for (n, p), (_, q) in zip(tuned.named_parameters(), base.named_parameters()) if not torch.equal(p, q)]
     assert len(changed) == len(list(base.parameters())), "full fine-tuning left weights untouched"
+    made = json.loads((run.out / "model" / "provenance.json").read_text())
+    assert made["method"] == "full" and made["metrics"]["steps"] == 10 and made["baseModel"]["path"] == str(tiny_model)
 
 
 def test_merge_adapter_writes_a_model_that_equals_base_plus_adapter(train_config, train, tiny_model):

@@ -228,10 +228,15 @@ def write(adapter_dir: Path, cfg: TrainerConfig, result: dict[str, Any], started
     """Make the adapter folder portable and describe it; returns the serving handoff."""
     config = make_portable(adapter_dir, cfg)
     serve = serving(config, cfg)
-    (adapter_dir / PROVENANCE_FILE).write_text(json.dumps(provenance(cfg, result, started, ended), indent=2,
-                                                          default=str) + "\n")
+    write_provenance(adapter_dir, cfg, result, started, ended)
     (adapter_dir / "README.md").write_text(model_card(cfg, result, serve))
     return serve
+
+
+def write_provenance(folder: Path, cfg: TrainerConfig, result: dict[str, Any], started: float, ended: float) -> None:
+    """provenance.json in the folder of the result (an adapter, or a fully fine-tuned model)."""
+    (folder / PROVENANCE_FILE).write_text(json.dumps(provenance(cfg, result, started, ended), indent=2,
+                                                     default=str) + "\n")
 
 
 # ------------------------------------------------------------------------------------------ warm start

@@ -827,6 +827,8 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
     if is_main_process():
         if cfg.method != "full":
             result["serving"] = provenance.write(final_dir, cfg, result, started, time.time())
+        else:
+            provenance.write_provenance(final_dir, cfg, result, started, time.time())
         write_history_plot(cfg, out)
         (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
         from sftop_trainer.plan import PREPARED
