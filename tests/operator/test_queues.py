@@ -63,8 +63,9 @@ async def test_a_run_kueue_cannot_admit_says_why_and_warns(apiserver, kueue, ope
                             timeout=20, explain=explain(apiserver))
     assert status["message"] == "Kueue cannot admit the run (Inadmissible): LocalQueue team-a doesn't exist " \
                                 "(LocalQueue team-a)"
-    events = [e for e in objs(apiserver, "v1/events") if e["reason"] == "Inadmissible"]
-    assert events and events[0]["type"] == "Warning"
+    # The operator writes the status, then posts the event.
+    events = await wait_for(lambda: [e for e in objs(apiserver, "v1/events") if e["reason"] == "Inadmissible"])
+    assert events[0]["type"] == "Warning"
     assert training_job(apiserver)["spec"]["suspend"] is True
 
 

@@ -588,6 +588,8 @@ def build_trainer(cfg: TrainerConfig, progress: Progress, *, progress_bar: bool 
 
         log.info("continuing the adapter at %s", cfg.warm_start.origin or cfg.warm_start.path)
         model = PeftModel.from_pretrained(model, cfg.warm_start.path, is_trainable=True)
+        for config in model.peft_config.values():  # the base it is trained on here, whatever name it came with
+            config.base_model_name_or_path = cfg.model.name
         peft_config = None
     t = cfg.training
     best = args.load_best_model_at_end
