@@ -164,9 +164,16 @@ def test_weights_and_biases_receives_the_runs_losses(train_config, train, tmp_pa
     assert run.code == 0, run.message
     records = list((tmp_path / "wandb").glob("wandb/offline-run-*/run-*.wandb"))
     assert len(records) == 1
-    data = records[0].read_bytes()
-    assert b"task-api" in data and b"chat-77aa77aa" in data
     logged = [e["loss"] for e in json.loads((run.out / "checkpoints" / "checkpoint-8" / "trainer_state.json")
                                             .read_text())["log_history"] if "loss" in e]
-    sent = {float(v) for v in re.findall(rb"train/loss\x82\x01.([0-9.e+-]+)", data)}
-    assert sent == set(logged), "every logged training loss, as W&B received it"
+
+    def sent() -> set[float]:
+        return {float(v) for v in re.findall(rb"train/loss\x82\x01.([0-9.e+-]+)", records[0].read_bytes())}
+
+    # W&B's own service process writes the record file: it may still be flushing when the run has finished.
+    deadline = time.monotonic() + 60
+    while sent() != set(logged) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    data = records[0].read_bytes()
+    assert b"task-api" in data and b"chat-77aa77aa" in data
+    assert sent() == set(logged), "every logged training loss, as W&B received it"
