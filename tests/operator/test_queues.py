@@ -36,7 +36,8 @@ def explain(emu, name="chat"):
 async def test_a_queued_run_names_the_missing_quota_and_its_place_in_the_queue(apiserver, kueue, operator):
     await kueue.queue("gpus", {"a100": {"cpu": "64", "memory": "512Gi", "nvidia.com/gpu": "2"}}, [(NS, "team-a")])
     await apply(apiserver, queued("first", gpus=2))
-    await wait_for(lambda: status_of(apiserver, "first").get("phase") == "Pending", explain=explain(apiserver, "first"))
+    await wait_for(lambda: status_of(apiserver, "first").get("phase") == "Pending", timeout=20,
+                   explain=explain(apiserver, "first"))
     await apply(apiserver, queued("second", gpus=1))
     await apply(apiserver, queued("third", gpus=1))
     # Kueue writes why the Workload waits after creating it; the operator reads it at the run's next reconcile.
@@ -52,8 +53,9 @@ async def test_a_queued_run_names_the_missing_quota_and_its_place_in_the_queue(a
     workload = next(w for w in objs(apiserver, WORKLOADS)
                     if w["metadata"]["labels"][JOB_UID_LABEL] == training_job(apiserver, "third")["metadata"]["uid"])
     assert status["run"]["workloadName"] == workload["metadata"]["name"]
-    events = [e for e in objs(apiserver, "v1/events") if e["involvedObject"]["name"] == "third"]
-    assert any(e["reason"] == "WaitingForQuota" and e["type"] == "Normal" for e in events)
+    # The operator writes the status, then posts the event.
+    await wait_for(lambda: any(e["reason"] == "WaitingForQuota" and e["type"] == "Normal"
+                               for e in objs(apiserver, "v1/events") if e["involvedObject"]["name"] == "third"))
 
 
 async def test_a_run_kueue_cannot_admit_says_why_and_warns(apiserver, kueue, operator):
