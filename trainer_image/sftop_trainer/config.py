@@ -425,6 +425,11 @@ class WarmStartSource(Spec):
     origin: str | None = Field(None, description="How the adapter is named outside this machine, for the "
                                                  "provenance: `<claim>:<folder>`.")
 
+    @property
+    def name(self) -> str:
+        """How results and logs name the adapter: its origin, else its path."""
+        return self.origin or self.path
+
 
 class MlflowTracking(Spec):
     """An MLflow tracking server that receives the run's parameters and metrics (transformers' MLflowCallback)."""

@@ -72,7 +72,10 @@ def make_portable(adapter_dir: Path, cfg: TrainerConfig) -> dict[str, Any]:
         config["target_modules"] = short or listed
     elif listed is not None and _selects_all(adapter_dir, short, cfg):
         config["target_modules"] = short
-    config.pop("revision", None) if cfg.model.revision is None else config.update(revision=cfg.model.revision)
+    if cfg.model.revision is None:
+        config.pop("revision", None)
+    else:
+        config["revision"] = cfg.model.revision
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return config
 
@@ -137,7 +140,7 @@ def provenance(cfg: TrainerConfig, result: dict[str, Any], started: float, ended
         "method": cfg.method,
         "data": {k: data.get(k) for k in ("source", "format", "sha256", "rowsRead", "rowsTrain", "rowsEval",
                                           "skipped", "overlong", "loss", "files") if data.get(k) is not None},
-        "warmStart": cfg.warm_start.origin or cfg.warm_start.path if cfg.warm_start else None,
+        "warmStart": cfg.warm_start.name if cfg.warm_start else None,
         "config": cfg.dump(exclude={"progress", "tracking"}),  # a trainer config holds no secret: tokens are env vars
         "metrics": {k: result.get(k) for k in ("steps", "epochs", "trainLoss", "firstLoss", "finalLoss", "evalLoss",
                                                "trainedTokens", "trainRuntimeSeconds", "resultStep", "stopReason")
@@ -195,7 +198,7 @@ def model_card(cfg: TrainerConfig, result: dict[str, Any], serve: dict[str, Any]
     if result.get("resultStep") is not None and result.get("resultStep") != result.get("steps"):
         lines.append(f"- These weights are the checkpoint of step {result['resultStep']} (lowest eval loss).")
     if cfg.warm_start:
-        lines.append(f"- Continued from the adapter at {cfg.warm_start.origin or cfg.warm_start.path}.")
+        lines.append(f"- Continued from the adapter at {cfg.warm_start.name}.")
     if ev.get("after"):
         before, after = ev.get("before") or {}, ev["after"]
         lines += ["", "## Evaluation", "", f"On {ev.get('prompts', 0)} held-out prompts:", "",
@@ -249,7 +252,7 @@ def check_warm_start(cfg: TrainerConfig) -> dict[str, Any] | None:
     if ws is None:
         return None
     folder = Path(ws.path)
-    where = ws.origin or ws.path
+    where = ws.name
     config_file = folder / "adapter_config.json"
     if not config_file.is_file():
         holds = ", ".join(sorted(p.name for p in folder.iterdir())[:10]) if folder.is_dir() else None

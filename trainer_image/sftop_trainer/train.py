@@ -30,9 +30,10 @@ from typing import Any
 from sftop_trainer import data as data_mod
 from sftop_trainer import model as model_mod
 from sftop_trainer import progress as progress_mod
-from sftop_trainer import provenance
+from sftop_trainer import provenance, tracking
 from sftop_trainer.config import TrainerConfig, default_learning_rate
 from sftop_trainer.errors import (
+    EXIT_CLASSES,
     ConfigError,
     DataError,
     ExitCode,
@@ -168,7 +169,7 @@ def build_sft_config(cfg: TrainerConfig, output_dir: Path, *, has_eval: bool, as
         save_total_limit=t.save_total_limit,
         eval_strategy="steps" if periodic_eval else "no",
         eval_steps=(t.eval_steps or t.save_steps) if periodic_eval else None,
-        report_to=report_to(cfg),
+        report_to=tracking.report_to(cfg),
         run_name=(cfg.tracking.run_name if cfg.tracking else None) or cfg.run.id,
         load_best_model_at_end=periodic_eval and t.result_checkpoint == "best",
         metric_for_best_model="eval_loss" if periodic_eval and t.evaluates else None,
@@ -203,62 +204,6 @@ def build_sft_config(cfg: TrainerConfig, output_dir: Path, *, has_eval: bool, as
         return SFTConfig(**kw)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"training: SFTConfig rejects these settings: {e}") from e
-
-
-def report_to(cfg: TrainerConfig) -> list[str] | str:
-    """transformers' integrations the run reports to, from the config's tracking targets."""
-    if cfg.tracking is None:
-        return "none"
-    out = [name for name in ("mlflow", "wandb") if getattr(cfg.tracking, name) is not None]
-    return out or "none"
-
-
-def tracking_environment(cfg: TrainerConfig) -> dict[str, str]:
-    """What transformers' MLflow and W&B callbacks read from the environment, from the config (credentials are
-    already in the environment: the operator passes them from Secrets)."""
-    env: dict[str, str] = {}
-    t = cfg.tracking
-    if t is None:
-        return env
-    tags = {"sftop.run": cfg.run.id, "sftop.sftjob": f"{cfg.run.namespace}/{cfg.run.sftjob}" if cfg.run.sftjob
-            else None, "sftop.model": cfg.model.hub_id or cfg.model.name, "sftop.method": cfg.method}
-    if t.mlflow is not None:
-        env.update(MLFLOW_TRACKING_URI=t.mlflow.tracking_uri, MLFLOW_EXPERIMENT_NAME=t.mlflow.experiment,
-                   MLFLOW_TAGS=json.dumps({k: v for k, v in tags.items() if v}), MLFLOW_FLATTEN_PARAMS="TRUE",
-                   HF_MLFLOW_LOG_ARTIFACTS="FALSE")
-    if t.wandb is not None:
-        env.update(WANDB_PROJECT=t.wandb.project, WANDB_LOG_MODEL="false", WANDB_WATCH="false")
-        if t.wandb.entity:
-            env["WANDB_ENTITY"] = t.wandb.entity
-        if t.wandb.base_url:
-            env["WANDB_BASE_URL"] = t.wandb.base_url
-    return env
-
-
-TRACKING_FILE = "tracking.json"  # the MLflow run of this run folder: a resumed attempt logs to the same run
-
-
-def start_mlflow_run(cfg: TrainerConfig, out: Path):
-    """The run's MLflow run, started here (and ended when the run ends) so transformers' MLflowCallback logs the
-    evaluation after training into it too; an attempt that resumes the run folder resumes its MLflow run."""
-    if cfg.tracking is None or cfg.tracking.mlflow is None or not is_main_process():
-        return None
-    import mlflow
-
-    mlflow.set_tracking_uri(cfg.tracking.mlflow.tracking_uri)
-    mlflow.set_experiment(cfg.tracking.mlflow.experiment)
-    saved = out / TRACKING_FILE
-    run_id = None
-    if saved.is_file():
-        try:
-            run_id = json.loads(saved.read_text()).get("mlflowRunId")
-        except ValueError:
-            pass
-    tags = json.loads(os.environ.get("MLFLOW_TAGS", "{}"))
-    active = mlflow.start_run(run_id=run_id, run_name=None if run_id else cfg.tracking.run_name, tags=tags)
-    saved.write_text(json.dumps({"mlflowRunId": active.info.run_id, "trackingUri": cfg.tracking.mlflow.tracking_uri,
-                                 "experiment": cfg.tracking.mlflow.experiment}) + "\n")
-    return mlflow
 
 
 # ------------------------------------------------------------------------------------------ trainer
@@ -586,7 +531,7 @@ def build_trainer(cfg: TrainerConfig, progress: Progress, *, progress_bar: bool 
     if cfg.warm_start is not None:
         from peft import PeftModel
 
-        log.info("continuing the adapter at %s", cfg.warm_start.origin or cfg.warm_start.path)
+        log.info("continuing the adapter at %s", cfg.warm_start.name)
         model = PeftModel.from_pretrained(model, cfg.warm_start.path, is_trainable=True)
         for config in model.peft_config.values():  # the base it is trained on here, whatever name it came with
             config.base_model_name_or_path = cfg.model.name
@@ -670,30 +615,14 @@ def run(cfg: TrainerConfig, *, progress_bar: bool = False) -> dict[str, Any]:
     server = serve(progress, host, cfg.progress.port) if is_main_process() else None
     started = time.time()
     state: dict[str, Any] = {}
-    outcome = "FAILED"
     try:
-        result = _train(cfg, out, progress, progress_bar, started, state)
-        outcome = "FINISHED"
-        return result
+        with tracking.session(cfg, out):
+            return _train(cfg, out, progress, progress_bar, started, state)
     except TrainerError as e:
-        if isinstance(e, Interrupted):
-            outcome = "KILLED"
-        elif is_main_process():
+        if not isinstance(e, Interrupted) and is_main_process():
             e.details = write_failed_result(cfg, out, e, started, state)  # type: ignore[attr-defined]
         raise
     finally:
-        if state.get("mlflow") is not None:
-            state["mlflow"].end_run(status=outcome)
-        if cfg.tracking is not None and cfg.tracking.wandb is not None and is_main_process():
-            import wandb
-
-            if wandb.run is not None:  # the run's record is complete when the trainer's run ends, not at exit
-                wandb.finish(exit_code=0 if outcome == "FINISHED" else 1)
-        for key, value in state.get("environment", {}).items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         signal.signal(signal.SIGTERM, previous_handler)
         if server is not None:
             server.shutdown()
@@ -709,10 +638,6 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
 
     watch = SigtermWatch()
     emit("start", runId=cfg.run.id, model=cfg.model.name, method=cfg.method)
-    tracking = tracking_environment(cfg)
-    state["environment"] = {k: os.environ.get(k) for k in tracking}  # put back when the run ends
-    os.environ.update(tracking)
-    state["mlflow"] = start_mlflow_run(cfg, out)
     progress.update(phase="LoadingData")
     trainer, tokenizer, data = build_trainer(cfg, progress, progress_bar=progress_bar)
     state["trainer"] = trainer
@@ -732,7 +657,7 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
     resumed_from = checkpoint_step(resume) if resume else 0
     emit("train", resumeFromStep=resumed_from, trainRows=report.rows_train, evalRows=report.rows_eval,
          overlong=report.overlong, trainableParameters=trainable, totalParameters=total, loss=report.loss,
-         warmStart=cfg.warm_start.origin or cfg.warm_start.path if cfg.warm_start else None)
+         warmStart=cfg.warm_start.name if cfg.warm_start else None)
     if record is not None and ev.baseline and resume is None and record.before is None:
         if cfg.method == "qlora" and not model_mod.has_gpu():
             log.info("no evaluation before training: an inference pass on a 4-bit model on a CPU would corrupt "
@@ -809,7 +734,7 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
         "stopReason": stop_reason,
         "epochs": round(epoch, 4) if epoch else None,
         "resumedFromStep": resumed_from,
-        "warmStart": cfg.warm_start.origin or cfg.warm_start.path if cfg.warm_start else None,
+        "warmStart": cfg.warm_start.name if cfg.warm_start else None,
         "trainLoss": mean_train_loss(history),
         "firstLoss": losses[0] if losses else None,
         "finalLoss": losses[-1] if losses else None,
@@ -885,7 +810,7 @@ def write_failed_result(cfg: TrainerConfig, out: Path, error: TrainerError, star
     if record is not None:
         details["evaluation"] = record.summary()
     details = {k: v for k, v in details.items() if v not in (None, [])}
-    result = {**failure(error.code, exit_reason(error.code), error.message), "runId": cfg.run.id,
+    result = {**failure(error.code, EXIT_CLASSES[int(error.code)].reason, error.message), "runId": cfg.run.id,
               **details, "data": report.as_dict() if report is not None else None,
               "runtimeSeconds": round(time.time() - started, 2), "configSha256": config_fingerprint(cfg),
               "versions": library_versions()}
@@ -901,12 +826,6 @@ def write_failed_result(cfg: TrainerConfig, out: Path, error: TrainerError, star
     except OSError as e:
         log.warning("could not write the failed run's result.json: %s", e)
     return details
-
-
-def exit_reason(code) -> str:
-    from sftop_trainer.errors import EXIT_CLASSES
-
-    return EXIT_CLASSES[int(code)].reason
 
 
 def evaluation_callback(record):
@@ -961,8 +880,8 @@ def compact_evaluation(evaluation: dict[str, Any] | None, samples: int) -> dict[
 
 
 def compact(result: dict[str, Any]) -> str:
-    """The result (or failure) in the keys the operator reads, within the termination-message limit: samples, then
-    older checkpoints (the best one stays), then the evaluation give way first."""
+    """The result (or failure) in the keys the operator reads, within the termination-message limit: older
+    checkpoints (the best one stays), then samples, then the evaluation give way first."""
     keys = ("status", "exitCode", "reason", "message", "steps", "resultStep", "stopReason", "trainLoss", "evalLoss",
             "runtimeSeconds", "trainableParameters", "totalParameters", "trainedTokens", "adapterPath", "mergedPath",
             "resumedFromStep", "warmStart", "serving")
