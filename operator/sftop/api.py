@@ -484,7 +484,8 @@ TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 class Condition(Spec):
     """A Kubernetes-style condition."""
 
-    type: str = Field(description="Condition type: Accepted, Admitted, Running, Succeeded, Failed or Suspended.")
+    type: str = Field(description="Condition type: Ready, Reconciling, Stalled (kstatus), Accepted, Validated, "
+                                  "Queued, Running, ProgressReported, Suspended, Succeeded or Failed.")
     status: Literal["True", "False", "Unknown"] = Field(description="Whether the condition holds.")
     reason: str = Field(description="A CamelCase word for the reason, for tools.")
     message: str = Field("", description="What happened, for humans.")
@@ -514,6 +515,11 @@ class RunStatus(Spec):
                                             "checkpoint and the readmitted run resumed from it.")
     last_preemption_time: str | None = Field(None, description="When Kueue last preempted the run (RFC 3339).",
                                              json_schema_extra={"format": "date-time"})
+    pod_seconds: dict[str, float] = Field({}, description="Running seconds of each trainer pod of the run (its "
+                                                          "trainer container's start to its end), kept after the "
+                                                          "pod is gone; the oldest fold into `earlier`.")
+    gpu_seconds: float | None = Field(None, description="GPU-seconds so far: GPUs per pod times the pods' running "
+                                                        "seconds, over all attempts.")
 
 
 class PreviousRun(Spec):
@@ -624,6 +630,8 @@ class Result(Spec):
     stop_reason: str | None = Field(None, description="Why the run ended before its planned steps (early stopping), "
                                                       "in words.")
     warm_start: str | None = Field(None, description="The adapter the run continued, as <claim>:<folder>.")
+    gpu_seconds: float | None = Field(None, description="GPU-seconds the run used: GPUs per pod times the running "
+                                                        "time of every attempt (retries and preemptions included).")
     serving: Serving | None = Field(None, description="How to serve the adapter: claim, path, base model, rank, and "
                                                       "the vLLM and KServe arguments.")
 

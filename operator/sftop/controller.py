@@ -1,13 +1,29 @@
 """Reconciliation of SFTJobs: a watch cache, a work queue, and one idempotent `reconcile` per SFTJob.
 
 kopf watches SFTJobs, the runs' Jobs and their Pods and hands every event to `Controller.observe_*`, which
-updates the cache and queues the SFTJob concerned. Workers take SFTJobs off the queue (never the same one
-twice at a time) and reconcile each: render the run's children, create what is missing, read the Job and
-pods from the cache, and write the status the lifecycle rules derive from them. A reconcile that fails is
-retried with backoff; every SFTJob is reconciled again periodically, running ones at the progress interval.
+updates the cache and queues the SFTJob concerned. Workers take SFTJobs off the queue (never the same one twice at
+a time) and reconcile each in three steps:
 
-No finalizer and no kopf bookkeeping are written to SFTJobs: deleting one never waits for the operator,
-and its children go with it through their owner references.
+    observe   the SFTJob, its run's Jobs and pods from the cache (the API server only for what the cache cannot
+              know yet), the references the spec names, Kueue's view, the latest progress reading
+    decide    `sftop.decide.decide`: a pure function of what was observed -> the writes and the new status
+    act       the writes (create children, stop, suspend or label a Job), the status patch within the write
+              budget, the events
+
+One concurrency model: everything that touches the cache (the watch handlers, the work queue, the workers, the
+progress poller) runs on the operator's one event loop, so the cache is never read while another thread writes
+it. The reconcile workers are coroutines; only the Kubernetes client's blocking HTTP calls leave the loop, to a
+pool of `workers` threads, and they take and return plain objects, never the cache. Progress reads are not part of
+a reconcile at all: `sftop.poller` reads the trainers' endpoints on the same loop, bounded and with backoff, and
+queues an SFTJob when its reading says something new.
+
+The write budget: a status is written only when something a user reads changed (a moved timestamp is not enough);
+live progress (step, loss, checkpoints, the running attempt's GPU-seconds) at most `status_writes_per_minute` times
+a minute per SFTJob, always with the latest reading; a phase, a reason or a result at once. An event is posted once
+per transition: with the status write that records it, and never twice in a row for one SFTJob.
+
+No finalizer and no kopf bookkeeping are written to SFTJobs: deleting one never waits for the operator, and its
+children go with it through their owner references.
 """
 
 from __future__ import annotations
@@ -15,24 +31,26 @@ from __future__ import annotations
 import asyncio
 import collections
 import copy
-import json
+import functools
 import logging
 import time
-import urllib.request
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
 
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
-from sftop import api, kueue, lifecycle, render
+from sftop import api, decide, kueue, lifecycle, render
+from sftop.decide import Action, Decision, Observed, QueueView
 from sftop.kube import Kube, KueueAbsent, now
+from sftop.poller import Poller
 from sftop.settings import Settings
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name) of an SFTJob
-MAX_PREVIOUS_RUNS = 10
-REFERENCE_RETRY = 20.0  # seconds between checks of a missing Secret, ConfigMap or claim
 ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+CLAIM_MEMORY = 300.0  # seconds an output claim the operator ensured is taken to still exist
+merge_patch = decide.merge_patch  # the harness's API server applies patches with the same function
 
 
 class WorkQueue:
@@ -93,43 +111,22 @@ class WorkQueue:
         return len(self._ready)
 
 
-def merge_patch(old: Any, new: Any) -> Any:
-    """The JSON merge patch (RFC 7386) that turns `old` into `new`; None when they are equal."""
-    if not isinstance(old, dict) or not isinstance(new, dict):
-        return None if old == new else new
-    patch: dict[str, Any] = {}
-    for key in old.keys() - new.keys():
-        patch[key] = None
-    for key, value in new.items():
-        if key not in old:
-            patch[key] = value
-        elif old[key] != value:
-            sub = merge_patch(old[key], value)
-            patch[key] = value if not isinstance(value, dict) else sub
-    return patch or None
 
-
-def fetch_progress(ip: str, port: int, timeout: float = 2.0) -> dict[str, Any] | None:
-    """The trainer's progress, read from its pod: no Kubernetes credentials involved anywhere."""
-    try:
-        with urllib.request.urlopen(f"http://{ip}:{port}/progress", timeout=timeout) as r:
-            data = json.loads(r.read().decode())
-    except (OSError, ValueError) as e:
-        log.debug("no progress from %s:%d: %s", ip, port, e)
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def progress_status(data: dict[str, Any], stamp: str) -> dict[str, Any]:
-    keys = ("step", "totalSteps", "percent", "epoch", "loss", "learningRate", "tokensPerSecond", "eta", "evalLoss",
-            "exactMatch")
-    out = {k: data[k] for k in keys if data.get(k) is not None}
-    out["updateTime"] = stamp
+def slim(obj: dict[str, Any]) -> dict[str, Any]:
+    """What the cache keeps of a Job or Pod: metadata, status, and a Job's suspend. A Job's pod template or a pod's
+    spec is most of its size and nothing the operator reads again."""
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    out = {"metadata": meta, "status": obj.get("status") or {}}
+    spec = obj.get("spec") or {}
+    if "suspend" in spec:
+        out["spec"] = {"suspend": spec["suspend"]}
     return out
 
 
 class Controller:
     def __init__(self, settings: Settings, kube: Kube):
+        from sftop.metrics import Metrics
+
         self.settings = settings
         self.kube = kube
         self.queue = WorkQueue()
@@ -137,24 +134,33 @@ class Controller:
         self.jobs: dict[Key, dict[str, Any]] = {}
         self.pods: dict[Key, dict[str, Any]] = {}
         self.failures: dict[Key, int] = {}
-        self.progress_read: dict[Key, float] = {}
+        self.last_write: dict[Key, float] = {}  # when each SFTJob's status was last written (monotonic)
+        self.last_event: dict[Key, tuple[str, str]] = {}  # the last (reason, message) posted about each SFTJob
+        self.claims: dict[Key, float] = {}  # output claims ensured, and when
         self.reconciles = 0
         self.errors = 0
+        self.executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="sftop-api")
+        self.poller = Poller(settings.progress_port, settings.progress_interval, self.queue.add,
+                             concurrency=settings.progress_concurrency, timeout=settings.progress_timeout)
+        self.metrics = Metrics(self)
+        self.poller.on_read = lambda outcome: self.metrics.progress_reads.labels(outcome).inc()
 
-    # ------------------------------------------------------------------------- watch events (async)
+    # ------------------------------------------------------------------------------------ watch events
 
     def observe_sftjob(self, event_type: str | None, obj: dict[str, Any]) -> None:
         key = (obj["metadata"].get("namespace"), obj["metadata"]["name"])
         if event_type == "DELETED":
             self.sftjobs.pop(key, None)
             self.queue.forget(key)
-            self.failures.pop(key, None)
-            self.progress_read.pop(key, None)
+            for memory in (self.failures, self.last_write, self.last_event):
+                memory.pop(key, None)
+            self.poller.forget(key)
             return
+        obj["metadata"].pop("managedFields", None)
         self.sftjobs[key] = obj
         self.queue.add(key)
         # An SFTJob that waits to continue this one's adapter looks again as soon as this one changes.
-        for (namespace, name), other in list(self.sftjobs.items()):
+        for (namespace, name), other in self.sftjobs.items():
             if namespace == key[0] and name != key[1] and \
                     ((other.get("spec") or {}).get("warmStart") or {}).get("sftJob") == key[1] and \
                     (other.get("status") or {}).get("phase") in (None, "Pending"):
@@ -166,7 +172,7 @@ class Controller:
         if event_type == "DELETED":
             cache.pop(key, None)
         else:
-            cache[key] = obj
+            cache[key] = slim(obj)
         parent = (meta.get("labels") or {}).get(render.SFTJOB_LABEL)
         if parent:
             self.queue.add((meta.get("namespace"), parent))
@@ -177,19 +183,25 @@ class Controller:
     def observe_pod(self, event_type: str | None, obj: dict[str, Any]) -> None:
         self._observe_child(self.pods, event_type, obj)
 
-    # ------------------------------------------------------------------------------------- workers
+    # ----------------------------------------------------------------------------------------- workers
 
     async def run(self) -> None:
-        await asyncio.gather(*(self._worker() for _ in range(self.settings.workers)))
+        try:
+            await asyncio.gather(self.poller.run(), *(self._worker() for _ in range(self.settings.workers)))
+        finally:
+            self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def _worker(self) -> None:
         while True:
             key = await self.queue.get()
             try:
-                delay = await asyncio.to_thread(self.reconcile, key)
+                delay = await self.reconcile(key)
                 self.failures.pop(key, None)
+            except asyncio.CancelledError:
+                raise
             except Exception:
                 self.errors += 1
+                self.metrics.reconcile_errors.inc()
                 count = self.failures[key] = self.failures.get(key, 0) + 1
                 delay = ERROR_BACKOFF[min(count, len(ERROR_BACKOFF)) - 1]
                 log.exception("reconciling SFTJob %s/%s failed (attempt %d); retrying in %.0fs", *key, count, delay)
@@ -199,529 +211,194 @@ class Controller:
                 self.queue.add_after(key, min(delay, self.settings.resync_interval) if delay
                                      else self.settings.resync_interval)
 
-    # ----------------------------------------------------------------------------------- reconcile
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A blocking Kubernetes API call, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(fn, *args))
 
-    def reconcile(self, key: Key) -> float | None:
+    # --------------------------------------------------------------------------------------- reconcile
+
+    async def reconcile(self, key: Key) -> float | None:
         """Make the cluster match one SFTJob and its status match the cluster. Returns when to look again."""
         self.reconciles += 1
+        self.metrics.reconciles.inc()
         body = self.sftjobs.get(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
+        seen = await self.observe(key, body)
+        decision = decide.decide(seen)
+        return await self.act(key, seen, decision)
+
+    async def observe(self, key: Key, body: dict[str, Any]) -> Observed:
         namespace, name = key
-        status = copy.deepcopy(body.get("status") or {})
-        generation = body["metadata"].get("generation")
+        meta = body["metadata"]
+        spec, problems = None, []
         try:
             spec = api.SFTJobSpec.model_validate(body.get("spec") or {})
         except ValidationError as e:
-            return self._invalid(body, status, generation, api.error_lines(e, "spec."))
-
+            problems = api.error_lines(e, "spec.")
+        seen = Observed(namespace=namespace, name=name, uid=meta.get("uid"), generation=meta.get("generation"),
+                        body=body, spec=spec, problems=problems, status=copy.deepcopy(body.get("status") or {}),
+                        now=now(), settings=self.settings, progress=self.poller.readings.get(key))
+        if spec is None:
+            return seen
         rid = render.run_id(spec)
+        recorded = (seen.status.get("run") or {}).get("id") == rid
+        if recorded and seen.status.get("phase") in lifecycle.TERMINAL:
+            return seen
         jname = render.job_name(name, rid)
-        current = status.get("run") or {}
-        if current.get("id") and current["id"] != rid:
-            status = self._supersede(body, status, spec, rid)
-        elif current.get("id") == rid and status.get("phase") in lifecycle.TERMINAL:
-            # A finished run stays finished: only the generation the status speaks for moves.
-            if status.get("observedGeneration") != generation:
-                self._write(body, status, {**status, "observedGeneration": generation})
-            return None
+        seen.job = self.jobs.get((namespace, jname))
+        if seen.job is None and recorded:
+            # The status names this run but its Job is not cached: a restart (watches fill in any order). Ask
+            # before creating anything. (An unrecorded run's create answers 409 if its Job exists.)
+            seen.job = await self._read_job(namespace, jname)
+        if seen.job is None:
+            seen.missing = await self._missing_reference(namespace, spec)
+            if spec.warm_start is not None and spec.warm_start.sft_job:
+                seen.warm_source = self.sftjobs.get((namespace, spec.warm_start.sft_job))
+            validated = recorded and (seen.status.get("run") or {}).get("validated")
+            if spec.validation.enabled and not validated and seen.missing is None:
+                vname = render.validation_job_name(name, rid)
+                seen.validation_job = self.jobs.get((namespace, vname)) or await self._read_job(namespace, vname)
+                if seen.validation_job is not None:
+                    seen.validation_pods = await self._pods(namespace, name, rid, "validation", seen.validation_job)
+                    seen.validation_queue = await self._queue_view(seen.validation_job, spec.validation.queue_name,
+                                                                   False)
+            return seen
+        seen.pods = await self._pods(namespace, name, rid, "trainer", seen.job)
+        seen.queue = await self._queue_view(seen.job, spec.queue_name, spec.suspend)
+        return seen
 
-        job = self.jobs.get((namespace, jname))
-        warm_start = None
-        if job is None:
-            # Not in the cache: maybe only not yet (a restart, a watch that lags). Ask before creating anything.
-            job = self.kube.read_job(namespace, jname)
-            if job is not None:
-                self.jobs[(namespace, jname)] = job
-        if job is None:
-            missing = self._missing_reference(namespace, spec)
-            if missing is not None:
-                reason, message = missing
-                new = self._base_status(status, spec, rid, namespace, name, generation)
-                new.update(phase="Pending", message=message)
-                new["conditions"] = lifecycle.set_condition(new.get("conditions", []), "Accepted", "False", reason,
-                                                            message, generation, now())
-                self._write(body, status, new, event=("Warning", reason, message))
-                return REFERENCE_RETRY
-            warm_start, problem = self._warm_start(namespace, name, spec, status, rid)
-            if problem is not None:
-                return self._warm_start_problem(body, status, spec, rid, generation, *problem)
-            if spec.validation.enabled and not (current.get("id") == rid and current.get("validated")):
-                status, passed = self._validation(body, status, spec, rid, warm_start)
-                if not passed:
-                    finished = status.get("phase") in lifecycle.TERMINAL
-                    return None if finished else min(30.0, self.settings.resync_interval)
-            job = self._create_children(body, spec, rid, warm_start=warm_start)
-        job = self._apply_suspend(job, spec)
-        job = self._apply_priority(job, spec)
+    async def _read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        job = await self.call(self.kube.read_job, namespace, name)
+        if job is not None:
+            job = self.jobs[(namespace, name)] = slim(job)
+        return job
 
-        pods = self._pods(namespace, name, rid, "trainer")
+    async def _pods(self, namespace: str, name: str, rid: str, component: str,
+                    job: dict[str, Any]) -> list[dict[str, Any]]:
+        """A run's pods of one component, from the cache; from the API server when its Job finished and no cached
+        pod has the result yet (a restart: watches fill in any order, and the result is in that pod)."""
+        pods = [p for (ns, _), p in self.pods.items() if ns == namespace
+                and (p["metadata"].get("labels") or {}).get(render.RUN_LABEL) == rid
+                and (p["metadata"].get("labels") or {}).get(render.SFTJOB_LABEL) == name
+                and (p["metadata"].get("labels") or {}).get(render.COMPONENT_LABEL, "trainer") == component]
         conditions = lifecycle.conditions_of(job)
         finished = any(lifecycle.holds(conditions, c) for c in ("Complete", "SuccessCriteriaMet", "Failed"))
         if finished and not any(lifecycle.termination_message(p)[0] for p in pods):
-            # The Job says it finished but no finished pod is cached yet (a restart: watches fill in any order).
-            # The result is in that pod; ask for it rather than finalize the run without it.
-            pods = self._list_pods(namespace, name, rid, "trainer")
-        seen = lifecycle.observe(spec.suspend, bool(spec.queue_name), job, pods)
-        stamp = now()
-        new = self._base_status(status, spec, rid, namespace, name, generation, warm_start)
-        run = new["run"]
-        if seen.phase == "Queued":
-            self._queue_view(job, spec.queue_name, seen, run, (status.get("progress") or {}).get("step"))
-        elif seen.phase == "Running" and run.get("preemptions"):
-            seen.message += f" (resumed from its checkpoint after {run['preemptions']} preemption(s) by Kueue)"
-        new.update(phase=seen.phase, message=seen.message)
-        for field, value in (("startTime", seen.start_time), ("completionTime", seen.completion_time)):
-            if value:
-                run[field] = value
-        # A preempted pod is deleted while its Job is suspended and the Job does not count it: count it here.
-        started = 0 if seen.phase == "Queued" else seen.attempts
-        run["attempts"] = max(started + run.get("preemptions", 0), run.get("attempts", 0))
-        conditions = lifecycle.set_condition(new.get("conditions", []), "Accepted", "True", "Accepted",
-                                             "the spec is valid and its references exist", generation, stamp)
-        new["conditions"] = lifecycle.phase_conditions(conditions, seen.phase, seen.reason, seen.message,
-                                                       generation, stamp)
-        if seen.phase == "Running" and seen.pod_ip:
-            self._read_progress(key, seen.pod_ip, new, stamp)
-        if seen.phase in lifecycle.TERMINAL and seen.result:
-            if seen.result.get("checkpoints") is not None:
-                new["checkpoints"] = checkpoint_status(seen.result["checkpoints"], run.get("outputPath"))
-            if seen.phase == "Failed" and seen.result.get("steps") is not None:
-                new["result"] = self._result(seen.result, run.get("outputPath"), name)
-        if seen.phase == "Succeeded":
-            new["result"] = self._result(seen.result, run.get("outputPath"), name)
-            progress = dict(new.get("progress") or {})
-            progress.update(percent=100, eta="0s", updateTime=stamp)
-            if progress.get("totalSteps") is not None or new["result"].get("steps") is not None:
-                progress["step"] = progress["totalSteps"] = new["result"].get("steps") or progress.get("totalSteps")
-            if new["result"].get("trainLoss") is not None and "loss" not in progress:
-                progress["loss"] = new["result"]["trainLoss"]
-            new["progress"] = progress
-        event = None
-        if (seen.phase, seen.reason) != (status.get("phase"), lifecycle.phase_reason(status)):
-            event = ("Warning" if seen.warning else "Normal", seen.reason, seen.message)
-        self._write(body, status, new, event=event, reason=seen.reason)
-        if seen.phase == "Running":
-            return self.settings.progress_interval
-        if seen.phase in ("Pending", "Queued"):
-            return min(30.0, self.settings.resync_interval)
+            listed = await self.call(self.kube.list_pods, namespace, f"{render.SFTJOB_LABEL}={name},"
+                                                                     f"{render.RUN_LABEL}={rid},"
+                                                                     f"{render.COMPONENT_LABEL}={component}")
+            pods = [slim(p) for p in listed]
+        return pods
+
+    async def _missing_reference(self, namespace: str, spec: api.SFTJobSpec) -> tuple[str, str] | None:
+        for check in decide.references(spec):
+            found = await self.call(self.kube.exists, check[0], namespace, check[1])
+            missing = decide.missing_reference(namespace, check, found)
+            if missing is not None:
+                return missing
         return None
 
-    # ---------------------------------------------------------------------------------- validation
-
-    def _pods(self, namespace: str, name: str, rid: str, component: str) -> list[dict[str, Any]]:
-        out = []
-        for (ns, _), p in self.pods.items():
-            labels = p["metadata"].get("labels") or {}
-            if ns == namespace and labels.get(render.RUN_LABEL) == rid and labels.get(render.SFTJOB_LABEL) == name \
-                    and labels.get(render.COMPONENT_LABEL, "trainer") == component:
-                out.append(p)
-        return out
-
-    def _list_pods(self, namespace: str, name: str, rid: str, component: str) -> list[dict[str, Any]]:
-        """A run's pods of one component, asked of the API server (not the cache)."""
-        return self.kube.list_pods(namespace, f"{render.SFTJOB_LABEL}={name},{render.RUN_LABEL}={rid},"
-                                              f"{render.COMPONENT_LABEL}={component}")
-
-    def _validation(self, body: dict[str, Any], status: dict[str, Any], spec: api.SFTJobSpec,
-                    rid: str, warm_start: render.ClaimPath | None = None) -> tuple[dict[str, Any], bool]:
-        """The Validating phase of a run: create its CPU-only Job, follow it, and write what it found. Returns
-        (the status now, whether the run passed and its training Job may be created)."""
-        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        generation = body["metadata"].get("generation")
-        vname = render.validation_job_name(name, rid)
-        job = self.jobs.get((namespace, vname)) or self.kube.read_job(namespace, vname)
-        if job is None:
-            job = self._create_children(body, spec, rid, validation=True, warm_start=warm_start)
-        pods = self._pods(namespace, name, rid, "validation")
-        finished = any(lifecycle.holds(lifecycle.conditions_of(job), c) for c in ("Complete", "SuccessCriteriaMet"))
-        if finished and not any(lifecycle.termination_message(p)[0] for p in pods):
-            pods = self._list_pods(namespace, name, rid, "validation")
-        seen = lifecycle.observe(False, bool(spec.validation.queue_name), job, pods)
-        if seen.phase == "Queued":
-            self._queue_view(job, spec.validation.queue_name, seen, {}, None)
-        stamp = now()
-        new = self._base_status(status, spec, rid, namespace, name, generation, warm_start)
-        new["run"]["validationJobName"] = vname
-        conditions = lifecycle.set_condition(new.get("conditions", []), "Accepted", "True", "Accepted",
-                                             "the spec is valid and its references exist", generation, stamp)
-        passed = False
-        if seen.phase == "Succeeded":
-            plan = (seen.result or {}).get("plan")
-            problem = validation_problem(plan)
-            if problem is None:
-                new["plan"] = plan
-                reason, message = "Validated", (f"data, template and model checked: {plan['samples']} samples, "
-                                                f"{plan['totalSteps']} steps, ~{plan['memory']['perGpu']} GiB per GPU")
-                conditions = lifecycle.set_condition(conditions, "Validated", "True", reason, message, generation,
-                                                     stamp)
-                new["run"]["validated"] = passed = True
-                new.update(phase="Pending", message="creating the training Job")
-                event = ("Normal", reason, message)
-            else:
-                if plan is not None:
-                    new["plan"] = plan
-                reason, message = problem
-                conditions = lifecycle.set_condition(conditions, "Validated", "False", reason, message, generation,
-                                                     stamp)
-                conditions = lifecycle.phase_conditions(conditions, "Failed", reason, message, generation, stamp)
-                new.update(phase="Failed", message=message)
-                new["run"]["completionTime"] = seen.completion_time or stamp
-                event = ("Warning", reason, message)
-        elif seen.phase == "Failed":
-            reason, message = seen.reason, seen.message
-            conditions = lifecycle.set_condition(conditions, "Validated", "False", reason, message, generation, stamp)
-            conditions = lifecycle.phase_conditions(conditions, "Failed", reason, message, generation, stamp)
-            new.update(phase="Failed", message=message)
-            new["run"]["completionTime"] = seen.completion_time or stamp
-            event = ("Warning", reason, message)
-        else:
-            reason = seen.reason if seen.warning or seen.phase == "Queued" else "Validating"
-            message = seen.message if seen.warning or seen.phase == "Queued" else \
-                "checking the data, chat template and model on a CPU before asking for a GPU"
-            conditions = lifecycle.set_condition(conditions, "Validated", "Unknown", reason, message, generation,
-                                                 stamp)
-            new.update(phase="Validating", message=message)
-            event = ("Warning" if seen.warning else "Normal", reason, message)
-        new["conditions"] = conditions
-        if (new.get("phase"), reason) == (status.get("phase"), _validated_reason(status)):
-            event = None
-        self._write(body, status, new, event=event, reason=reason)
-        return new, passed
-
-    # ------------------------------------------------------------------------------------- helpers
-
-    def _base_status(self, status: dict[str, Any], spec: api.SFTJobSpec, rid: str, namespace: str, name: str,
-                     generation: int | None, warm_start: render.ClaimPath | None = None) -> dict[str, Any]:
-        new = copy.deepcopy(status)
-        new["observedGeneration"] = generation
-        new["model"] = render.model_summary(spec)
-        run = dict(new.get("run") or {})
-        if run.get("id") != rid:
-            run = {}
-        run.update(id=rid, jobName=render.job_name(name, rid),
-                   outputPath=render.output_path(spec, namespace, name, rid))
-        if warm_start is not None:
-            run["warmStart"] = str(warm_start)
-        run.setdefault("attempts", 0)
-        new["run"] = run
-        return new
-
-    def _invalid(self, body: dict[str, Any], status: dict[str, Any], generation: int | None,
-                 problems: list[str]) -> None:
-        message = "invalid spec: " + "; ".join(problems)
-        new = copy.deepcopy(status)
-        stamp = now()
-        new.update(phase="Failed", message=message, observedGeneration=generation)
-        conditions = lifecycle.set_condition(new.get("conditions", []), "Accepted", "False", "InvalidSpec", message,
-                                             generation, stamp)
-        new["conditions"] = lifecycle.phase_conditions(conditions, "Failed", "InvalidSpec", message, generation, stamp)
-        changed = status.get("message") != message or status.get("phase") != "Failed"
-        self._write(body, status, new, event=("Warning", "InvalidSpec", message) if changed else None)
-        return None
-
-    def _supersede(self, body: dict[str, Any], status: dict[str, Any], spec: api.SFTJobSpec,
-                   rid: str) -> dict[str, Any]:
-        """The spec's training inputs changed: the current run becomes a previous run (its output stays where
-        it is), an unfinished one is stopped, and a new run starts."""
-        old = status["run"]
-        namespace = body["metadata"]["namespace"]
-        if status.get("phase") not in lifecycle.TERMINAL:
-            self.kube.stop_job(namespace, old["jobName"])
-            if old.get("validationJobName") and not old.get("validated"):
-                self.kube.stop_job(namespace, old["validationJobName"])
-        previous = {"id": old["id"], "jobName": old["jobName"], "phase": status.get("phase") or "Pending"}
-        if old.get("outputPath"):
-            previous["outputPath"] = old["outputPath"]
-        new = copy.deepcopy(status)
-        new["previousRuns"] = [previous] + [r for r in status.get("previousRuns", []) if r.get("id") != rid
-                                            and r.get("id") != old["id"]][: MAX_PREVIOUS_RUNS - 1]
-        for field in ("progress", "result", "plan", "checkpoints"):
-            new.pop(field, None)
-        new["conditions"] = [c for c in new.get("conditions", []) if c.get("type") != "Validated"]
-        new["run"] = {"id": rid}
-        message = (f"the spec's training inputs changed: run {rid} replaces run {old['id']}, whose output stays "
-                   f"at {old.get('outputPath')}")
-        self.kube.post_event(body, "Normal", "NewRun", message)
-        return new
-
-    def _missing_reference(self, namespace: str, spec: api.SFTJobSpec) -> tuple[str, str] | None:
-        """The first Secret, ConfigMap or claim the spec names that does not exist (or lacks its key).
-        A missing reference waits: in GitOps the Secret may arrive after the SFTJob."""
-        checks: list[tuple[str, str, str | None, str]] = []
-        if spec.hub_token_secret is not None:
-            checks.append(("Secret", spec.hub_token_secret.name, spec.hub_token_secret.key, "spec.hubTokenSecret"))
-        if spec.dataset.config_map is not None:
-            checks.append(("ConfigMap", spec.dataset.config_map.name, spec.dataset.config_map.key,
-                           "spec.dataset.configMap"))
-            if spec.dataset.eval_split is not None and spec.dataset.eval_split.file is not None:
-                checks.append(("ConfigMap", spec.dataset.config_map.name, spec.dataset.eval_split.file,
-                               "spec.dataset.evalSplit.file"))
-        if spec.model.pvc is not None:
-            checks.append(("PersistentVolumeClaim", spec.model.pvc.claim_name, None, "spec.model.pvc.claimName"))
-        if spec.dataset.pvc is not None:
-            checks.append(("PersistentVolumeClaim", spec.dataset.pvc.claim_name, None, "spec.dataset.pvc.claimName"))
-        if spec.output.pvc.create is None:
-            checks.append(("PersistentVolumeClaim", spec.output.pvc.claim_name, None, "spec.output.pvc.claimName"))
-        for kind, name, key, field in checks:
-            obj = self.kube.exists(kind, namespace, name)
-            short = {"PersistentVolumeClaim": "PVC"}.get(kind, kind)
-            if obj is None:
-                return f"{short}NotFound", (f"{field}: {kind} {name} does not exist in namespace {namespace}; the run "
-                                            f"starts when it does")
-            if key is not None and key not in (obj.get("data") or {}) and key not in (obj.get("stringData") or {}):
-                return f"{short}KeyNotFound", f"{field}: {kind} {name} has no key {key!r}; the run starts when it does"
-        return None
-
-    def _warm_start(self, namespace: str, name: str, spec: api.SFTJobSpec, status: dict[str, Any],
-                    rid: str) -> tuple[render.ClaimPath | None, tuple[str, str, bool] | None]:
-        """spec.warmStart resolved to a folder on a claim, once per run (kept in status.run.warmStart): (the folder,
-        None), or (None, (reason, message, whether it can never resolve))."""
-        ws = spec.warm_start
-        if ws is None:
-            return None, None
-        run = status.get("run") or {}
-        if run.get("id") == rid and run.get("warmStart"):
-            return render.ClaimPath.parse(run["warmStart"]), None
-        if ws.pvc is not None:
-            return render.ClaimPath(ws.pvc.claim_name, ws.pvc.path.rstrip("/")), None
-        assert ws.sft_job is not None
-        own = ws.sft_job == name
-        other = status if own else (self.sftjobs.get((namespace, ws.sft_job)) or {}).get("status")
-        if not own and (namespace, ws.sft_job) not in self.sftjobs:
-            return None, ("WarmStartNotFound", f"spec.warmStart.sftJob: SFTJob {ws.sft_job} does not exist in "
-                                               f"namespace {namespace}; the run starts when it does", False)
-        other = other or {}
-        current = other.get("run") or {}
-        runs = ([] if own else [{**current, "phase": other.get("phase")}]) + list(other.get("previousRuns") or [])
-        runs = [r for r in runs if r.get("id")]
-        if ws.run_id is not None:
-            found = [r for r in runs if r["id"] == ws.run_id]
-        elif own:
-            found = [r for r in runs if r.get("phase") == "Succeeded"][:1]
-        else:
-            found = runs[:1]
-        if not found:
-            known = ", ".join(f"{r['id']} ({r.get('phase')})" for r in runs) or "none"
-            which = f"run {ws.run_id}" if ws.run_id else "run that succeeded"
-            return None, ("WarmStartNotFound", f"spec.warmStart: SFTJob {ws.sft_job} has no {which}; its runs: "
-                                               f"{known}", own or ws.run_id is not None)
-        source = found[0]
-        if not own and source is runs[0] and other.get("model") and other["model"] != render.model_summary(spec):
-            return None, ("WarmStartMismatch", f"spec.warmStart: SFTJob {ws.sft_job} trains another base model "
-                                               f"({other['model']}, this SFTJob {render.model_summary(spec)}); an "
-                                               f"adapter continues only on its own base", True)
-        if not source.get("outputPath"):
-            return None, ("WarmStartNotFound", f"spec.warmStart: run {source['id']} of SFTJob {ws.sft_job} has no "
-                                               f"output yet", False)
-        out = render.ClaimPath.parse(source["outputPath"])
-        if ws.checkpoint is not None:
-            return render.ClaimPath(out.claim, f"{out.folder}/checkpoints/checkpoint-{ws.checkpoint}"), None
-        phase = source.get("phase")
-        if phase == "Succeeded":
-            return render.ClaimPath(out.claim, f"{out.folder}/adapter"), None
-        if phase in lifecycle.TERMINAL or source is not runs[0] or own:
-            return None, ("WarmStartNotFound", f"spec.warmStart: run {source['id']} of SFTJob {ws.sft_job} ended "
-                                               f"{phase} without an adapter; name one of its checkpoints with "
-                                               f"warmStart.checkpoint", True)
-        return None, ("WaitingForWarmStart", f"spec.warmStart: waiting for run {source['id']} of SFTJob {ws.sft_job} "
-                                             f"to succeed (it is {phase or 'Pending'})", False)
-
-    def _warm_start_problem(self, body: dict[str, Any], status: dict[str, Any], spec: api.SFTJobSpec, rid: str,
-                            generation: int | None, reason: str, message: str, final: bool) -> float | None:
-        """A warm start that cannot resolve: the run fails when it never can, and waits when it may."""
-        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        new = self._base_status(status, spec, rid, namespace, name, generation)
-        stamp = now()
-        phase = "Failed" if final else "Pending"
-        new.update(phase=phase, message=message)
-        conditions = lifecycle.set_condition(new.get("conditions", []), "Accepted", "False" if final else "True",
-                                             reason, message, generation, stamp)
-        new["conditions"] = lifecycle.phase_conditions(conditions, phase, reason, message, generation, stamp)
-        if final:
-            new["run"]["completionTime"] = stamp
-        changed = (status.get("phase"), status.get("message")) != (phase, message)
-        self._write(body, status, new, event=("Warning", reason, message) if changed else None, reason=reason)
-        return None if final else REFERENCE_RETRY
-
-    def _create_children(self, body: dict[str, Any], spec: api.SFTJobSpec, rid: str,
-                         validation: bool = False, warm_start: render.ClaimPath | None = None) -> dict[str, Any]:
-        import kopf
-
-        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        claim = render.output_claim(namespace, spec)
-        if claim is not None:
-            self.kube.ensure_claim(claim)  # not adopted: output outlives the SFTJob
-        config_map = render.config_map(name, namespace, spec, rid, self.settings, warm_start)
-        kopf.adopt(config_map, owner=body)
-        self.kube.ensure_config_map(config_map)
-        job = render.job(name, namespace, spec, rid, self.settings, validation=validation, warm_start=warm_start)
-        kopf.adopt(job, owner=body, nested=("spec.template",))
-        created = self.kube.ensure_job(job)
-        self.jobs[(namespace, created["metadata"]["name"])] = created
-        log.info("SFTJob %s/%s: run %s, Job %s", namespace, name, rid, created["metadata"]["name"])
-        return created
-
-    def _apply_suspend(self, job: dict[str, Any], spec: api.SFTJobSpec) -> dict[str, Any]:
-        """spec.suspend drives the Job's suspend; with a queue, only Kueue lets a Job start."""
-        suspended = bool((job.get("spec") or {}).get("suspend"))
+    async def _queue_view(self, job: dict[str, Any], queue: str | None, suspend: bool) -> QueueView | None:
+        """Kueue's view of a Job it holds suspended: its Workload, ClusterQueue, place in the queue, preemptor."""
         conditions = lifecycle.conditions_of(job)
-        if lifecycle.holds(conditions, "Complete") or lifecycle.holds(conditions, "Failed"):
-            return job
-        want = spec.suspend if not spec.queue_name else (spec.suspend or suspended)
-        if want != suspended:
-            job = self.kube.set_job_suspended(job["metadata"]["namespace"], job["metadata"]["name"], want)
-            self.jobs[(job["metadata"]["namespace"], job["metadata"]["name"])] = job
-        return job
-
-    def _queue_view(self, job: dict[str, Any], queue: str | None, seen: lifecycle.Observation, run: dict[str, Any],
-                    step: int | None) -> None:
-        """A run Kueue holds suspended: why, from its Workload; counts a preemption the first time it is seen."""
+        if not queue or suspend or not (job.get("spec") or {}).get("suspend") or \
+                any(lifecycle.holds(conditions, c) for c in ("Complete", "SuccessCriteriaMet", "Failed")):
+            return None
         namespace = job["metadata"]["namespace"]
-        queue = queue or ""
+        view = QueueView()
         try:
-            workload = self.kube.workload_of(namespace, job)
-            cluster_queue = ((self.kube.local_queue(namespace, queue) or {}).get("spec") or {}).get("clusterQueue")
+            view.workload = await self.call(self.kube.workload_of, namespace, job)
+            local = await self.call(self.kube.local_queue, namespace, queue)
+            view.cluster_queue = ((local or {}).get("spec") or {}).get("clusterQueue")
         except KueueAbsent:
-            seen.reason, seen.warning = "KueueNotInstalled", True
-            seen.message = (f"the run waits for Kueue to admit it (LocalQueue {queue}), but this cluster serves no "
-                            f"Kueue API: install Kueue, or remove spec.queueName to run without a queue")
-            return
-        except ApiException as e:  # Kueue's view is an explanation: without it the run still reads Queued
+            return QueueView(absent=True)
+        except ApiException as e:
             log.warning("could not read Kueue's Workload of Job %s/%s: %s", namespace, job["metadata"]["name"],
                         str(e).splitlines()[0][:200])
-            return
-        position = preemptor = None
+            return QueueView(unreadable=True)
+        workload = view.workload
         if workload is not None:
-            run["workloadName"] = workload["metadata"]["name"]
             if not kueue.holds(workload, "Evicted") and not kueue.holds(workload, "QuotaReserved"):
-                position = kueue.position_of(self.kube.pending_workloads(namespace, queue), workload)
+                pending = await self.call(self.kube.pending_workloads, namespace, queue)
+                view.position = kueue.position_of(pending, workload)
             uid = kueue.preemptor_job_uid(workload)
             if uid:
-                preemptor = next((f"SFTJob {ns}/{(j['metadata'].get('labels') or {})[render.SFTJOB_LABEL]}"
-                                  for (ns, _), j in list(self.jobs.items()) if j["metadata"].get("uid") == uid
-                                  and render.SFTJOB_LABEL in (j["metadata"].get("labels") or {})), None)
-        state = kueue.queue_state(workload, queue, cluster_queue, position, preemptor, step)
-        seen.reason, seen.message, seen.warning = state.reason, state.message, state.warning
-        if state.preempted_at and state.preempted_at != run.get("lastPreemptionTime"):
-            run["preemptions"] = run.get("preemptions", 0) + 1
-            run["lastPreemptionTime"] = state.preempted_at
+                view.preemptor = next((f"SFTJob {ns}/{(j['metadata'].get('labels') or {})[render.SFTJOB_LABEL]}"
+                                       for (ns, _), j in self.jobs.items() if j["metadata"].get("uid") == uid
+                                       and render.SFTJOB_LABEL in (j["metadata"].get("labels") or {})), None)
+        return view
 
-    def _apply_priority(self, job: dict[str, Any], spec: api.SFTJobSpec) -> dict[str, Any]:
-        """spec.workloadPriorityClassName on the Job, where Kueue allows the change: a new value always, a first
-        value only while the Job is suspended, never a removal."""
-        meta = job["metadata"]
-        want, have = spec.workload_priority_class_name, (meta.get("labels") or {}).get(render.PRIORITY_LABEL)
-        conditions = lifecycle.conditions_of(job)
-        if not spec.queue_name or not want or want == have or lifecycle.holds(conditions, "Complete") \
-                or lifecycle.holds(conditions, "Failed"):
-            return job
-        if have or (job.get("spec") or {}).get("suspend"):
-            job = self.kube.set_job_label(meta["namespace"], meta["name"], render.PRIORITY_LABEL, want)
-            self.jobs[(meta["namespace"], meta["name"])] = job
-        return job
+    # --------------------------------------------------------------------------------------------- act
 
-    def _read_progress(self, key: Key, ip: str, new: dict[str, Any], stamp: str) -> None:
-        last = self.progress_read.get(key, 0.0)
-        if time.monotonic() - last < self.settings.progress_interval * 0.9 and new.get("progress"):
-            return
-        self.progress_read[key] = time.monotonic()
-        data = fetch_progress(ip, self.settings.progress_port)
-        if data and data.get("step") is not None:
-            new["progress"] = progress_status(data, stamp)
-        if data and isinstance(data.get("checkpoints"), list):
-            new["checkpoints"] = checkpoint_status(data["checkpoints"], new["run"].get("outputPath"))
-
-    @staticmethod
-    def _result(message: dict[str, Any] | None, output_path: str | None, name: str) -> dict[str, Any]:
-        message = message or {}
-        result: dict[str, Any] = {}
-        if output_path and message.get("adapterPath"):
-            result["adapterPath"] = f"{output_path}/{message['adapterPath']}"
-        if output_path and message.get("mergedPath"):
-            result["mergedPath"] = f"{output_path}/{message['mergedPath']}"
-        for key in ("trainLoss", "evalLoss", "steps", "runtimeSeconds", "trainableParameters", "totalParameters",
-                    "trainedTokens", "evaluation", "resultStep", "stopReason", "warmStart"):
-            if message.get(key) is not None:
-                result[key] = message[key]
-        serve = message.get("serving")
-        if output_path and message.get("adapterPath") and isinstance(serve, dict) and serve.get("loraRank"):
-            result["serving"] = serving_status(name, render.ClaimPath.parse(f"{output_path}/{message['adapterPath']}"),
-                                               serve)
-        return result
-
-    def _write(self, body: dict[str, Any], old: dict[str, Any], new: dict[str, Any],
-               event: tuple[str, str, str] | None = None, reason: str | None = None) -> None:
-        """Patch the status when it changed (only the difference), then post the event. Every write carries the
-        kstatus conditions that follow from the phase it writes."""
+    async def act(self, key: Key, seen: Observed, decision: Decision) -> float | None:
+        """Carry out a decision: the writes, then the status within the write budget, then its events."""
+        requeue = decision.requeue
+        for action in decision.actions:
+            created = await self._act(action)
+            if created is not None:
+                self.jobs[(action.namespace, created["metadata"]["name"])] = slim(created)
+                requeue = 0.5 if requeue is None else min(requeue, 0.5)  # look at what was created (or found)
+        if decision.track:
+            self.poller.track(key, decision.track)
+        else:
+            self.poller.forget(key)
+        if decision.status is None:
+            return requeue
+        new = decision.status
         if new.get("phase"):
             new = {**new, "conditions": lifecycle.standard_conditions(new, new.get("observedGeneration"), now(),
-                                                                      reason)}
+                                                                      decision.reason)}
         new = {k: v for k, v in new.items() if v is not None and v != {} and v != []}
-        patch = merge_patch(body.get("status") or {}, new)
-        if patch is not None:
-            meta = body["metadata"]
-            self.kube.patch_status(meta["namespace"], meta["name"], patch)
-            body["status"] = new  # the cache sees our own write before its watch event arrives
-        if event is not None and patch is not None:
-            self.kube.post_event(body, *event)
+        body = seen.body
+        old = body.get("status") or {}
+        worth, live = decide.worth_writing(old, new)
+        if not worth:
+            return requeue
+        if live:
+            wait = self.last_write.get(key, -1e9) + 60.0 / self.settings.status_writes_per_minute - time.monotonic()
+            if wait > 0:  # coalesced: the latest reading is written when the budget allows
+                self.metrics.writes_deferred.inc()
+                return wait if requeue is None else min(requeue, wait)
+        patch = merge_patch(old, new)
+        assert patch is not None
+        await self.call(self.kube.patch_status, seen.namespace, seen.name, patch)
+        self.last_write[key] = time.monotonic()
+        self.metrics.status_written(seen.namespace, old, new, live)
+        cached = self.sftjobs.get(key)
+        if cached is not None:
+            cached["status"] = new  # the cache sees our own write before its watch event arrives
+        for kind, reason, message in decision.events:
+            if self.last_event.get(key) == (reason, message):
+                continue  # the same event twice in a row: a retry, not a transition
+            self.last_event[key] = (reason, message)
+            await self.call(self.kube.post_event, body, kind, reason, message)
+            self.metrics.events.inc()
+        return requeue
 
+    async def _act(self, action: Action) -> dict[str, Any] | None:
+        """One write; returns the Job it created (or found), for the cache."""
+        kube = self.kube
+        if action.verb == "ensure_claim":
+            claim = (action.namespace, action.name)
+            if time.monotonic() - self.claims.get(claim, -1e9) > CLAIM_MEMORY:
+                await self.call(kube.ensure_claim, action.body)
+                self.claims[claim] = time.monotonic()
+        elif action.verb == "ensure_config_map":
+            await self.call(kube.ensure_config_map, action.body)
+        elif action.verb == "ensure_job":
+            job = await self.call(kube.ensure_job, action.body)
+            log.info("SFTJob %s/%s: Job %s", action.namespace,
+                     (action.body or {}).get("metadata", {}).get("labels", {}).get(render.SFTJOB_LABEL),
+                     job["metadata"]["name"])
+            return job
+        elif action.verb == "stop_job":
+            await self.call(kube.stop_job, action.namespace, action.name)
+        elif action.verb == "suspend_job":
+            return await self.call(kube.set_job_suspended, action.namespace, action.name, action.value)
+        elif action.verb == "label_job":
+            return await self.call(kube.set_job_label, action.namespace, action.name, *action.value)
+        else:
+            raise ValueError(f"unknown action {action.verb}")
+        return None
 
-def checkpoint_status(checkpoints: list[Any], output_path: str | None) -> list[dict[str, Any]]:
-    """The trainer's checkpoint inventory as status shows it: paths as <claim>:<folder>, within the status' bound."""
-    out = []
-    for c in checkpoints:
-        if not isinstance(c, dict) or not isinstance(c.get("step"), int) or not c.get("path"):
-            continue
-        entry = {k: c[k] for k in ("step", "epoch", "trainLoss", "evalLoss", "complete", "best") if c.get(k) is not None}
-        entry.setdefault("complete", False)
-        entry["path"] = f"{output_path}/{c['path']}" if output_path else c["path"]
-        out.append(entry)
-    if len(out) > MAX_CHECKPOINTS:
-        best = [c for c in out if c.get("best")]
-        out = (best + [c for c in out[-MAX_CHECKPOINTS:] if not c.get("best")])[-MAX_CHECKPOINTS:]
-        out.sort(key=lambda c: c["step"])
-    return out
-
-
-MAX_CHECKPOINTS = 21
-ADAPTER_MOUNT = "/adapters"  # where the serving handoff assumes the output claim is mounted in the vLLM pod
-
-
-def serving_status(name: str, adapter: render.ClaimPath, serve: dict[str, Any]) -> dict[str, Any]:
-    """status.result.serving: what vLLM and KServe need to load the adapter from its claim."""
-    path = f"{ADAPTER_MOUNT}/{adapter.folder}"
-    lora_module = {"name": name, "path": path, "base_model_name": serve.get("baseModel")}
-    out = {"claimName": adapter.claim, "path": adapter.folder, "baseModel": serve.get("baseModel"),
-           "loraRank": serve["loraRank"],
-           "targetModules": serve["targetModules"] if isinstance(serve.get("targetModules"), list) else [],
-           "vllmLoraModules": json.dumps({k: v for k, v in lora_module.items() if v}, separators=(",", ":")),
-           "storageUri": f"pvc://{adapter.claim}/{adapter.folder}"}
-    for key in ("baseModelRevision", "vllmMaxLoraRank"):
-        if serve.get(key) is not None:
-            out[key] = serve[key]
-    return out
-
-
-def validation_problem(plan: dict[str, Any] | None) -> tuple[str, str] | None:
-    """(reason, message) when a validation that finished does not let the run start."""
-    if not plan:
-        return "ValidationFailed", "the validation Job finished without writing a plan"
-    try:
-        checked = api.Plan.model_validate(plan)
-    except ValidationError as e:
-        return "ValidationFailed", "the validation Job wrote a plan this operator cannot read: " + "; ".join(
-            api.error_lines(e, "plan."))
-    mem = checked.memory
-    if mem.fits is False:
-        return "InsufficientGPUMemory", (
-            f"the run needs about {mem.per_gpu} GiB per GPU ({checked.method}) but the GPU has {mem.gpu_memory} GiB "
-            f"({mem.gpu_memory_source}); would fit: " + "; or ".join(mem.would_fit or ["nothing found"]))
-    return None
-
-
-def _validated_reason(status: dict[str, Any]) -> str | None:
-    for c in status.get("conditions") or []:
-        if c.get("type") == "Validated":
-            return c.get("reason")
-    return None

@@ -22,8 +22,8 @@ from typing import Any
 from sftop_trainer.errors import EXIT_CLASSES
 
 TERMINAL = frozenset({"Succeeded", "Failed"})
-CONDITION_TYPES = ("Ready", "Reconciling", "Stalled", "Accepted", "Validated", "Queued", "Running", "Suspended",
-                   "Succeeded", "Failed")
+CONDITION_TYPES = ("Ready", "Reconciling", "Stalled", "Accepted", "Validated", "Queued", "Running",
+                   "ProgressReported", "Suspended", "Succeeded", "Failed")
 IN_PROGRESS = frozenset({"Pending", "Validating", "Queued", "Running"})
 # Container waiting reasons that mean the pod cannot start without someone acting.
 STUCK_WAITING = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",

@@ -8,6 +8,9 @@
 | SFTOP_DEFAULT_MEMORY | 32Gi | memory request and limit of trainer pods whose SFTJob sets none |
 | SFTOP_PROGRESS_PORT | 8080 | the trainer pods' progress endpoint port |
 | SFTOP_PROGRESS_INTERVAL | 15 | seconds between two progress reads of one running SFTJob |
+| SFTOP_PROGRESS_TIMEOUT | 1 | seconds a progress read may take; a pod that does not answer is read less often |
+| SFTOP_PROGRESS_CONCURRENCY | 64 | progress reads under way at once |
+| SFTOP_STATUS_WRITES_PER_MINUTE | 4 | most live-progress status writes per running SFTJob per minute |
 | SFTOP_RESYNC_INTERVAL | 300 | seconds between two full reconciliations of one SFTJob (drift repair) |
 | SFTOP_TERMINATION_GRACE_SECONDS | 120 | trainer pods' grace period: time to finish a step and save a checkpoint |
 | SFTOP_WORKERS | 8 | SFTJobs reconciled at the same time |
@@ -47,6 +50,9 @@ class Settings:
     validation_deadline_seconds: int = 3600
     progress_port: int = 8080
     progress_interval: float = 15.0
+    progress_timeout: float = 1.0
+    progress_concurrency: int = 64
+    status_writes_per_minute: float = 4.0
     resync_interval: float = 300.0
     termination_grace_seconds: int = 120
     workers: int = 8
@@ -87,6 +93,9 @@ class Settings:
             kw["log_format"] = env["SFTOP_LOG_FORMAT"]
         number("SFTOP_PROGRESS_PORT", int, 1)
         number("SFTOP_PROGRESS_INTERVAL", float, 1)
+        number("SFTOP_PROGRESS_TIMEOUT", float, 0.1)
+        number("SFTOP_PROGRESS_CONCURRENCY", int, 1)
+        number("SFTOP_STATUS_WRITES_PER_MINUTE", float, 0.1)
         number("SFTOP_RESYNC_INTERVAL", float, 1)
         number("SFTOP_TERMINATION_GRACE_SECONDS", int, 1)
         number("SFTOP_WORKERS", int, 1)

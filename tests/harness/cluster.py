@@ -181,7 +181,8 @@ def running(ip: str = "127.0.0.1") -> dict[str, Any]:
 
 
 def terminated(code: int, message: str = "", reason: str | None = None) -> dict[str, Any]:
-    state = {"exitCode": code, "message": message, "reason": reason or ("Completed" if code == 0 else "Error")}
+    state = {"exitCode": code, "message": message, "reason": reason or ("Completed" if code == 0 else "Error"),
+             "startedAt": "2026-11-22T10:00:00Z", "finishedAt": "2026-11-22T10:05:00Z"}
     return {"phase": "Succeeded" if code == 0 else "Failed",
             "containerStatuses": [{"name": "trainer", "ready": False, "state": {"terminated": state}}]}
 

@@ -58,7 +58,7 @@ async def test_run_walks_pending_running_succeeded_with_the_result(apiserver, op
     rid = status["run"]["id"]
     assert status["result"] == {"adapterPath": f"adapters:{NS}/chat/{rid}/adapter", "trainLoss": 1.25, "evalLoss": 1.5,
                                 "steps": 10, "runtimeSeconds": 42.0, "trainableParameters": 1000,
-                                "totalParameters": 50000, "trainedTokens": 12345}
+                                "totalParameters": 50000, "trainedTokens": 12345, "gpuSeconds": 300.0}
     assert status["run"]["completionTime"] == "2026-11-22T10:05:00Z" and status["run"]["attempts"] == 1
     assert status["progress"]["percent"] == 100
     assert condition(status, "Succeeded")["status"] == "True" and condition(status, "Running")["status"] == "False"

@@ -1,7 +1,6 @@
 """What a run leaves behind, as the SFTJob's status shows it: checkpoints, the result with its serving handoff, a
 failed run's progress; and what a run starts from and reports to: warm start, tracking."""
 
-import dataclasses
 import json
 
 from harness.cluster import (NS, apply, condition, finish, make_pod, obj, objs, patch, pod_status, running, sftjob,
@@ -28,7 +27,7 @@ async def test_checkpoints_appear_while_training_and_the_result_says_how_to_serv
     progress.update(checkpoints=CHECKPOINTS[:1])
     server = serve(progress, "127.0.0.1", 18932)
     try:
-        operator.controller.settings = dataclasses.replace(operator.controller.settings, progress_port=18932)
+        operator.controller.poller.port = 18932
         await apply(apiserver, sftjob())
         job = await wait_for(lambda: job_of(apiserver))
         pod = await make_pod(apiserver, job)
@@ -71,7 +70,7 @@ async def test_a_failed_run_keeps_the_steps_losses_and_checkpoints_it_reached(ap
                                       "trainLoss": 1.9, "checkpoints": CHECKPOINTS})
     status = await wait_for(lambda: status_of(apiserver).get("phase") == "Failed" and status_of(apiserver))
     assert condition(status, "Failed")["reason"] == "LossSpike"
-    assert status["result"] == {"steps": 43, "trainLoss": 1.9}
+    assert status["result"] == {"steps": 43, "trainLoss": 1.9, "gpuSeconds": 300.0}  # what the failed attempt used
     assert [c["step"] for c in status["checkpoints"]] == [20, 40]
 
 

@@ -134,7 +134,6 @@ async def test_deleting_the_sftjob_removes_its_children_but_not_the_output(apise
 
 
 async def test_progress_is_read_from_the_trainer_pod(apiserver, operator):
-    import dataclasses
 
     from sftop_trainer.progress import Progress, serve
 
@@ -144,7 +143,7 @@ async def test_progress_is_read_from_the_trainer_pod(apiserver, operator):
     progress.step(4, 10, 0.4, 400)
     server = serve(progress, "127.0.0.1", 18931)
     try:
-        operator.controller.settings = dataclasses.replace(operator.controller.settings, progress_port=18931)
+        operator.controller.poller.port = 18931
         await apply(apiserver, sftjob())
         job = (await wait_for(lambda: objs(apiserver, "batch/v1/jobs")))[0]
         pod = await make_pod(apiserver, job)

@@ -53,7 +53,13 @@ def test_sigterm_checkpoints_and_restart_resumes_from_that_step(train_config, tm
         assert progress["phase"] == "Training" and progress["totalSteps"] == 600
         assert 0 < progress["step"] < 600 and 0 < progress["percent"] < 100 and "loss" in progress
         metrics = get(f"http://127.0.0.1:{port}/metrics")
-        assert "# TYPE sftop_trainer_step gauge" in metrics and 'sftop_trainer_total_steps{run=""} 600' in metrics
+        from prometheus_client.parser import text_string_to_metric_families
+
+        families = {f.name: f for f in text_string_to_metric_families(metrics)}
+        assert families["sftop_trainer_step"].type == "gauge"
+        assert families["sftop_trainer_total_steps"].samples[0].value == 600
+        assert families["sftop_trainer_tokens_seen"].type == "counter"
+        assert families["sftop_trainer_tokens_seen"].samples[0].value > 0
         first.send_signal(signal.SIGTERM)
         for _ in events(first):
             pass

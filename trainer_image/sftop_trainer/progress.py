@@ -2,7 +2,7 @@
 
 The trainer serves its latest progress on a small HTTP endpoint in the pod (the operator polls it):
     GET /progress   JSON: phase, step, totalSteps, percent, epoch, loss, learningRate, tokensPerSecond, eta, ...
-    GET /metrics    the same as Prometheus metrics (text format 0.0.4)
+    GET /metrics    the same as Prometheus metrics (prometheus_client)
     GET /healthz    200 while the process runs
 and logs the same JSON as one line per logging step on stdout (`{"event": "progress", ...}`).
 """
@@ -79,30 +79,52 @@ METRICS = [
     ("evalLoss", "sftop_trainer_eval_loss", "Latest evaluation loss."),
     ("learningRate", "sftop_trainer_learning_rate", "Latest learning rate."),
     ("tokensPerSecond", "sftop_trainer_tokens_per_second", "Training throughput."),
-    ("tokensSeen", "sftop_trainer_tokens_seen_total", "Tokens trained on so far."),
+    ("tokensSeen", "sftop_trainer_tokens_seen", "Tokens trained on so far."),  # a counter: exposed as ..._total
     ("etaSeconds", "sftop_trainer_eta_seconds", "Estimated seconds to the end."),
 ]
+COUNTERS = {"tokensSeen"}
 
 
-def prometheus_text(snapshot: dict[str, Any]) -> str:
-    run = str(snapshot.get("runId") or "").replace("\\", "\\\\").replace('"', '\\"')
-    lines = []
-    for key, name, help_text in METRICS:
-        value = snapshot.get(key)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            kind = "counter" if name.endswith("_total") else "gauge"
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f'{name}{{run="{run}"}} {value}']
-    return "\n".join(lines) + "\n"
+class _Collector:
+    """The latest progress as Prometheus metrics, read at scrape time."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        snapshot = self.progress.snapshot()
+        run = str(snapshot.get("runId") or "")
+        for key, name, help_text in METRICS:
+            value = snapshot.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                family = (CounterMetricFamily if key in COUNTERS else GaugeMetricFamily)(name, help_text,
+                                                                                         labels=["run"])
+                family.add_metric([run], value)
+                yield family
+
+
+def registry(progress: Progress):
+    """A prometheus_client registry with the run's progress metrics."""
+    from prometheus_client import CollectorRegistry
+
+    out = CollectorRegistry(auto_describe=False)
+    out.register(_Collector(progress))  # type: ignore[arg-type]
+    return out
 
 
 class _Handler(BaseHTTPRequestHandler):
     progress: Progress
+    metrics: Any
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         if self.path.split("?")[0] == "/progress":
             self._send(200, "application/json", json.dumps(self.progress.snapshot()))
         elif self.path.split("?")[0] == "/metrics":
-            self._send(200, "text/plain; version=0.0.4", prometheus_text(self.progress.snapshot()))
+            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+            self._send(200, CONTENT_TYPE_LATEST, generate_latest(self.metrics).decode())
         elif self.path.split("?")[0] == "/healthz":
             self._send(200, "text/plain", "ok\n")
         else:
@@ -125,7 +147,7 @@ def serve(progress: Progress, host: str, port: int) -> ThreadingHTTPServer | Non
     a convenience, training is the job."""
     if port == 0:
         return None
-    handler = type("ProgressHandler", (_Handler,), {"progress": progress})
+    handler = type("ProgressHandler", (_Handler,), {"progress": progress, "metrics": registry(progress)})
     try:
         server = ThreadingHTTPServer((host, port), handler)
     except OSError as e:
