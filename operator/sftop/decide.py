@@ -131,8 +131,10 @@ def decide(seen: Observed) -> Decision:
             new.update(phase="Pending", message=message)
             new["conditions"] = lifecycle.set_condition(new.get("conditions", []), "Accepted", "False", reason,
                                                         message, generation, seen.now)
-            out.status, out.requeue = new, REFERENCE_RETRY
-            out.events.append(("Warning", reason, message))
+            out.status, out.reason, out.requeue = new, reason, REFERENCE_RETRY
+            if (status.get("phase"), lifecycle.phase_reason(status), status.get("message")) != \
+                    ("Pending", reason, message):
+                out.events.append(("Warning", reason, message))
             return out
         warm_start, problem = resolve_warm_start(seen, status, rid)
         if problem is not None:

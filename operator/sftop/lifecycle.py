@@ -224,6 +224,9 @@ def phase_reason(status: dict[str, Any]) -> str:
     accepted = conds.get("Accepted")
     if accepted is not None and accepted.get("status") == "False":
         return accepted.get("reason") or phase
+    reconciling = conds.get("Reconciling")  # kstatus' condition carries the reason of a phase without its own
+    if phase in IN_PROGRESS and reconciling is not None and reconciling.get("status") == "True":
+        return reconciling.get("reason") or phase
     return phase
 
 
