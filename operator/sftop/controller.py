@@ -112,6 +112,15 @@ class WorkQueue:
 
 
 
+def older(obj: dict[str, Any], than: dict[str, Any]) -> bool:
+    """Whether `obj` is an older version of `than` by resourceVersion. Kubernetes calls resourceVersions opaque, but
+    they are etcd revisions, which only grow; anything but two integers is never taken to be older."""
+    a, b = obj["metadata"].get("resourceVersion"), than["metadata"].get("resourceVersion")
+    if (obj["metadata"].get("uid") or "") != (than["metadata"].get("uid") or ""):
+        return False
+    return isinstance(a, str) and isinstance(b, str) and a.isdigit() and b.isdigit() and int(a) < int(b)
+
+
 def slim(obj: dict[str, Any]) -> dict[str, Any]:
     """What the cache keeps of a Job or Pod: metadata, status, and a Job's suspend. A Job's pod template or a pod's
     spec is most of its size and nothing the operator reads again."""
@@ -147,8 +156,11 @@ class Controller:
 
     # ------------------------------------------------------------------------------------ watch events
 
-    def observe_sftjob(self, event_type: str | None, obj: dict[str, Any]) -> None:
+    def observe_sftjob(self, event_type: str | None, obj: dict[str, Any], requeue: bool = True) -> None:
         key = (obj["metadata"].get("namespace"), obj["metadata"]["name"])
+        cached = self.sftjobs.get(key)
+        if event_type != "DELETED" and cached is not None and older(obj, cached):
+            return  # an event from before a write of ours already in the cache (watches lag behind writes)
         if event_type == "DELETED":
             self.sftjobs.pop(key, None)
             self.queue.forget(key)
@@ -158,6 +170,8 @@ class Controller:
             return
         obj["metadata"].pop("managedFields", None)
         self.sftjobs[key] = obj
+        if not requeue:
+            return
         self.queue.add(key)
         # An SFTJob that waits to continue this one's adapter looks again as soon as this one changes.
         for (namespace, name), other in self.sftjobs.items():
@@ -362,12 +376,15 @@ class Controller:
                 return wait if requeue is None else min(requeue, wait)
         patch = merge_patch(old, new)
         assert patch is not None
-        await self.call(self.kube.patch_status, seen.namespace, seen.name, patch)
+        stored = await self.call(self.kube.patch_status, seen.namespace, seen.name, patch)
         self.last_write[key] = time.monotonic()
         self.metrics.status_written(seen.namespace, old, new, live)
-        cached = self.sftjobs.get(key)
-        if cached is not None:
-            cached["status"] = new  # the cache sees our own write before its watch event arrives
+        if key in self.sftjobs:
+            # The cache sees our own write before its watch event arrives, and no older event replaces it.
+            if isinstance(stored, dict) and stored.get("metadata"):
+                self.observe_sftjob("MODIFIED", stored, requeue=False)
+            else:
+                self.sftjobs[key]["status"] = new
         for kind, reason, message in decision.events:
             if self.last_event.get(key) == (reason, message):
                 continue  # the same event twice in a row: a retry, not a transition

@@ -1,7 +1,8 @@
 """The operator's calls to the Kubernetes API: create-or-read children, patch status, post events.
 
 Everything here is idempotent and safe to repeat: a create that finds the object (409) reads it instead; a
-transient failure (5xx, 429, a dropped connection) is retried with backoff before it reaches the caller.
+transient failure (5xx, 429, a dropped connection) is retried with backoff before it reaches the caller, never
+sooner than the API server's Retry-After. These calls block: the controller makes them from its thread pool.
 Reads of SFTJobs, Jobs and Pods come from the watch cache (sftop.controller), not from here.
 """
 
@@ -16,6 +17,7 @@ import uuid
 from typing import Any, Callable, TypeVar
 
 import kubernetes
+import urllib3
 from kubernetes.client.rest import ApiException
 
 from sftop import api
@@ -24,6 +26,7 @@ from sftop.settings import Settings, _version
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
+MAX_RETRY_AFTER = 60.0
 KUEUE_GROUP = "kueue.x-k8s.io"
 KUEUE_VERSIONS = ("v1beta2", "v1beta1")
 VISIBILITY_GROUP = "visibility.kueue.x-k8s.io"
@@ -42,17 +45,30 @@ def now() -> str:
 def transient(e: Exception) -> bool:
     if isinstance(e, ApiException):
         return e.status in (429, 500, 502, 503, 504) or e.status == 0
-    return isinstance(e, (ConnectionError, TimeoutError, OSError))
+    # A refused or dropped connection (an API server restarting) reaches here as urllib3's error.
+    return isinstance(e, (ConnectionError, TimeoutError, OSError, urllib3.exceptions.HTTPError))
+
+
+def retry_after(e: Exception) -> float | None:
+    """The seconds an API server asks a client to wait (429 Too Many Requests, 503), from Retry-After."""
+    headers = getattr(e, "headers", None) or {}
+    try:
+        value = float(headers.get("Retry-After"))
+    except (TypeError, ValueError):
+        return None
+    return min(max(value, 0.0), MAX_RETRY_AFTER)
 
 
 def retrying(call: Callable[[], T]) -> T:
-    """Run `call`, retrying transient API failures with backoff; the last failure is raised."""
+    """Run `call`, retrying transient API failures with backoff, waiting at least what Retry-After asks; the last
+    failure is raised."""
     for delay in RETRY_DELAYS:
         try:
             return call()
         except Exception as e:  # only what `transient` accepts is retried
             if not transient(e):
                 raise
+            delay = max(delay, retry_after(e) or 0.0)
             log.warning("transient API error, retrying in %.1fs: %s", delay, str(e).splitlines()[0][:200])
             time.sleep(delay)
     return call()
@@ -220,8 +236,9 @@ class Kube:
 
     # ------------------------------------------------------------------------------ SFTJob status
 
-    def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        retrying(lambda: self.custom.patch_namespaced_custom_object_status(
+    def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """Patch an SFTJob's status; returns the SFTJob as stored (with its new resourceVersion)."""
+        return retrying(lambda: self.custom.patch_namespaced_custom_object_status(
             api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": patch}))
 
     def post_event(self, owner: dict[str, Any], kind: str, reason: str, message: str) -> None:

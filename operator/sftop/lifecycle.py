@@ -168,6 +168,10 @@ def observe(suspend: bool, queued: bool, job: dict[str, Any] | None, pods: list[
         else ""
     for pod in reversed(pods):
         phase = (pod.get("status") or {}).get("phase")
+        if phase == "Succeeded" and pod is pods[-1]:
+            # The kubelet saw the trainer exit 0 before the Job controller marked the Job complete.
+            return Observation("Running", "Completing", "the trainer finished; the Job is recording its completion",
+                               **base)
         if phase == "Running" and not (pod.get("metadata") or {}).get("deletionTimestamp"):
             return Observation("Running", "Training", "the trainer is running" + retry_note,
                                pod_ip=(pod.get("status") or {}).get("podIP"), **base)

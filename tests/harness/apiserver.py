@@ -17,7 +17,7 @@ checks each one.
 | tables | answers `Accept: ...;as=Table` (kubectl get) for SFTJobs with the CRD's printer columns |
 | discovery | core group version `v1` (kmock says `/v1`); subresources without short names or categories; /version says 1.32 |
 | garbage collector | deletes the objects whose ownerReferences name a deleted object (background propagation) |
-| faults | can answer chosen requests with an error, for fault-injection tests (`fail_next`) |
+| faults | can answer chosen requests with an error (`fail_next`; 429 with Retry-After, as API Priority and Fairness does), delay every request (`latency`), end every watch stream (`cut_watches`) and then answer watches that resume from an older resourceVersion with 410 Gone (`compact`, as after etcd compaction), and run a hook right after a chosen write is stored (`after_write`: a SIGKILL of the operator) |
 
 kmock matches each request against its whole request history, which makes a long test or a benchmark
 quadratic; this server matches against the requests in flight only, and records every request in `log`.
@@ -25,14 +25,16 @@ quadratic; this server matches against the requests in flight only, and records 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import datetime
 import itertools
 import random
 import re
 import string
+import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp.web
 import kmock
@@ -114,8 +116,13 @@ class ApiServer(kmock.KubernetesEmulator):
         self.resources[SFTJOBS] = dict(SFTJOB_INFO)
         self.revision = itertools.count(1)
         self.schema = open_api_schema()
-        self.faults: list[tuple[str, str, int]] = []  # (method, path fragment, status)
+        self.faults: list[tuple[str, str, int, float | None]] = []  # (method, path fragment, status, Retry-After)
         self.log: list[Any] = []  # every request, in order
+        self.stamps: list[float] = []  # when each request of `log` arrived (monotonic)
+        self.latency = 0.0  # seconds added to every request
+        self.hooks: list[tuple[str, str, Callable[[Any], None]]] = []  # (method, path fragment, after the write)
+        self.compacted = 0  # watches resuming from a resourceVersion below this get 410 Gone
+        self.watch_cut = asyncio.Event()
         self.inflight: dict[int, Any] = {}
         self.status_resources = set(STATUS_RESOURCES)
         self.visibility: Any = None  # Kueue's visibility API, once a Kueue (harness.kueue) is installed
@@ -133,17 +140,47 @@ class ApiServer(kmock.KubernetesEmulator):
 
     # ---------------------------------------------------------------------------------------- faults
 
-    def fail_next(self, method: str, path_part: str, status: int = 500, times: int = 1) -> None:
-        """Answer the next `times` requests whose method and path match with `status`."""
-        self.faults += [(method.upper(), path_part, status)] * times
+    def fail_next(self, method: str, path_part: str, status: int = 500, times: int = 1,
+                  retry_after: float | None = None) -> None:
+        """Answer the next `times` requests whose method and path match with `status` (and a Retry-After header)."""
+        self.faults += [(method.upper(), path_part, status, retry_after)] * times
 
-    def _fault(self, request: Any) -> KubernetesError | None:
-        for i, (method, part, status) in enumerate(self.faults):
+    def _fault(self, request: Any) -> tuple[KubernetesError, float | None] | None:
+        for i, (method, part, status, retry_after) in enumerate(self.faults):
             if request.method.value.upper() == method and part in request.url.path:
                 del self.faults[i]
-                reason = {409: "AlreadyExists", 500: "InternalError", 503: "ServiceUnavailable"}.get(status, "Error")
-                return KubernetesError(status=status, reason=reason, message=f"injected {status} for tests")
+                reason = {409: "AlreadyExists", 429: "TooManyRequests", 500: "InternalError",
+                          503: "ServiceUnavailable"}.get(status, "Error")
+                details = {"retryAfterSeconds": int(retry_after)} if retry_after is not None else None
+                return KubernetesError(status=status, reason=reason, message=f"injected {status} for tests",
+                                       details=details), retry_after
         return None
+
+    def after_write(self, method: str, path_part: str, hook: Callable[[Any], None]) -> None:
+        """Run `hook(request)` once, right after the next matching write is stored and before it is answered."""
+        self.hooks.append((method.upper(), path_part, hook))
+
+    def cut_watches(self) -> None:
+        """End every open watch stream, as an API server restart or a load balancer's idle timeout does."""
+        self.watch_cut.set()
+        self.watch_cut = asyncio.Event()
+
+    async def restart(self, server: kmock.Server, down: float = 1.0) -> kmock.Server:
+        """Stop `server` (its connections refused, its watches cut) and serve the same state on the same port again
+        after `down` seconds, as an API server restart in front of the same etcd does. Returns the new server."""
+        port = server.port
+        self.cut_watches()
+        await asyncio.sleep(0.1)
+        await server.__aexit__(None, None, None)
+        await asyncio.sleep(down)
+        again = kmock.Server(self, port=port)
+        await again.__aenter__()
+        return again
+
+    def compact(self) -> None:
+        """Forget the history up to now: a watch that resumes from an older resourceVersion gets 410 Gone and must
+        list again."""
+        self.compacted = next(self.revision)
 
     # -------------------------------------------------------------------------------------- requests
 
@@ -152,11 +189,52 @@ class ApiServer(kmock.KubernetesEmulator):
 
     async def _handle(self, request: Any):
         self.log.append(request)
+        self.stamps.append(time.monotonic())
         self.inflight[id(request)] = request
         try:
-            return await self._serve(request)
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            response = await self._serve(request)
+            for i, (method, part, hook) in enumerate(self.hooks):
+                if request.method.value.upper() == method and part in request.url.path and \
+                        getattr(response, "status", 200) < 300:
+                    del self.hooks[i]
+                    hook(request)
+                    break
+            return response
         finally:
             self.inflight.pop(id(request), None)
+
+    async def _serve_watch(self, request: Any):
+        since = request.params.get("resourceVersion")
+        if since and since.isdigit() and int(since) < self.compacted:
+            yield b""
+            yield {"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {},
+                                               "status": "Failure", "reason": "Expired", "code": 410,
+                                               "message": f"too old resource version: {since} ({self.compacted})"}}
+            return
+        cut = self.watch_cut
+        stream = super()._serve_watch(request).__aiter__()
+        stop = asyncio.ensure_future(cut.wait())
+        following: asyncio.Future | None = None
+        try:
+            while True:
+                following = asyncio.ensure_future(stream.__anext__())
+                await asyncio.wait({following, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if not following.done():
+                    return  # cut: the stream ends, as a dropped connection does
+                try:
+                    event = following.result()
+                except StopAsyncIteration:
+                    return
+                following = None
+                yield event
+        finally:
+            stop.cancel()
+            if following is not None and not following.done():
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
+            await stream.aclose()
 
     async def _serve(self, request: Any):
         found = VISIBILITY_PATH.fullmatch(request.url.path)
@@ -169,7 +247,11 @@ class ApiServer(kmock.KubernetesEmulator):
             try:
                 fault = self._fault(request)
                 if fault is not None:
-                    raise fault
+                    error, retry_after = fault
+                    response = await self._render_error(error)
+                    if retry_after is not None:
+                        response.headers["Retry-After"] = f"{retry_after:g}"
+                    return response
                 await self._admit(request)
             except KubernetesError as e:
                 return await self._render_error(e)

@@ -53,3 +53,10 @@ def test_condition_transition_time_moves_only_on_change():
     running = next(c for c in conds if c["type"] == "Running")
     assert running["status"] == "False" and running["lastTransitionTime"] == "t3"
     assert [c["type"] for c in conds] == ["Running", "Succeeded"]
+
+
+def test_a_pod_that_succeeded_before_its_job_completes_is_completing_not_waiting():
+    done = pod({"phase": "Succeeded", "containerStatuses": [{"name": "trainer", "state": {"terminated": {
+        "exitCode": 0, "message": json.dumps({"status": "Succeeded"})}}}]})
+    seen = observe(False, False, {**JOB, "status": {"active": 0, "succeeded": 1}}, [done])
+    assert (seen.phase, seen.reason) == ("Running", "Completing") and seen.pod_ip is None
