@@ -121,6 +121,12 @@ def older(obj: dict[str, Any], than: dict[str, Any]) -> bool:
     return isinstance(a, str) and isinstance(b, str) and a.isdigit() and b.isdigit() and int(a) < int(b)
 
 
+def same_version(obj: dict[str, Any], than: dict[str, Any]) -> bool:
+    rv = obj["metadata"].get("resourceVersion")
+    return bool(rv) and rv == than["metadata"].get("resourceVersion") and \
+        obj["metadata"].get("uid") == than["metadata"].get("uid")
+
+
 def slim(obj: dict[str, Any]) -> dict[str, Any]:
     """What the cache keeps of a Job or Pod: metadata, status, and a Job's suspend. A Job's pod template or a pod's
     spec is most of its size and nothing the operator reads again."""
@@ -161,6 +167,8 @@ class Controller:
         cached = self.sftjobs.get(key)
         if event_type != "DELETED" and cached is not None and older(obj, cached):
             return  # an event from before a write of ours already in the cache (watches lag behind writes)
+        if requeue and cached is not None and same_version(obj, cached):
+            return  # the watch event of our own status write: nothing new to act on
         if event_type == "DELETED":
             self.sftjobs.pop(key, None)
             self.queue.forget(key)

@@ -29,7 +29,8 @@ ADAPTER_MOUNT = "/adapters"  # where the serving handoff assumes the output clai
 PROGRESS_KEYS = ("step", "totalSteps", "percent", "epoch", "loss", "learningRate", "tokensPerSecond", "eta",
                  "evalLoss", "exactMatch")
 # Status fields that change while a run trains and only say how far it got: written at most at the write budget.
-# Everything else (phase, reasons, results) is written as soon as it changes.
+# Everything else (phase, reasons, results) is written as soon as it changes. The running attempt's seconds change
+# on every look: they never cause a write by themselves and go with the next one.
 LIVE_FIELDS = frozenset({"progress", "checkpoints"})
 LIVE_RUN_FIELDS = frozenset({"podSeconds", "gpuSeconds"})
 UNREACHABLE_AFTER = 2  # failed reads in a row before status says progress is unavailable
@@ -663,8 +664,8 @@ def worth_writing(old: dict[str, Any], new: dict[str, Any]) -> tuple[bool, bool]
     """(whether `new` differs from `old` in anything a user reads, whether the difference is live progress only:
     progress, checkpoints, the running attempt's seconds). A moved timestamp alone is not worth a write."""
     patch = merge_patch(_without_stamps(old), _without_stamps(new))
-    if patch is None:
-        return False, False
+    if patch is None or (set(patch) == {"run"} and set(patch["run"]) <= LIVE_RUN_FIELDS):
+        return False, False  # the running attempt's seconds alone: written with the next write that is due
     live = set(patch) <= LIVE_FIELDS | {"run"} and set((patch.get("run") or {})) <= LIVE_RUN_FIELDS \
         and bool(old.get("progress")) == bool(new.get("progress"))  # a run's first progress is news: at once
     return True, live

@@ -187,11 +187,13 @@ def test_gpu_seconds_sum_attempts_and_count_every_gpu():
      {"phase": "Running", "progress": {"step": 1, "updateTime": "b"}}, (False, False)),
     ({"phase": "Running", "progress": {"step": 1}}, {"phase": "Running", "progress": {"step": 2}}, (True, True)),
     ({"phase": "Running", "run": {"id": "r", "gpuSeconds": 1.0}},
-     {"phase": "Running", "run": {"id": "r", "gpuSeconds": 9.0}}, (True, True)),
+     {"phase": "Running", "run": {"id": "r", "gpuSeconds": 9.0}}, (False, False)),
+    ({"phase": "Running", "progress": {"step": 1}, "run": {"id": "r", "gpuSeconds": 1.0}},
+     {"phase": "Running", "progress": {"step": 2}, "run": {"id": "r", "gpuSeconds": 9.0}}, (True, True)),
     ({"phase": "Running", "progress": {"step": 1}}, {"phase": "Succeeded", "progress": {"step": 2}}, (True, False)),
     ({"phase": "Running"}, {"phase": "Running", "progress": {"step": 1}}, (True, False)),
     ({"phase": "Running", "progress": {"step": 1}},
      {"phase": "Running", "progress": {"step": 1}, "conditions": [{"type": "ProgressReported"}]}, (True, False)),
-], ids=["a moved timestamp", "a new step", "GPU-seconds", "a phase", "the first progress", "a condition"])
+], ids=["a moved timestamp", "a new step", "GPU-seconds alone", "GPU-seconds with a step", "a phase", "the first progress", "a condition"])
 def test_what_is_worth_a_write_and_what_waits_for_the_budget(old, new, expected):
     assert worth_writing(old, new) == expected
