@@ -55,23 +55,28 @@ merge_patch = decide.merge_patch  # the harness's API server applies patches wit
 
 class WorkQueue:
     """A set of keys to process, like client-go's: a key waits at most once, is processed by one worker at a
-    time, and a key added while it is processed is processed again afterwards. Call from the event loop."""
+    time, and a key added while it is processed is processed again afterwards; urgent keys are served first.
+    Call from the event loop."""
 
     def __init__(self):
         self._ready: collections.deque[Key] = collections.deque()
+        self._urgent: collections.deque[Key] = collections.deque()  # served first: new or changed specs
         self._queued: set[Key] = set()
         self._processing: set[Key] = set()
         self._dirty: set[Key] = set()
         self._timers: dict[Key, asyncio.TimerHandle] = {}
         self._wakeup = asyncio.Event()
 
-    def add(self, key: Key) -> None:
+    def add(self, key: Key, urgent: bool = False) -> None:
         if key in self._processing:
             self._dirty.add(key)
         elif key not in self._queued:
             self._queued.add(key)
-            self._ready.append(key)
+            (self._urgent if urgent else self._ready).append(key)
             self._wakeup.set()
+        elif urgent and key not in self._urgent:
+            self._ready.remove(key)
+            self._urgent.append(key)
 
     def add_after(self, key: Key, delay: float) -> None:
         loop = asyncio.get_running_loop()
@@ -93,10 +98,10 @@ class WorkQueue:
             timer.cancel()
 
     async def get(self) -> Key:
-        while not self._ready:
+        while not self._ready and not self._urgent:
             self._wakeup.clear()
             await self._wakeup.wait()
-        key = self._ready.popleft()
+        key = (self._urgent or self._ready).popleft()
         self._queued.discard(key)
         self._processing.add(key)
         return key
@@ -108,7 +113,7 @@ class WorkQueue:
             self.add(key)
 
     def __len__(self) -> int:
-        return len(self._ready)
+        return len(self._ready) + len(self._urgent)
 
 
 
@@ -180,7 +185,9 @@ class Controller:
         self.sftjobs[key] = obj
         if not requeue:
             return
-        self.queue.add(key)
+        # A spec the operator has not acted on yet (a new SFTJob, a changed one) goes before routine looks.
+        self.queue.add(key, urgent=(obj.get("status") or {}).get("observedGeneration") != obj["metadata"].get(
+            "generation"))
         # An SFTJob that waits to continue this one's adapter looks again as soon as this one changes.
         for (namespace, name), other in self.sftjobs.items():
             if namespace == key[0] and name != key[1] and \

