@@ -19,11 +19,11 @@ import time
 
 import kmock
 
-from operator_load import ANSWERING_IP, NS, PORT, answering_server, proc_stats, seed, start_operator, wait_watching
+from operator_load import (ANSWERING_IP, NS, PORT, answering_server, create, proc_stats, seed, start_operator,
+                           stop_operator, wait_watching)
 
 from harness.apiserver import ApiServer  # noqa: E402  (operator_load put tests/ on the path)
-from harness.cluster import sftjob  # noqa: E402
-from sftop import api, lifecycle, render  # noqa: E402
+from sftop import lifecycle, render  # noqa: E402
 
 
 def kind(path: str) -> str:
@@ -39,10 +39,7 @@ async def seed_finished(emu: ApiServer, names: list[str]) -> None:
 
     async def one(name: str) -> None:
         async with sem:
-            resp = await emu.post(f"/apis/sftop.dev/v1alpha1/namespaces/{NS}/sftjobs", json=sftjob(name))
-            stored = await resp.json()
-            spec = api.SFTJobSpec.model_validate(stored["spec"])
-            rid = render.run_id(spec)
+            _, spec, rid = await create(emu, name)
             out = render.output_path(spec, NS, name, rid)
             status = {"phase": "Succeeded", "message": "the trainer finished and wrote its output",
                       "observedGeneration": 1, "model": render.model_summary(spec),
@@ -99,11 +96,7 @@ async def main_async(args: argparse.Namespace) -> dict:
                     "peak_rss": stats.get("VmHWM"), "per_minute": len(requests) / window * 60,
                     "by_verb": {k: v / window * 60 for k, v in by.most_common()}, "resync": args.resync}
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except Exception:
-                proc.kill()
+            stop_operator(proc)
             await runner.cleanup()
 
 

@@ -49,6 +49,7 @@ from sftop.settings import Settings
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name) of an SFTJob
 ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 CLAIM_MEMORY = 300.0  # seconds an output claim the operator ensured is taken to still exist
 merge_patch = decide.merge_patch  # the harness's API server applies patches with the same function
 
@@ -182,6 +183,7 @@ class Controller:
             self.poller.forget(key)
             return
         obj["metadata"].pop("managedFields", None)
+        (obj["metadata"].get("annotations") or {}).pop(LAST_APPLIED, None)  # a copy of the spec, as a string
         self.sftjobs[key] = obj
         if not requeue:
             return

@@ -17,7 +17,7 @@ import kmock
 import pytest
 
 from harness.apiserver import ApiServer
-from harness.cluster import (NS, Operator, apply, finish, job_status, make_pod, objs, pod_status, requests, running,
+from harness.cluster import (Operator, apply, job_status, make_pod, objs, pod_status, requests, running,
                              sftjob, status_of, wait_for)
 from sftop import render
 
