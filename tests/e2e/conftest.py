@@ -21,6 +21,7 @@ async def cluster(apiserver, tmp_path, tiny_model, monkeypatch):
     tasks-test.jsonl) exist."""
     monkeypatch.setenv("SFTOP_K8S_SERVER", str(apiserver.url).rstrip("/"))
     monkeypatch.setenv("SFTOP_PROGRESS_INTERVAL", "1")
+    monkeypatch.setenv("SFTOP_STATUS_WRITES_PER_MINUTE", "60")  # fast-forwarded like the interval: runs take seconds
     monkeypatch.setenv("SFTOP_PROGRESS_PORT", str(free_port()))
     monkeypatch.setenv("SFTOP_RESYNC_INTERVAL", "10")
     monkeypatch.setenv("SFTOP_TERMINATION_GRACE_SECONDS", "30")
