@@ -158,6 +158,9 @@ class Controller:
         self.last_write: dict[Key, float] = {}  # when each SFTJob's status was last written (monotonic)
         self.last_event: dict[Key, tuple[str, str]] = {}  # the last (reason, message) posted about each SFTJob
         self.claims: dict[Key, float] = {}  # output claims ensured, and when
+        self.posting: set[asyncio.Task] = set()  # events being posted
+        self.continuing: dict[Key, set[Key]] = collections.defaultdict(set)  # SFTJob -> those warm-starting from it
+        self.pods_of_run: dict[tuple, set[Key]] = collections.defaultdict(set)  # (namespace, sftjob, run) -> pods
         self.reconciles = 0
         self.errors = 0
         self.executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="sftop-api")
@@ -175,6 +178,9 @@ class Controller:
             return  # an event from before a write of ours already in the cache (watches lag behind writes)
         if requeue and cached is not None and same_version(obj, cached):
             return  # the watch event of our own status write: nothing new to act on
+        source = ((((cached or obj).get("spec") or {}).get("warmStart") or {}).get("sftJob"))
+        if source:
+            self.continuing[(key[0], source)].discard(key)
         if event_type == "DELETED":
             self.sftjobs.pop(key, None)
             self.queue.forget(key)
@@ -190,12 +196,13 @@ class Controller:
         # A spec the operator has not acted on yet (a new SFTJob, a changed one) goes before routine looks.
         self.queue.add(key, urgent=(obj.get("status") or {}).get("observedGeneration") != obj["metadata"].get(
             "generation"))
+        source = ((obj.get("spec") or {}).get("warmStart") or {}).get("sftJob")
+        if source and source != key[1]:
+            self.continuing[(key[0], source)].add(key)
         # An SFTJob that waits to continue this one's adapter looks again as soon as this one changes.
-        for (namespace, name), other in self.sftjobs.items():
-            if namespace == key[0] and name != key[1] and \
-                    ((other.get("spec") or {}).get("warmStart") or {}).get("sftJob") == key[1] and \
-                    (other.get("status") or {}).get("phase") in (None, "Pending"):
-                self.queue.add((namespace, name))
+        for other in self.continuing.get(key, ()):
+            if ((self.sftjobs.get(other) or {}).get("status") or {}).get("phase") in (None, "Pending"):
+                self.queue.add(other)
 
     def _observe_child(self, cache: dict[Key, dict[str, Any]], event_type: str | None, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
@@ -212,6 +219,15 @@ class Controller:
         self._observe_child(self.jobs, event_type, obj)
 
     def observe_pod(self, event_type: str | None, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        labels = meta.get("labels") or {}
+        run = (meta.get("namespace"), labels.get(render.SFTJOB_LABEL), labels.get(render.RUN_LABEL))
+        if event_type == "DELETED":
+            self.pods_of_run[run].discard((meta.get("namespace"), meta["name"]))
+            if not self.pods_of_run[run]:
+                del self.pods_of_run[run]
+        else:
+            self.pods_of_run[run].add((meta.get("namespace"), meta["name"]))
         self._observe_child(self.pods, event_type, obj)
 
     # ----------------------------------------------------------------------------------------- workers
@@ -309,9 +325,8 @@ class Controller:
                     job: dict[str, Any]) -> list[dict[str, Any]]:
         """A run's pods of one component, from the cache; from the API server when its Job finished and no cached
         pod has the result yet (a restart: watches fill in any order, and the result is in that pod)."""
-        pods = [p for (ns, _), p in self.pods.items() if ns == namespace
-                and (p["metadata"].get("labels") or {}).get(render.RUN_LABEL) == rid
-                and (p["metadata"].get("labels") or {}).get(render.SFTJOB_LABEL) == name
+        cached = (self.pods.get(k) for k in self.pods_of_run.get((namespace, name, rid), ()))
+        pods = [p for p in cached if p is not None
                 and (p["metadata"].get("labels") or {}).get(render.COMPONENT_LABEL, "trainer") == component]
         conditions = lifecycle.conditions_of(job)
         finished = any(lifecycle.holds(conditions, c) for c in ("Complete", "SuccessCriteriaMet", "Failed"))
@@ -406,7 +421,10 @@ class Controller:
             if self.last_event.get(key) == (reason, message):
                 continue  # the same event twice in a row: a retry, not a transition
             self.last_event[key] = (reason, message)
-            await self.call(self.kube.post_event, body, kind, reason, message)
+            # Off the reconcile's path: an event is a courtesy (kube.post_event never raises), the status says it.
+            task = asyncio.create_task(self.call(self.kube.post_event, body, kind, reason, message))
+            self.posting.add(task)
+            task.add_done_callback(self.posting.discard)
             self.metrics.events.inc()
         return requeue
 

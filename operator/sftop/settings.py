@@ -13,7 +13,7 @@
 | SFTOP_STATUS_WRITES_PER_MINUTE | 4 | most live-progress status writes per running SFTJob per minute |
 | SFTOP_RESYNC_INTERVAL | 300 | seconds between two full reconciliations of one SFTJob (drift repair) |
 | SFTOP_TERMINATION_GRACE_SECONDS | 120 | trainer pods' grace period: time to finish a step and save a checkpoint |
-| SFTOP_WORKERS | 8 | SFTJobs reconciled at the same time |
+| SFTOP_WORKERS | 16 | SFTJobs reconciled at the same time (and the API calls in flight) |
 | SFTOP_LOG_FORMAT | text | text or json |
 | SFTOP_LOG_LEVEL | INFO | Python log level |
 | SFTOP_HEALTH_PORT | 8081 | port of the liveness endpoint (/healthz); 0 turns it off |
@@ -55,7 +55,7 @@ class Settings:
     status_writes_per_minute: float = 4.0
     resync_interval: float = 300.0
     termination_grace_seconds: int = 120
-    workers: int = 8
+    workers: int = 16
     log_format: str = "text"
     log_level: str = "INFO"
     health_port: int = 8081
