@@ -23,13 +23,7 @@ import kmock  # noqa: E402
 
 from harness.apiserver import SFTJOBS, ApiServer  # noqa: E402
 from harness.cluster import NS, sftjob  # noqa: E402
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from operator_load import proc_stats  # noqa: E402
 
 
 async def one(n: int) -> dict:
@@ -47,6 +41,7 @@ async def one(n: int) -> dict:
                 await asyncio.sleep(0.1)
             before = len(emu.log)
             started = time.monotonic()
+            cpu0, own0 = proc_stats(proc.pid)["cpu"], time.process_time()
             sem = asyncio.Semaphore(50)
 
             async def create(i: int) -> None:
@@ -75,11 +70,12 @@ async def one(n: int) -> dict:
                     raise SystemExit(f"N={n}: only {current()} SFTJobs current after 900 s")
                 await asyncio.sleep(0.2)
             elapsed = time.monotonic() - started
+            cpu = {"operator": proc_stats(proc.pid)["cpu"] - cpu0, "emulator": time.process_time() - own0}
             await asyncio.sleep(2)  # let stragglers land before counting
             ops = [r for r in emu.log[before:] if not (r.method.value == "POST" and r.url.path.endswith("/sftjobs"))]
             writes = [r for r in ops if r.method.value in ("POST", "PATCH", "PUT", "DELETE")]
-            return {"n": n, "seconds": elapsed, "applied": applied, "requests": len(ops) / n,
-                    "writes": len(writes) / n, "rss": peak_rss_mib(proc.pid),
+            return {"n": n, "seconds": elapsed, "applied": applied, "requests": len(ops) / n, "cpu": cpu,
+                    "writes": len(writes) / n, "rss": proc_stats(proc.pid)["VmHWM"],
                     "by_kind": {k: sum(1 for r in writes if r.method.value == k.split()[0] and k.split()[1] in r.url.path)
                                 / n for k in ("POST /jobs", "POST /configmaps", "PATCH /status", "POST /events")}}
         finally:
@@ -93,7 +89,8 @@ def main() -> None:
     args = parser.parse_args()
     rows = [asyncio.run(one(n)) for n in args.counts]
     for r in rows:
-        print(f"N={r['n']}: applied in {r['applied']:.1f} s", file=sys.stderr)
+        print(f"N={r['n']}: applied in {r['applied']:.1f} s; CPU seconds: operator {r['cpu']['operator']:.1f}, "
+              f"emulator and driver {r['cpu']['emulator']:.1f}", file=sys.stderr)
     print("| SFTJobs | all Jobs + statuses current (s) | per SFTJob (ms) | API requests / SFTJob | writes / SFTJob "
           "| Job creates / SFTJob | status patches / SFTJob | events / SFTJob | operator peak RSS (MiB) |")
     print("|---|---|---|---|---|---|---|---|---|")

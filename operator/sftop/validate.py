@@ -76,11 +76,12 @@ def _validator():
     programs: dict[str, Any] = {}
 
     def cel(validator, rules, instance, schema):
+        bound = {"self": celpy.json_to_cel(instance)}  # once for all the rules of this node
         for rule in rules:
             if rule["rule"] not in programs:
                 programs[rule["rule"]] = env.program(env.compile(rule["rule"]))
             try:
-                ok = programs[rule["rule"]].evaluate({"self": celpy.json_to_cel(instance)})
+                ok = programs[rule["rule"]].evaluate(bound)
             except Exception as e:  # a rule that cannot evaluate is a failed rule, as in the API server
                 ok = False
                 rule = {**rule, "message": f"{rule.get('message', rule['rule'])} ({e})"}
