@@ -33,6 +33,7 @@ import collections
 import copy
 import functools
 import logging
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
@@ -133,6 +134,18 @@ def same_version(obj: dict[str, Any], than: dict[str, Any]) -> bool:
         obj["metadata"].get("uid") == than["metadata"].get("uid")
 
 
+def interned(value: Any) -> Any:
+    """`value` with its keys and short strings interned: ten thousand cached SFTJobs repeat the same field names
+    and values (condition types, reasons, phases), and one copy of each is enough."""
+    if isinstance(value, dict):
+        return {sys.intern(k) if isinstance(k, str) else k: interned(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interned(v) for v in value]
+    if isinstance(value, str) and len(value) <= 64:
+        return sys.intern(value)
+    return value
+
+
 def slim(obj: dict[str, Any]) -> dict[str, Any]:
     """What the cache keeps of a Job or Pod: metadata, status, and a Job's suspend. A Job's pod template or a pod's
     spec is most of its size and nothing the operator reads again."""
@@ -141,7 +154,7 @@ def slim(obj: dict[str, Any]) -> dict[str, Any]:
     spec = obj.get("spec") or {}
     if "suspend" in spec:
         out["spec"] = {"suspend": spec["suspend"]}
-    return out
+    return interned(out)
 
 
 class Controller:
@@ -190,7 +203,7 @@ class Controller:
             return
         obj["metadata"].pop("managedFields", None)
         (obj["metadata"].get("annotations") or {}).pop(LAST_APPLIED, None)  # a copy of the spec, as a string
-        self.sftjobs[key] = obj
+        obj = self.sftjobs[key] = interned(obj)
         if not requeue:
             return
         # A spec the operator has not acted on yet (a new SFTJob, a changed one) goes before routine looks.
@@ -395,9 +408,9 @@ class Controller:
         if new.get("phase"):
             new = {**new, "conditions": lifecycle.standard_conditions(new, new.get("observedGeneration"), now(),
                                                                       decision.reason)}
-        new = {k: v for k, v in new.items() if v is not None and v != {} and v != []}
+        new = decide.without_empty(new)
         body = seen.body
-        old = body.get("status") or {}
+        old = decide.without_empty(body.get("status") or {})  # the CRD's defaults filled in are no difference
         worth, live = decide.worth_writing(old, new)
         if not worth:
             return requeue

@@ -653,6 +653,17 @@ def merge_patch(old: Any, new: Any) -> Any:
     return patch or None
 
 
+def without_empty(value: Any) -> Any:
+    """`value` without empty lists, maps and nulls at any depth: the API server fills in the CRD's defaults ([] and
+    {}) on every read, so an empty value and an absent one say the same."""
+    if isinstance(value, dict):
+        out = {k: without_empty(v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v is not None and v != {} and v != []}
+    if isinstance(value, list):
+        return [without_empty(v) for v in value]
+    return value
+
+
 def _without_stamps(status: dict[str, Any]) -> dict[str, Any]:
     out = dict(status)
     if isinstance(out.get("progress"), dict):
@@ -663,7 +674,7 @@ def _without_stamps(status: dict[str, Any]) -> dict[str, Any]:
 def worth_writing(old: dict[str, Any], new: dict[str, Any]) -> tuple[bool, bool]:
     """(whether `new` differs from `old` in anything a user reads, whether the difference is live progress only:
     progress, checkpoints, the running attempt's seconds). A moved timestamp alone is not worth a write."""
-    patch = merge_patch(_without_stamps(old), _without_stamps(new))
+    patch = merge_patch(_without_stamps(without_empty(old)), _without_stamps(without_empty(new)))
     if patch is None or (set(patch) == {"run"} and set(patch["run"]) <= LIVE_RUN_FIELDS):
         return False, False  # the running attempt's seconds alone: written with the next write that is due
     live = set(patch) <= LIVE_FIELDS | {"run"} and set((patch.get("run") or {})) <= LIVE_RUN_FIELDS \

@@ -17,7 +17,7 @@ import kmock
 import pytest
 
 from harness.apiserver import ApiServer
-from harness.cluster import (Operator, apply, job_status, make_pod, objs, pod_status, requests, running,
+from harness.cluster import (Operator, apply, job_status, make_pod, objs, patch, pod_status, requests, running,
                              sftjob, status_of, wait_for)
 from sftop import render
 
@@ -29,15 +29,20 @@ def trainer_jobs(emu, name="chat"):
             and j["metadata"]["labels"].get(render.COMPONENT_LABEL) == "trainer"]
 
 
-def assert_invariants(emu, name="chat"):
+async def assert_invariants(emu, name="chat"):
+    def events():
+        return [e for e in objs(emu, "v1/events") if e["involvedObject"]["name"] == name]
+
+    await wait_for(events, timeout=10)  # events are posted after the status write that records them
+    await asyncio.sleep(0.5)
     jobs = trainer_jobs(emu, name)
     assert len(jobs) == 1, f"{len(jobs)} Jobs for one run"
     assert not requests(emu, "DELETE", "/persistentvolumeclaims"), "the operator deleted a claim"
     assert objs(emu, "v1/persistentvolumeclaims"), "the output claim is gone"
-    events = [e for e in objs(emu, "v1/events") if e["involvedObject"]["name"] == name]
-    reasons = collections.Counter(e["reason"] for e in events)
+    posted = events()
+    reasons = collections.Counter(e["reason"] for e in posted)
     assert reasons and max(reasons.values()) == 1, \
-        f"more than one event for a transition: {[(e['reason'], e['message']) for e in events]}"
+        f"more than one event for a transition: {[(e['reason'], e['message']) for e in posted]}"
 
 
 async def run_to_success(emu, name="chat"):
@@ -75,7 +80,7 @@ async def test_an_api_server_restart_mid_run_loses_nothing(monkeypatch):
             server = await emu.restart(server, down=2.0)  # refused for 2 s, then the same state and address
             status = await succeed(emu, job, pod)
             assert status["result"]["trainLoss"] == 0.5 and status["result"]["gpuSeconds"] == 300.0
-            assert_invariants(emu)
+            await assert_invariants(emu)
         finally:
             await operator.stop()
             await server.__aexit__(None, None, None)
@@ -95,7 +100,7 @@ async def test_cut_watches_that_resume_to_410_gone_list_again_and_miss_nothing(a
         "no watch resumed from before the compaction, so no 410 was answered"
     assert any(r.params.get("watch") != "true" and r.url.path.endswith("/pods") for r in apiserver.log[since:]), \
         "the operator did not list again after 410 Gone"
-    assert_invariants(apiserver)
+    await assert_invariants(apiserver)
 
 
 async def test_429_with_retry_after_is_honoured(apiserver, operator):
@@ -107,7 +112,7 @@ async def test_429_with_retry_after_is_honoured(apiserver, operator):
     waited = apiserver.stamps[posts[1]] - apiserver.stamps[posts[0]]
     assert waited >= 1.9, f"retried after {waited:.2f}s; the API server asked for 2s"
     await wait_for(lambda: status_of(apiserver).get("run"), timeout=20)
-    assert_invariants(apiserver)
+    await assert_invariants(apiserver)
 
 
 async def test_half_a_second_of_latency_on_every_request(apiserver, operator):
@@ -116,7 +121,7 @@ async def test_half_a_second_of_latency_on_every_request(apiserver, operator):
     job, pod = await run_to_success(apiserver)
     status = await succeed(apiserver, job, pod)
     assert status["observedGeneration"] == 1 and status["result"]["adapterPath"].endswith("/adapter")
-    assert_invariants(apiserver)
+    await assert_invariants(apiserver)
 
 
 def start_operator(emu):
@@ -166,7 +171,7 @@ async def test_sigkill_right_after_a_write_then_a_restart(apiserver, write):
     assert status["result"]["trainLoss"] == 0.5 and status["run"]["jobName"] == trainer_jobs(apiserver)[0][
         "metadata"]["name"]
     assert len(requests(apiserver, "POST", "/jobs")) <= 2, "a Job was created again without a 409"
-    assert_invariants(apiserver)
+    await assert_invariants(apiserver)
 
 
 async def test_a_silent_progress_endpoint_is_said_and_holds_up_no_one(apiserver, operator):
@@ -209,3 +214,19 @@ async def test_a_silent_progress_endpoint_is_said_and_holds_up_no_one(apiserver,
         silent.close()
         for w in held:
             w.close()
+
+
+async def test_a_finished_sftjob_is_never_written_again(apiserver, operator):
+    """The API server fills the CRD's defaults into status ([] and {}) on every read: that is no change, and a
+    resync of a finished SFTJob writes nothing."""
+    await apply(apiserver, sftjob())
+    job, pod = await run_to_success(apiserver)
+    await succeed(apiserver, job, pod)
+    await asyncio.sleep(1)
+    # what the API server's structural defaulting shows of the CRD's list defaults
+    await patch(apiserver, "/apis/sftop.dev/v1alpha1/namespaces/team-a/sftjobs/chat/status",
+                {"status": {"checkpoints": [], "previousRuns": []}})
+    writes = len(requests(apiserver, "PATCH", "/sftjobs/chat/status"))
+    await asyncio.sleep(6)  # more than one resync (5 s here)
+    assert len(requests(apiserver, "PATCH", "/sftjobs/chat/status")) == writes
+    assert status_of(apiserver)["checkpoints"] == [] and status_of(apiserver)["phase"] == "Succeeded"
