@@ -32,6 +32,7 @@ import asyncio
 import collections
 import copy
 import functools
+import json
 import logging
 import sys
 import time
@@ -157,6 +158,60 @@ def slim(obj: dict[str, Any]) -> dict[str, Any]:
     return interned(out)
 
 
+class SFTJobCache:
+    """The watched SFTJobs by (namespace, name). One whose run has finished (Succeeded or Failed) is kept as its JSON
+    text, a tenth of its size as Python objects: a platform's cluster holds thousands of those, read again only
+    at a resync or a change. The others are kept as objects, with interned keys and short strings. `get` returns
+    an object either way; change the cache by setting the whole object again."""
+
+    def __init__(self):
+        self._live: dict[Key, dict[str, Any]] = {}
+        self._done: dict[Key, bytes] = {}
+        self._phase: dict[Key, str | None] = {}
+
+    def __setitem__(self, key: Key, obj: dict[str, Any]) -> None:
+        phase = (obj.get("status") or {}).get("phase")
+        self._phase[key] = phase
+        if phase in lifecycle.TERMINAL:
+            self._done[key] = json.dumps(obj, separators=(",", ":")).encode()
+            self._live.pop(key, None)
+        else:
+            self._live[key] = interned(obj)
+            self._done.pop(key, None)
+
+    def get(self, key: Key, default: Any = None) -> Any:
+        if key in self._live:
+            return self._live[key]
+        text = self._done.get(key)
+        return json.loads(text) if text is not None else default
+
+    def __getitem__(self, key: Key) -> dict[str, Any]:
+        obj = self.get(key)
+        if obj is None:
+            raise KeyError(key)
+        return obj
+
+    def pop(self, key: Key, default: Any = None) -> Any:
+        obj = self.get(key, default)
+        for store in (self._live, self._done, self._phase):
+            store.pop(key, None)
+        return obj
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._phase
+
+    def __len__(self) -> int:
+        return len(self._phase)
+
+    def phases(self) -> list[tuple[Key, str | None]]:
+        """Every SFTJob's phase, without reading the finished ones back."""
+        return list(self._phase.items())
+
+    def active(self) -> list[tuple[Key, dict[str, Any]]]:
+        """The SFTJobs whose run has not finished."""
+        return list(self._live.items())
+
+
 class Controller:
     def __init__(self, settings: Settings, kube: Kube):
         from sftop.metrics import Metrics
@@ -164,7 +219,7 @@ class Controller:
         self.settings = settings
         self.kube = kube
         self.queue = WorkQueue()
-        self.sftjobs: dict[Key, dict[str, Any]] = {}
+        self.sftjobs = SFTJobCache()
         self.jobs: dict[Key, dict[str, Any]] = {}
         self.pods: dict[Key, dict[str, Any]] = {}
         self.failures: dict[Key, int] = {}
@@ -203,15 +258,15 @@ class Controller:
             return
         obj["metadata"].pop("managedFields", None)
         (obj["metadata"].get("annotations") or {}).pop(LAST_APPLIED, None)  # a copy of the spec, as a string
-        obj = self.sftjobs[key] = interned(obj)
+        self.sftjobs[key] = obj
+        source = ((obj.get("spec") or {}).get("warmStart") or {}).get("sftJob")
+        if source and source != key[1]:
+            self.continuing[(key[0], source)].add(key)
         if not requeue:
             return
         # A spec the operator has not acted on yet (a new SFTJob, a changed one) goes before routine looks.
         self.queue.add(key, urgent=(obj.get("status") or {}).get("observedGeneration") != obj["metadata"].get(
             "generation"))
-        source = ((obj.get("spec") or {}).get("warmStart") or {}).get("sftJob")
-        if source and source != key[1]:
-            self.continuing[(key[0], source)].add(key)
         # An SFTJob that waits to continue this one's adapter looks again as soon as this one changes.
         for other in self.continuing.get(key, ()):
             if ((self.sftjobs.get(other) or {}).get("status") or {}).get("phase") in (None, "Pending"):
@@ -429,7 +484,7 @@ class Controller:
             if isinstance(stored, dict) and stored.get("metadata"):
                 self.observe_sftjob("MODIFIED", stored, requeue=False)
             else:
-                self.sftjobs[key]["status"] = new
+                self.sftjobs[key] = {**self.sftjobs[key], "status": new}
         for kind, reason, message in decision.events:
             if self.last_event.get(key) == (reason, message):
                 continue  # the same event twice in a row: a retry, not a transition

@@ -50,10 +50,11 @@ class _Snapshot(Collector):
             ("tokens_per_second", "Training throughput of each running SFTJob."),
             ("eta_seconds", "Estimated seconds to the end of each running SFTJob."))}
         counts: collections.Counter = collections.Counter()
-        for (namespace, name), body in list(c.sftjobs.items()):
+        for (namespace, _), current in c.sftjobs.phases():
+            counts[(namespace, current or "Pending")] += 1
+        for (namespace, name), body in c.sftjobs.active():
             status = body.get("status") or {}
             current = status.get("phase") or "Pending"
-            counts[(namespace, current)] += 1
             if current not in ACTIVE:
                 continue
             phase.add_metric([namespace, name, current], 1)
