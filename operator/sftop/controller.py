@@ -34,7 +34,6 @@ import copy
 import functools
 import json
 import logging
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
@@ -135,18 +134,6 @@ def same_version(obj: dict[str, Any], than: dict[str, Any]) -> bool:
         obj["metadata"].get("uid") == than["metadata"].get("uid")
 
 
-def interned(value: Any) -> Any:
-    """`value` with its keys and short strings interned: ten thousand cached SFTJobs repeat the same field names
-    and values (condition types, reasons, phases), and one copy of each is enough."""
-    if isinstance(value, dict):
-        return {sys.intern(k) if isinstance(k, str) else k: interned(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [interned(v) for v in value]
-    if isinstance(value, str) and len(value) <= 64:
-        return sys.intern(value)
-    return value
-
-
 def slim(obj: dict[str, Any]) -> dict[str, Any]:
     """What the cache keeps of a Job or Pod: metadata, status, and a Job's suspend. A Job's pod template or a pod's
     spec is most of its size and nothing the operator reads again."""
@@ -155,13 +142,13 @@ def slim(obj: dict[str, Any]) -> dict[str, Any]:
     spec = obj.get("spec") or {}
     if "suspend" in spec:
         out["spec"] = {"suspend": spec["suspend"]}
-    return interned(out)
+    return out
 
 
 class SFTJobCache:
     """The watched SFTJobs by (namespace, name). One whose run has finished (Succeeded or Failed) is kept as its JSON
     text, a tenth of its size as Python objects: a platform's cluster holds thousands of those, read again only
-    at a resync or a change. The others are kept as objects, with interned keys and short strings. `get` returns
+    at a resync or a change. The others are kept as objects. `get` returns
     an object either way; change the cache by setting the whole object again."""
 
     def __init__(self):
@@ -176,7 +163,7 @@ class SFTJobCache:
             self._done[key] = json.dumps(obj, separators=(",", ":")).encode()
             self._live.pop(key, None)
         else:
-            self._live[key] = interned(obj)
+            self._live[key] = obj
             self._done.pop(key, None)
 
     def get(self, key: Key, default: Any = None) -> Any:
