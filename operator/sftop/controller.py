@@ -18,8 +18,8 @@ a reconcile at all: `sftop.poller` reads the trainers' endpoints on the same loo
 queues an SFTJob when its reading says something new.
 
 The write budget: a status is written only when something a user reads changed (a moved timestamp is not enough);
-live progress (step, loss, checkpoints, the running attempt's GPU-seconds) at most `status_writes_per_minute` times
-a minute per SFTJob, always with the latest reading; a phase, a reason or a result at once. An event is posted once
+live progress (step, loss, checkpoints) at most `status_writes_per_minute` times a minute per SFTJob, always with
+the latest reading; a phase, a reason or a result at once; the running attempt's GPU-seconds with the next write. An event is posted once
 per transition: with the status write that records it, and never twice in a row for one SFTJob.
 
 No finalizer and no kopf bookkeeping are written to SFTJobs: deleting one never waits for the operator, and its
@@ -52,7 +52,6 @@ Key = tuple[str, str]  # (namespace, name) of an SFTJob
 ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 CLAIM_MEMORY = 300.0  # seconds an output claim the operator ensured is taken to still exist
-merge_patch = decide.merge_patch  # the harness's API server applies patches with the same function
 
 
 class WorkQueue:
@@ -216,13 +215,16 @@ class Controller:
         self.posting: set[asyncio.Task] = set()  # events being posted
         self.continuing: dict[Key, set[Key]] = collections.defaultdict(set)  # SFTJob -> those warm-starting from it
         self.pods_of_run: dict[tuple, set[Key]] = collections.defaultdict(set)  # (namespace, sftjob, run) -> pods
-        self.reconciles = 0
-        self.errors = 0
         self.executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="sftop-api")
         self.poller = Poller(settings.progress_port, settings.progress_interval, self.queue.add,
                              concurrency=settings.progress_concurrency, timeout=settings.progress_timeout)
         self.metrics = Metrics(self)
         self.poller.on_read = lambda outcome: self.metrics.progress_reads.labels(outcome).inc()
+
+    @property
+    def errors(self) -> float:
+        """Reconciles that failed, from the metrics' counter."""
+        return self.metrics.registry.get_sample_value("sftop_reconcile_errors_total") or 0.0
 
     # ------------------------------------------------------------------------------------ watch events
 
@@ -302,7 +304,6 @@ class Controller:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                self.errors += 1
                 self.metrics.reconcile_errors.inc()
                 count = self.failures[key] = self.failures.get(key, 0) + 1
                 delay = ERROR_BACKOFF[min(count, len(ERROR_BACKOFF)) - 1]
@@ -321,7 +322,6 @@ class Controller:
 
     async def reconcile(self, key: Key) -> float | None:
         """Make the cluster match one SFTJob and its status match the cluster. Returns when to look again."""
-        self.reconciles += 1
         self.metrics.reconciles.inc()
         body = self.sftjobs.get(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
@@ -338,7 +338,7 @@ class Controller:
             spec = api.SFTJobSpec.model_validate(body.get("spec") or {})
         except ValidationError as e:
             problems = api.error_lines(e, "spec.")
-        seen = Observed(namespace=namespace, name=name, uid=meta.get("uid"), generation=meta.get("generation"),
+        seen = Observed(namespace=namespace, name=name, generation=meta.get("generation"),
                         body=body, spec=spec, problems=problems, status=copy.deepcopy(body.get("status") or {}),
                         now=now(), settings=self.settings, progress=self.poller.readings.get(key))
         if spec is None:
@@ -461,7 +461,7 @@ class Controller:
             if wait > 0:  # coalesced: the latest reading is written when the budget allows
                 self.metrics.writes_deferred.inc()
                 return wait if requeue is None else min(requeue, wait)
-        patch = merge_patch(old, new)
+        patch = decide.merge_patch(old, new)
         assert patch is not None
         stored = await self.call(self.kube.patch_status, seen.namespace, seen.name, patch)
         self.last_write[key] = time.monotonic()

@@ -64,7 +64,6 @@ class Reading:
 class Observed:
     namespace: str
     name: str
-    uid: str | None
     generation: int | None
     body: dict[str, Any]  # the SFTJob as cached: owner of the children
     spec: api.SFTJobSpec | None

@@ -10,6 +10,7 @@ import collections
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -18,7 +19,7 @@ import pytest
 
 from harness.apiserver import ApiServer
 from harness.cluster import (Operator, apply, job_status, make_pod, objs, patch, pod_status, requests, running,
-                             sftjob, status_of, wait_for)
+                             sftjob, status_of, terminated, wait_for)
 from sftop import render
 
 RESULT = {"status": "Succeeded", "steps": 10, "trainLoss": 0.5, "trainedTokens": 640, "adapterPath": "adapter"}
@@ -55,9 +56,7 @@ async def run_to_success(emu, name="chat"):
 
 
 async def succeed(emu, job, pod, name="chat"):
-    await pod_status(emu, pod, {"phase": "Succeeded", "containerStatuses": [{"name": "trainer", "state": {"terminated": {
-        "exitCode": 0, "message": json.dumps(RESULT), "startedAt": "2026-11-22T10:00:00Z",
-        "finishedAt": "2026-11-22T10:05:00Z"}}}]})
+    await pod_status(emu, pod, terminated(0, json.dumps(RESULT)))
     await job_status(emu, job, {"active": 0, "succeeded": 1, "conditions": [
         {"type": "Complete", "status": "True", "lastTransitionTime": "2026-11-22T10:05:00Z"}]})
     return await wait_for(lambda: status_of(emu, name).get("phase") == "Succeeded" and status_of(emu, name),
@@ -150,8 +149,7 @@ async def test_sigkill_right_after_a_write_then_a_restart(apiserver, write):
             # and once more, right after the write that records the result
             apiserver.after_write("PATCH", "/sftjobs/chat/status",
                                   lambda request: (os.kill(second.pid, signal.SIGKILL), killed.append(request)))
-            await pod_status(apiserver, pod, {"phase": "Succeeded", "containerStatuses": [
-                {"name": "trainer", "state": {"terminated": {"exitCode": 0, "message": json.dumps(RESULT)}}}]})
+            await pod_status(apiserver, pod, terminated(0, json.dumps(RESULT)))
             await job_status(apiserver, job, {"active": 0, "succeeded": 1, "conditions": [
                 {"type": "Complete", "status": "True", "lastTransitionTime": "2026-11-22T10:05:00Z"}]})
             await wait_for(lambda: len(killed) == 2, timeout=30)
@@ -230,3 +228,34 @@ async def test_a_finished_sftjob_is_never_written_again(apiserver, operator):
     await asyncio.sleep(6)  # more than one resync (5 s here)
     assert len(requests(apiserver, "PATCH", "/sftjobs/chat/status")) == writes
     assert status_of(apiserver)["checkpoints"] == [] and status_of(apiserver)["phase"] == "Succeeded"
+
+
+async def test_live_progress_is_written_at_most_at_the_budget_and_always_the_latest(apiserver, operator):
+    """A trainer whose step moves every half second (the poller reads it every second here) is written once for its
+    first progress, then no more than 4 times a minute, each time with the latest step."""
+    from sftop_trainer.progress import Progress, serve
+
+    progress = Progress("r1")
+    progress.step(1, 1000, 0.0, 100)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.4", 0))
+        port = probe.getsockname()[1]
+    server = serve(progress, "127.0.0.4", port)
+    operator.controller.poller.port = port
+    try:
+        await apply(apiserver, sftjob())
+        job = (await wait_for(lambda: trainer_jobs(apiserver)))[0]
+        pod = await make_pod(apiserver, job)
+        await pod_status(apiserver, pod, running("127.0.0.4"))
+        await wait_for(lambda: status_of(apiserver).get("progress"), timeout=10)
+        since = len(apiserver.log)
+        for step in range(2, 40):  # 19 s of a step every half second
+            progress.step(step, 1000, 0.0, 100 * step)
+            await asyncio.sleep(0.5)
+        writes = [r for r in apiserver.log[since:] if r.method.value == "PATCH"
+                  and r.url.path.endswith("/sftjobs/chat/status")]
+        assert 1 <= len(writes) <= 2, f"{len(writes)} progress writes in 19 s at a budget of 4 a minute"
+        assert status_of(apiserver)["progress"]["step"] >= 20, "the write carried an old reading"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -52,7 +52,7 @@ def seen(spec=None, status=None, **kw):
     body = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": NAME, "namespace": NS,
                                                                           "uid": "sftjob-uid", "generation": 1},
             "spec": spec.model_dump(by_alias=True, exclude_none=True)}
-    return Observed(namespace=NS, name=NAME, uid="sftjob-uid", generation=1, body=body, spec=spec, problems=[],
+    return Observed(namespace=NS, name=NAME, generation=1, body=body, spec=spec, problems=[],
                     status=status or {}, now=NOW, settings=Settings(), **kw)
 
 
@@ -197,3 +197,29 @@ def test_gpu_seconds_sum_attempts_and_count_every_gpu():
 ], ids=["a moved timestamp", "a new step", "GPU-seconds alone", "GPU-seconds with a step", "a phase", "the first progress", "a condition"])
 def test_what_is_worth_a_write_and_what_waits_for_the_budget(old, new, expected):
     assert worth_writing(old, new) == expected
+
+
+def test_the_cache_keeps_finished_sftjobs_as_text_and_returns_them_whole():
+    from sftop.controller import SFTJobCache
+
+    cache = SFTJobCache()
+    done = {"metadata": {"name": "a"}, "spec": {"x": 1}, "status": {"phase": "Succeeded", "result": {"steps": 3}}}
+    live = {"metadata": {"name": "b"}, "spec": {}, "status": {"phase": "Running"}}
+    cache[("ns", "a")], cache[("ns", "b")] = done, live
+    assert cache.get(("ns", "a")) == done and cache.get(("ns", "a")) is not done
+    assert [k for k, _ in cache.active()] == [("ns", "b")]
+    assert sorted(cache.phases()) == [(("ns", "a"), "Succeeded"), (("ns", "b"), "Running")]
+    assert cache.pop(("ns", "a")) == done and ("ns", "a") not in cache and len(cache) == 1
+
+
+async def test_new_and_changed_specs_are_reconciled_before_routine_looks():
+    from sftop.controller import WorkQueue
+
+    queue = WorkQueue()
+    for i in range(3):
+        queue.add(("ns", f"resync-{i}"))
+    queue.add(("ns", "new"), urgent=True)
+    queue.add(("ns", "resync-2"), urgent=True)  # its spec changed while it waited
+    order = [await queue.get() for _ in range(4)]
+    assert order == [("ns", "new"), ("ns", "resync-2"), ("ns", "resync-0"), ("ns", "resync-1")]
+    assert len(queue) == 0
