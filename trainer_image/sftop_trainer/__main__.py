@@ -6,11 +6,13 @@
 The config is a `sftop_trainer.config.TrainerConfig` (JSON or YAML); the operator renders it from an SFTJob and
 `sftop run --local` renders the same. A Hugging Face token, when needed, comes from the HF_TOKEN environment
 variable. With several visible GPUs the command relaunches itself through torchrun, one process per GPU; the
-Trainer's accelerate backend runs them data parallel. It exits with the training processes' exit code.
+Trainer's accelerate backend runs them data parallel (or FSDP). With distribution.nodes > 1 it is one pod of an
+Indexed Job: torchrun meets the other pods through a c10d rendezvous on pod 0 (JOB_COMPLETION_INDEX,
+SFTOP_RENDEZVOUS, SFTOP_NODE_ADDRESS). It exits with the training processes' exit code.
 
 Exit codes (sftop_trainer.errors): 0 success, 1 unexpected error, 64 invalid config, 65 invalid data, 66 model
 load failure, 67 CUDA out of memory, 68 loss not finite, 69 interrupted after a checkpoint, 70 loss spike
-(training.lossWatchdog).
+(training.lossWatchdog), 71 another pod of a multi-node run was lost.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import os
 import signal
 import subprocess
 import sys
+import socket
 import tempfile
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from sftop_trainer.errors import EXIT_CLASSES, ExitCode, TrainerError
@@ -58,22 +62,82 @@ def process_count(requested: int | None) -> int:
     return max(1, torch.cuda.device_count())
 
 
-def launch_command(processes: int, config: str, status_file: str) -> list[str]:
+RENDEZVOUS_PORT = 29400  # c10d's usual port; a multi-node run's headless Service names it
+ELASTIC_RESTARTS = 3  # in-place restarts of a pod's processes after another pod of the group was lost
+
+
+@dataclass(frozen=True)
+class Group:
+    """Where this pod stands in a multi-node run: the pods' count, its index, the rendezvous host (pod 0) and its own
+    stable address. A pod reads them from its environment (the Indexed Job and the operator's rendering)."""
+
+    nodes: int
+    index: int
+    rendezvous: str  # host:port of pod 0
+    address: str  # this pod's own stable name (its headless Service DNS name)
+    run_id: str
+
+    @classmethod
+    def from_env(cls, nodes: int, run_id: str | None) -> Group:
+        env = os.environ
+        missing = [v for v in ("JOB_COMPLETION_INDEX", "SFTOP_RENDEZVOUS") if not env.get(v)]
+        if missing:
+            raise ValueError(f"distribution.nodes is {nodes} but {' and '.join(missing)} is not set: a multi-node run "
+                             f"runs as an Indexed Job (or `sftop run --local`), which sets it")
+        return cls(nodes=nodes, index=int(env["JOB_COMPLETION_INDEX"]), rendezvous=env["SFTOP_RENDEZVOUS"],
+                   address=env.get("SFTOP_NODE_ADDRESS") or socket.getfqdn(), run_id=run_id or "sftop")
+
+
+def launch_command(processes: int, config: str, status_file: str, group: Group | None = None) -> list[str]:
     """torchrun of this module, one process per GPU (or per requested CPU process). Inside each process, the
-    Trainer's accelerate backend does the data parallelism (DDP: NCCL on GPUs, gloo on CPUs)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-            "--nproc_per_node", str(processes), "-m", "sftop_trainer", "--config", config, "--no-progress-bar",
-            "--status-file", status_file]
+    Trainer's accelerate backend does the data parallelism (DDP or FSDP: NCCL on GPUs, gloo on CPUs).
+
+    Several nodes meet through torchrun's c10d rendezvous hosted by pod 0. torchrun numbers the nodes by their
+    addresses, sorted: pod 0's name (`<job>-0.<service>...`) sorts first, so the run's rank 0 (progress, result,
+    checkpoints) is always on pod 0."""
+    cmd = [sys.executable, "-m", "torch.distributed.run"]
+    if group is None:
+        cmd += ["--standalone", "--nnodes", "1"]
+    else:
+        cmd += ["--nnodes", str(group.nodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", group.rendezvous,
+                "--rdzv-id", group.run_id, "--rdzv-conf", f"is_host={str(group.index == 0).lower()}",
+                "--local-addr", group.address, "--max-restarts", str(ELASTIC_RESTARTS)]
+    return cmd + ["--nproc_per_node", str(processes), "-m", "sftop_trainer", "--config", config, "--no-progress-bar",
+                  "--status-file", status_file]
 
 
-def launch(processes: int, config: str) -> int:
+# A process's own failure ends its pod at once (the Job counts it, podFailurePolicy applies); only a lost peer, or an
+# interruption, lets torchrun restart the pod's processes in place to meet the replacement pod.
+IN_PLACE = {int(ExitCode.PEER_LOST), int(ExitCode.OK)}
+
+
+def worst(codes: list[int]) -> int:
+    """The code a pod exits with, given its processes': its own failure before a lost peer, a user error first."""
+    from sftop_trainer.errors import USER_ERROR_CODES
+
+    failed = [c for c in codes if c != 0]
+    for preferred in (USER_ERROR_CODES, [c for c in failed if c not in IN_PLACE], failed):
+        hits = [c for c in failed if c in preferred]
+        if hits:
+            return hits[0]
+    return 0
+
+
+def launch(processes: int, config: str, group: Group | None = None) -> int:
     """Run the training processes and exit with their class of failure (the launcher turns any failure into
-    exit code 1, so the workers leave their real code in a status file)."""
+    exit code 1, so the workers leave their real codes in status files)."""
     with tempfile.TemporaryDirectory(prefix="sftop-") as tmp:
-        status = Path(tmp) / "status.json"
-        cmd = launch_command(processes, config, str(status))
-        log.info("launching %d training processes: %s", processes, " ".join(cmd))
+        status = Path(tmp) / "status"
+        status.mkdir()
+        cmd = launch_command(processes, config, str(status / "rank"), group)
+        log.info("launching %d training processes%s: %s", processes,
+                 f" on node {group.index} of {group.nodes}" if group else "", " ".join(cmd))
         env = {**os.environ, "SFTOP_LAUNCHED": "1"}
+        if group is not None:
+            # torchrun shares its rendezvous store with the workers only from the first round on: a pod that
+            # replaces a lost one would wait forever for the address of the workers' store. Unshared, pod 0's
+            # agent publishes it every round.
+            env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
         if not env.get("OMP_NUM_THREADS"):  # torchrun would set 1; share this process's CPUs among the workers
             from sftop_trainer.threads import available_cpus
 
@@ -82,19 +146,59 @@ def launch(processes: int, config: str) -> int:
         forward = lambda signum, frame: os.killpg(child.pid, signum)  # noqa: E731
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
-        code = child.wait()
-        if status.exists():
-            return int(json.loads(status.read_text())["exitCode"])
-        return code if code == 0 else int(ExitCode.UNEXPECTED)
+        while True:
+            try:
+                code = child.wait(timeout=1)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            own = worst(read_codes(status))
+            if own not in IN_PLACE and own != ExitCode.INTERRUPTED:
+                log.info("a training process failed (exit code %d): stopping this pod's processes", own)
+                os.killpg(child.pid, signal.SIGTERM)  # torchrun stops its workers (each in a session of its own)
+                try:
+                    child.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(child.pid, signal.SIGKILL)
+                    child.wait()
+                return own
+        codes = read_codes(status)
+        if code == 0:
+            return 0
+        if codes:
+            return worst(codes) or int(ExitCode.UNEXPECTED)
+        if group is not None:  # torchrun itself gave up: the rendezvous was never reached, or its host was lost
+            started = (status / "started").exists()
+            log.error("%s (rendezvous %s)", "lost the group's rendezvous host (pod 0)" if started else
+                      "the group's rendezvous did not complete: check that the run's pods can reach each other",
+                      group.rendezvous)
+            if started:
+                return int(ExitCode.PEER_LOST)
+        return int(ExitCode.UNEXPECTED)
+
+
+def read_codes(folder: Path) -> list[int]:
+    codes = []
+    for f in folder.glob("rank-*.json"):
+        try:
+            codes.append(int(json.loads(f.read_text())["exitCode"]))
+        except (ValueError, KeyError, OSError):
+            continue
+    return codes
 
 
 def _finish(code: int, result: dict, status_file: str | None) -> int:
-    from sftop_trainer.train import is_main_process, write_termination_message
+    """Leave the outcome for the pod: the run's first process writes its termination message (the result); on other
+    pods the first process writes its own (on success, only which node it was). Each launched process leaves its
+    code for the launcher."""
+    from sftop_trainer.train import is_main_process, is_node_main_process, write_termination_message
 
     if is_main_process():
         write_termination_message(result)
-        if status_file:
-            Path(status_file).write_text(json.dumps({"exitCode": code}))
+    elif is_node_main_process():
+        write_termination_message(result if code else {"status": "Succeeded"})
+    if status_file:
+        Path(f"{status_file}-{os.environ.get('LOCAL_RANK', '0')}.json").write_text(json.dumps({"exitCode": code}))
     return code
 
 
@@ -148,8 +252,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if "LOCAL_RANK" not in os.environ and not os.environ.get("SFTOP_LAUNCHED"):
         processes = process_count(args.processes)
+        if cfg.distribution.nodes > 1:
+            try:
+                group = Group.from_env(cfg.distribution.nodes, cfg.run.id)
+            except ValueError as e:
+                return fail(ExitCode.INVALID_CONFIG, str(e))
+            return launch(processes, args.config, group)
         if processes > 1:
             return launch(processes, args.config)
+    if args.status_file:  # this pod's processes reached training: a later lost rendezvous is a lost peer
+        Path(args.status_file).with_name("started").touch()
 
     from sftop_trainer import threads, train
 
@@ -162,8 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         import torch
 
+        from sftop_trainer.errors import peer_lost
+        from sftop_trainer.train import world_size
+
         if isinstance(e, torch.OutOfMemoryError):
             return fail(ExitCode.OUT_OF_MEMORY, f"CUDA ran out of memory: {str(e).splitlines()[0]}")
+        if world_size() > 1 and peer_lost(e):
+            return fail(ExitCode.PEER_LOST, f"another training process went away: {str(e).splitlines()[0][:300]}")
         traceback.print_exc()
         return fail(ExitCode.UNEXPECTED, f"{type(e).__name__}: {e}")
     return _finish(0, result, args.status_file)

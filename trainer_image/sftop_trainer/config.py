@@ -334,6 +334,47 @@ NEEDS_EVAL_RULE = {"rule": "has(self.dataset.evalSplit) || !has(self.training) |
                               "need evaluation data, so set dataset.evalSplit"}
 
 
+Strategy = Literal["DataParallel", "FSDP"]
+
+
+class DistributionSpec(Spec):
+    """How a run spreads over nodes and GPUs. Each node is one pod with resources.gpus GPUs and one training process
+    per GPU (one process on a CPU-only pod); every process sees a different part of each batch."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "!has(self.cpuOffload) || !self.cpuOffload || self.strategy == 'FSDP'",
+         "message": "distribution.cpuOffload applies only to strategy FSDP"}]})
+
+    nodes: int = Field(1, ge=1, le=64, description="Pods of the run, each on its own node with resources.gpus GPUs. "
+                                                   "With more than one, the run is an Indexed Job with a headless "
+                                                   "Service; its pods meet through torchrun's c10d rendezvous on "
+                                                   "pod 0, and the output claim must be shared by all of them "
+                                                   "(ReadWriteMany).")
+    strategy: Strategy = Field("DataParallel", description="`DataParallel`: every process holds the whole model and "
+                                                           "gradients are averaged (DDP). `FSDP`: parameters, "
+                                                           "gradients and optimizer state are sharded over all "
+                                                           "processes (PyTorch FSDP2, through accelerate), for models "
+                                                           "that do not fit one GPU. training.gradientCheckpointing "
+                                                           "becomes FSDP's own activation checkpointing.")
+    cpu_offload: bool = Field(False, description="FSDP only: keep parameters and optimizer state in CPU memory "
+                                                 "between uses (much less GPU memory, slower steps).")
+
+
+def check_distribution(method: str, quantization: QuantizationSpec | None, distribution: DistributionSpec,
+                       processes: int | None, where: str = "distribution") -> None:
+    """Combinations that cannot work, named by field. `processes`: training processes in all (nodes x GPUs), when
+    known before the run starts."""
+    d = distribution
+    if d.cpu_offload and d.strategy != "FSDP":
+        raise ValueError(f"{where}.cpuOffload applies only to strategy FSDP (strategy is {d.strategy})")
+    if d.strategy == "FSDP" and processes is not None and processes < 2:
+        raise ValueError(f"{where}.strategy FSDP shards the model over training processes, and this run has one "
+                         f"(nodes x GPUs per node); use DataParallel, or more GPUs or nodes")
+    if d.strategy == "FSDP" and method == "qlora" and d.cpu_offload:
+        raise ValueError(f"{where}.cpuOffload with method qlora: FSDP cannot offload 4-bit weights; drop "
+                         f"cpuOffload (4-bit weights are already small) or use method lora")
+
+
 class EvaluationSpec(Spec):
     """Greedy answers to held-out prompts, scored against the expected answers, at each evaluation, before training
     and at the end: what users read to know whether the model does the task. Needs evaluation data
@@ -493,6 +534,7 @@ class TrainerConfig(Spec):
     output: OutputTarget
     progress: ProgressEndpoint = ProgressEndpoint()
     hardware: Hardware = Hardware()
+    distribution: DistributionSpec = DistributionSpec()
     tracking: TrackingTarget | None = None
 
     @model_validator(mode="after")
@@ -507,6 +549,7 @@ class TrainerConfig(Spec):
             self.lora = LoraSpec()
         if self.method == "qlora" and self.quantization is None:
             self.quantization = QuantizationSpec()
+        check_distribution(self.method, self.quantization, self.distribution, None)
         return self
 
 

@@ -23,6 +23,7 @@ class ExitCode(enum.IntEnum):
     LOSS_NOT_FINITE = 68
     INTERRUPTED = 69
     LOSS_SPIKE = 70
+    PEER_LOST = 71
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ EXIT_CLASSES: dict[int, ExitClass] = {
                   "the training loss spiked and stayed high (training.lossWatchdog); the earlier checkpoints are kept"),
         ExitClass(ExitCode.INTERRUPTED, "Interrupted", True, False,
                   "stopped by SIGTERM (preemption, eviction, suspend) after saving a checkpoint; a retry resumes"),
+        ExitClass(ExitCode.PEER_LOST, "PeerLost", True, False,
+                  "another pod of a multi-node run failed or was lost, and this pod stopped with it; the Job restarts "
+                  "it and the group resumes from the latest checkpoint (the failed pod's own failure is what counts)"),
     )
 }
 
@@ -96,6 +100,26 @@ class LossSpike(TrainerError):
 
 class Interrupted(TrainerError):
     code = ExitCode.INTERRUPTED
+
+
+# What the collective backends say when another process of the group went away mid-operation.
+_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "gloo/transport",
+              "NCCL communicator was aborted", "Connection refused", "failed to recv", "failed to send")
+
+
+def peer_lost(e: BaseException) -> bool:
+    """A collective operation failed because another training process (on another pod) died or went away."""
+    try:
+        from torch.distributed import DistError
+    except ImportError:  # a torch without distributed support
+        DistError = ()  # type: ignore[assignment,misc]  # noqa: N806
+    chain, seen = e, 0
+    while chain is not None and seen < 8:
+        if isinstance(chain, DistError) or (isinstance(chain, RuntimeError)
+                                            and any(s in str(chain) for s in _PEER_GONE)):
+            return True
+        chain, seen = chain.__cause__ or chain.__context__, seen + 1
+    return False
 
 
 # What transformers and huggingface_hub say when the Hub cannot be reached and the files are not cached.

@@ -53,7 +53,17 @@ LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "
 
 
 def is_main_process() -> bool:
+    """The run's first process (global rank 0): it serves progress and writes the result."""
     return os.environ.get("RANK", "0") == "0"
+
+
+def is_node_main_process() -> bool:
+    """The first process of this node (pod): it speaks for the pod (its termination message)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def library_versions() -> dict[str, str]:
@@ -141,6 +151,10 @@ def build_sft_config(cfg: TrainerConfig, output_dir: Path, *, has_eval: bool, as
                           "training): use lora, or a GPU")
     warmup: float | int = t.warmup_steps if t.warmup_steps is not None else (
         t.warmup_ratio if t.warmup_ratio is not None else 0.03)
+    fsdp = cfg.distribution.strategy == "FSDP"
+    if fsdp and world_size() < 2:
+        raise ConfigError("distribution.strategy FSDP shards the model over training processes, and this run has "
+                          "one; use DataParallel, or more GPUs or nodes")
     kw: dict[str, Any] = dict(
         output_dir=str(output_dir / CHECKPOINTS),
         num_train_epochs=t.epochs if t.epochs is not None else 1.0,
@@ -161,7 +175,8 @@ def build_sft_config(cfg: TrainerConfig, output_dir: Path, *, has_eval: bool, as
         optim=t.optim,
         seed=t.seed,
         data_seed=t.seed,
-        activation_checkpointing=t.gradient_checkpointing,  # TRL's new name for gradient checkpointing
+        # TRL's new name for gradient checkpointing; under FSDP, FSDP's own (fsdp_config below) does it
+        activation_checkpointing=t.gradient_checkpointing and not fsdp,
         logging_steps=t.logging_steps,
         logging_first_step=True,
         save_strategy="steps",
@@ -183,8 +198,16 @@ def build_sft_config(cfg: TrainerConfig, output_dir: Path, *, has_eval: bool, as
         # transformers' own SIGTERM support: checkpoint at the next step boundary, then stop.
         enable_jit_checkpoint=True,
         disable_tqdm=not progress_bar,
-        ddp_find_unused_parameters=False if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        ddp_find_unused_parameters=False if world_size() > 1 and not fsdp else None,
     )
+    if fsdp:
+        # PyTorch's FSDP2 through accelerate (FSDP1 needs an accelerator; FSDP2 runs on CPUs with gloo too): every
+        # decoder layer (the model's _no_split_modules) is sharded over all processes. Full state dicts are gathered
+        # for saving, so checkpoints, adapters and models keep the single-process format.
+        kw.update(fsdp=True, fsdp_config={"version": 2, "reshard_after_forward": True,
+                                          "cpu_offload": cfg.distribution.cpu_offload,
+                                          "activation_checkpointing": t.gradient_checkpointing,
+                                          "state_dict_type": "FULL_STATE_DICT"})
     # Rows are tokenized before training, so batches load in the training process (no workers); torch gives any
     # DataLoader worker one thread. More worker processes than the CPUs this process may use only contend.
     budget = int(os.environ.get("OMP_NUM_THREADS") or 0)
@@ -526,7 +549,7 @@ def build_trainer(cfg: TrainerConfig, progress: Progress, *, progress_bar: bool 
 
     progress.update(phase="LoadingModel")
     provenance.check_warm_start(cfg)  # before any weight is loaded
-    model = model_mod.load_model(cfg, cfg.training.gradient_checkpointing)
+    model = model_mod.load_model(cfg, cfg.training.gradient_checkpointing and cfg.distribution.strategy != "FSDP")
     peft_config = model_mod.lora_config(cfg, model) if cfg.method != "full" else None
     if cfg.warm_start is not None:
         from peft import PeftModel
@@ -657,7 +680,8 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
     resumed_from = checkpoint_step(resume) if resume else 0
     emit("train", resumeFromStep=resumed_from, trainRows=report.rows_train, evalRows=report.rows_eval,
          overlong=report.overlong, trainableParameters=trainable, totalParameters=total, loss=report.loss,
-         warmStart=cfg.warm_start.name if cfg.warm_start else None)
+         warmStart=cfg.warm_start.name if cfg.warm_start else None, processes=world_size(),
+         nodes=cfg.distribution.nodes, strategy=cfg.distribution.strategy)
     if record is not None and ev.baseline and resume is None and record.before is None:
         if cfg.method == "qlora" and not model_mod.has_gpu():
             log.info("no evaluation before training: an inference pass on a 4-bit model on a CPU would corrupt "
