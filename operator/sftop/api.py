@@ -15,6 +15,7 @@ from pydantic.alias_generators import to_camel
 
 from sftop_trainer.config import (
     DataFormat,
+    DistributionSpec,
     Dtype,
     EVAL_SPLIT_RULES,
     NEEDS_EVAL_RULE,
@@ -31,6 +32,7 @@ from sftop_trainer.config import (
     WandbTracking,
     cel_exactly_one,
     check_data_file,
+    check_distribution,
     check_eval_split,
     check_method,
     check_needs_eval,
@@ -50,6 +52,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 # A run's Job is named <sftjob>-<run id (8 hex)>; Job names end up in a label value (job-name), so <= 63.
 MAX_NAME_LENGTH = 54
 RUN_ID_LENGTH = 8
+# A multi-node run's pods are named by the Job controller <job>-<index> as their hostnames (<= 63).
+MAX_MULTI_NODE_NAME_LENGTH = 63 - RUN_ID_LENGTH - 1 - len("-63")
 
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -234,8 +238,9 @@ class Toleration(Spec):
 class ResourcesSpec(Spec):
     """What the trainer pod asks of the cluster."""
 
-    gpus: int = Field(1, ge=0, le=64, description="GPUs for the trainer pod (requests equal limits). With more "
-                                                  "than one, the trainer runs data-parallel, one process per GPU.")
+    gpus: int = Field(1, ge=0, le=64, description="GPUs for each trainer pod (requests equal limits). With more "
+                                                  "than one, the trainer runs one process per GPU, spread as "
+                                                  "spec.distribution says (data parallel by default).")
     gpu_resource_name: _pattern(QUALIFIED_NAME, "an extended resource name", "nvidia.com/gpu", 253) = Field(
         "nvidia.com/gpu", description="Extended resource name of the GPUs, for example "
                                                "`nvidia.com/gpu` or `nvidia.com/mig-3g.40gb`.")
@@ -414,6 +419,16 @@ class SFTJobSpec(Spec):
          "message": "workloadPriorityClassName is a Kueue priority: it needs queueName"},
         {"rule": "!has(self.warmStart) || self.method != 'full'",
          "message": "warmStart continues a LoRA adapter (methods lora and qlora)"},
+        {"rule": "!has(self.distribution) || !has(self.distribution.strategy) || self.distribution.strategy != 'FSDP' "
+                 "|| (has(self.distribution.nodes) ? self.distribution.nodes : 1) * (has(self.resources) && "
+                 "has(self.resources.gpus) && self.resources.gpus > 1 ? self.resources.gpus : 1) >= 2",
+         "message": "distribution.strategy FSDP shards the model over training processes and needs at least two "
+                    "(distribution.nodes x resources.gpus)"},
+        {"rule": "!has(self.distribution) || !has(self.distribution.nodes) || self.distribution.nodes == 1 || "
+                 "!has(self.output.pvc.create) || !has(self.output.pvc.create.accessModes) || "
+                 "'ReadWriteMany' in self.output.pvc.create.accessModes",
+         "message": "distribution.nodes > 1: every pod writes checkpoints to the output claim, so "
+                    "output.pvc.create.accessModes must include ReadWriteMany"},
         NEEDS_EVAL_RULE]})
 
     model: ModelSpec = Field(description="The base model to fine-tune.")
@@ -434,6 +449,9 @@ class SFTJobSpec(Spec):
                                                                      "scored. Needs dataset.evalSplit.")
     resources: ResourcesSpec = Field(ResourcesSpec(), description="GPUs, CPU, memory and "
                                                                                 "placement of the trainer pod.")
+    distribution: DistributionSpec = Field(DistributionSpec(), description="Several nodes (pods) per run, and how "
+                                                                           "the model is spread over the processes: "
+                                                                           "data parallel or fully sharded (FSDP).")
     output: OutputSpec = Field(description="Where the adapter is written.")
     hub_token_secret: SecretKeyRef | None = Field(None, description="Secret holding a Hugging Face token, for "
                                                                     "gated or private models and datasets. "
@@ -468,6 +486,13 @@ class SFTJobSpec(Spec):
         if self.warm_start is not None and self.method == "full":
             raise ValueError("spec.warmStart continues a LoRA adapter (methods lora and qlora); for method full, name "
                              "the earlier run's model/ folder in spec.model.pvc")
+        check_distribution(self.method, self.quantization, self.distribution,
+                           self.distribution.nodes * max(1, self.resources.gpus), "spec.distribution")
+        new_claim = self.output.pvc.create
+        if self.distribution.nodes > 1 and new_claim is not None and "ReadWriteMany" not in new_claim.access_modes:
+            raise ValueError(f"spec.distribution.nodes is {self.distribution.nodes}: every pod writes checkpoints to "
+                             f"the output claim, so spec.output.pvc.create.accessModes must include ReadWriteMany "
+                             f"(it is {new_claim.access_modes})")
         if self.workload_priority_class_name and not self.queue_name:
             raise ValueError("spec.workloadPriorityClassName is a Kueue priority: it needs spec.queueName (the "
                              "LocalQueue the run is submitted to)")
@@ -492,6 +517,16 @@ class Condition(Spec):
     last_transition_time: str = Field(description="When the status last changed (RFC 3339).",
                                       json_schema_extra={"format": "date-time"})
     observed_generation: int | None = Field(None, description="The SFTJob generation this condition is about.")
+
+
+class RunPod(Spec):
+    """One pod of the run: the newest of its completion index (one per node)."""
+
+    index: int = Field(description="Completion index: the pod's node rank; pod 0 holds the run's rank 0 (progress, "
+                                   "result).")
+    name: str = Field(description="Name of the pod.")
+    node: str | None = Field(None, description="The node the pod runs on, once scheduled.")
+    phase: str | None = Field(None, description="The pod's phase: Pending, Running, Succeeded or Failed.")
 
 
 class RunStatus(Spec):
@@ -520,6 +555,8 @@ class RunStatus(Spec):
                                                           "pod is gone; the oldest fold into `earlier`.")
     gpu_seconds: float | None = Field(None, description="GPU-seconds so far: GPUs per pod times the pods' running "
                                                         "seconds, over all attempts.")
+    pods: list[RunPod] = Field([], description="The run's current pods, one per node (distribution.nodes), with "
+                                               "the nodes they run on.")
 
 
 class PreviousRun(Spec):
@@ -681,7 +718,9 @@ class Plan(Spec):
     steps_per_epoch: int = Field(description="Optimizer steps per epoch.")
     total_steps: int = Field(description="Optimizer steps of the run.")
     effective_batch: int = Field(description="Sequences per optimizer step, over all GPUs.")
-    gpus: int = Field(description="GPUs the plan is for.")
+    gpus: int = Field(description="GPUs the plan is for, over all nodes.")
+    nodes: int = Field(1, description="Nodes (pods) the plan is for.")
+    strategy: str = Field("DataParallel", description="How the model is spread over the GPUs: DataParallel or FSDP.")
     method: str = Field(description="lora, qlora or full.")
     trainable_parameters: int = Field(description="Parameters trained.")
     total_parameters: int = Field(description="Parameters of the model.")
@@ -734,6 +773,14 @@ class SFTJob(BaseModel):
     metadata: ObjectMeta
     spec: SFTJobSpec
     status: SFTJobStatus | None = None
+
+    @model_validator(mode="after")
+    def _hostnames(self) -> SFTJob:
+        if self.spec.distribution.nodes > 1 and len(self.metadata.name) > MAX_MULTI_NODE_NAME_LENGTH:
+            raise ValueError(f"metadata.name must be at most {MAX_MULTI_NODE_NAME_LENGTH} characters with "
+                             f"spec.distribution.nodes > 1 (each pod's hostname is <name>-<run id>-<index>, at most "
+                             f"63)")
+        return self
 
 
 def parse_spec(spec: dict[str, Any]) -> SFTJobSpec:

@@ -493,6 +493,8 @@ class Controller:
                 self.claims[claim] = time.monotonic()
         elif action.verb == "ensure_config_map":
             await self.call(kube.ensure_config_map, action.body)
+        elif action.verb == "ensure_service":
+            await self.call(kube.ensure_service, action.body)
         elif action.verb == "ensure_job":
             job = await self.call(kube.ensure_job, action.body)
             log.info("SFTJob %s/%s: Job %s", action.namespace,

@@ -84,7 +84,7 @@ class Observed:
 
 @dataclass
 class Action:
-    verb: str  # ensure_claim, ensure_config_map, ensure_job, stop_job, suspend_job, label_job
+    verb: str  # ensure_claim, ensure_config_map, ensure_service, ensure_job, stop_job, suspend_job, label_job
     namespace: str
     name: str
     body: dict[str, Any] | None = None
@@ -149,7 +149,7 @@ def decide(seen: Observed) -> Decision:
     job = apply_suspend(job, spec, out)
     apply_priority(job, spec, out)
 
-    observation = lifecycle.observe(spec.suspend, bool(spec.queue_name), job, seen.pods)
+    observation = lifecycle.observe(spec.suspend, bool(spec.queue_name), job, seen.pods, spec.distribution.nodes)
     stamp = seen.now
     new = base_status(status, spec, rid, seen, warm_start)
     run = new["run"]
@@ -165,6 +165,7 @@ def decide(seen: Observed) -> Decision:
     started = 0 if observation.phase == "Queued" else observation.attempts
     run["attempts"] = max(started + run.get("preemptions", 0), run.get("attempts", 0))
     usage(run, seen.pods, spec, seen.now)
+    pods_status(run, seen.pods)
     conditions = lifecycle.set_condition(new.get("conditions", []), "Accepted", "True", "Accepted",
                                          "the spec is valid and its references exist", generation, stamp)
     conditions = lifecycle.phase_conditions(conditions, observation.phase, observation.reason, observation.message,
@@ -374,6 +375,10 @@ def children(seen: Observed, spec: api.SFTJobSpec, rid: str, out: Decision, vali
     config_map = render.config_map(seen.name, seen.namespace, spec, rid, seen.settings, warm_start)
     kopf.adopt(config_map, owner=seen.body)
     out.actions.append(Action("ensure_config_map", seen.namespace, config_map["metadata"]["name"], config_map))
+    if spec.distribution.nodes > 1 and not validation:
+        service = render.service(seen.name, seen.namespace, rid)
+        kopf.adopt(service, owner=seen.body)
+        out.actions.append(Action("ensure_service", seen.namespace, service["metadata"]["name"], service))
     job = render.job(seen.name, seen.namespace, spec, rid, seen.settings, validation=validation, warm_start=warm_start)
     kopf.adopt(job, owner=seen.body, nested=("spec.template",))
     out.actions.append(Action("ensure_job", seen.namespace, job["metadata"]["name"], job))
@@ -555,6 +560,17 @@ def usage(run: dict[str, Any], pods: list[dict[str, Any]], spec: api.SFTJobSpec,
         seconds["earlier"] = round(folded, 1)
     run["podSeconds"] = seconds
     run["gpuSeconds"] = round(sum(seconds.values()) * spec.resources.gpus, 1)
+
+
+def pods_status(run: dict[str, Any], pods: list[dict[str, Any]]) -> None:
+    """status.run.pods: the newest pod of each index (one per node), where it runs and its phase."""
+    current = lifecycle.current_pods(pods)
+    if not current:
+        return
+    run["pods"] = [{k: v for k, v in (("index", index), ("name", pod["metadata"]["name"]),
+                                      ("node", (pod.get("spec") or {}).get("nodeName")),
+                                      ("phase", (pod.get("status") or {}).get("phase"))) if v is not None}
+                   for index, pod in current.items()]
 
 
 def result(message: dict[str, Any] | None, run: dict[str, Any], name: str) -> dict[str, Any]:

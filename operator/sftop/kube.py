@@ -116,6 +116,11 @@ class Kube:
         return self._create_or_read(lambda: self.core.create_namespaced_config_map(ns, body),
                                     lambda: self.core.read_namespaced_config_map(name, ns))
 
+    def ensure_service(self, body: dict[str, Any]) -> dict[str, Any]:
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        return self._create_or_read(lambda: self.core.create_namespaced_service(ns, body),
+                                    lambda: self.core.read_namespaced_service(name, ns))
+
     def ensure_job(self, body: dict[str, Any]) -> dict[str, Any]:
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
         return self._create_or_read(lambda: self.batch.create_namespaced_job(ns, body),

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sftop_trainer.errors import EXIT_CLASSES
+from sftop_trainer.errors import EXIT_CLASSES, ExitCode
 
 TERMINAL = frozenset({"Succeeded", "Failed"})
 CONDITION_TYPES = ("Ready", "Reconciling", "Stalled", "Accepted", "Validated", "Queued", "Running",
@@ -96,6 +96,59 @@ def _by_start(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                        p.get("metadata", {}).get("name") or ""))
 
 
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+
+
+def pod_index(pod: dict[str, Any]) -> int:
+    """The completion index of an Indexed Job's pod (0 for a plain Job's)."""
+    meta = pod.get("metadata") or {}
+    value = (meta.get("annotations") or {}).get(COMPLETION_INDEX) or (meta.get("labels") or {}).get(COMPLETION_INDEX)
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+def current_pods(pods: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """The newest pod of each completion index."""
+    out: dict[int, dict[str, Any]] = {}
+    for pod in _by_start(pods):
+        out[pod_index(pod)] = pod
+    return dict(sorted(out.items()))
+
+
+def _running(pod: dict[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") == "Running" and not (pod.get("metadata") or {}).get(
+        "deletionTimestamp")
+
+
+def _is_peer_loss(failure: tuple[str, str] | None) -> bool:
+    return failure is not None and failure[0] == EXIT_CLASSES[ExitCode.PEER_LOST].reason
+
+
+def _first_cause(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """The newest failure among the pods, a pod's own failure before one that only lost its peer."""
+    failures = [f for f in map(failure_of, reversed(pods)) if f]
+    return next((f for f in failures if not _is_peer_loss(f)), failures[0] if failures else None)
+
+
+def _group(pods: list[dict[str, Any]], nodes: int, retry_note: str, base: dict[str, Any]) -> Observation:
+    """A multi-node run that neither finished nor is suspended: Running once every index has a running pod."""
+    current = current_pods(pods)
+    running = [i for i in range(nodes) if i in current and _running(current[i])]
+    if len(running) == nodes:
+        return Observation("Running", "Training", f"the trainer is running on {nodes} pods" + retry_note,
+                           pod_ip=(current[0].get("status") or {}).get("podIP"), **base)
+    waiting = [i for i in range(nodes) if i not in running]
+    first = current.get(waiting[0])
+    if first is not None and (first.get("status") or {}).get("phase") == "Pending":
+        reason, message, stuck = _pending_reason(first)
+        return Observation("Pending", reason, f"pod {waiting[0]} of {nodes}: {message}" + retry_note,
+                           warning=stuck, **base)
+    return Observation("Pending", "StartingGroup", f"{len(running)} of {nodes} pods running; the group trains once "
+                                                   f"all have joined" + retry_note, **base)
+
+
 def _pending_reason(pod: dict[str, Any]) -> tuple[str, str, bool]:
     """Why a pod that is not running yet is waiting: (reason, message, whether a user must act)."""
     status = pod.get("status") or {}
@@ -111,8 +164,10 @@ def _pending_reason(pod: dict[str, Any]) -> tuple[str, str, bool]:
     return "PodStarting", "the trainer pod is starting", False
 
 
-def observe(suspend: bool, queued: bool, job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> Observation:
-    """What a run's Job and pods say about it."""
+def observe(suspend: bool, queued: bool, job: dict[str, Any] | None, pods: list[dict[str, Any]],
+            nodes: int = 1) -> Observation:
+    """What a run's Job and pods say about it. `nodes`: pods per attempt (an Indexed Job's completions); the
+    result and progress come from pod 0, which holds the run's rank 0."""
     if job is None:
         return Observation("Pending", "CreatingJob", "creating the run's Job")
     status = job.get("status") or {}
@@ -125,7 +180,7 @@ def observe(suspend: bool, queued: bool, job: dict[str, Any] | None, pods: list[
     complete = holds(conds, "Complete") or holds(conds, "SuccessCriteriaMet")
     if complete:
         result = None
-        for pod in reversed(pods):
+        for pod in sorted(reversed(pods), key=pod_index):  # pod 0's first, newest first
             terminated, message = termination_message(pod)
             if terminated is not None and terminated.get("exitCode") == 0:
                 result = message
@@ -136,7 +191,7 @@ def observe(suspend: bool, queued: bool, job: dict[str, Any] | None, pods: list[
 
     failed = holds(conds, "Failed") or holds(conds, "FailureTarget")
     if failed:
-        cause = next((f for f in map(failure_of, reversed(pods)) if f), None)
+        cause = _first_cause(pods)
         # What the failed run reached (steps, losses, checkpoints), from the last pod that wrote it.
         reached = next((m for m in (termination_message(p)[1] for p in reversed(pods))
                         if m and m.get("status") == "Failed"), None)
@@ -163,9 +218,11 @@ def observe(suspend: bool, queued: bool, job: dict[str, Any] | None, pods: list[
                                **base)
         return Observation("Pending", "Resuming", "resuming the Job", **base)
 
-    last_failure = next((f for f in map(failure_of, reversed(pods)) if f), None)
+    last_failure = _first_cause(pods)
     retry_note = f"; attempt {attempts}, after: {last_failure[0]}: {last_failure[1]}" if last_failure and attempts > 1 \
         else ""
+    if nodes > 1:
+        return _group(pods, nodes, retry_note.replace("attempt", "pod"), base)
     for pod in reversed(pods):
         phase = (pod.get("status") or {}).get("phase")
         if phase == "Succeeded" and pod is pods[-1]:

@@ -22,6 +22,8 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     # the trainer-config ConfigMaps; a ConfigMap data source is checked to exist
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create"]},
+    # a multi-node run's headless Service (its pods' DNS names)
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create"]},
     # output claims (created when asked) and input claims (checked to exist)
     {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "create"]},
     # a hub token Secret is checked to exist and to have its key; never listed or watched

@@ -129,6 +129,7 @@ def trainer_config(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, la
         output=OutputTarget(dir=layout.output_dir, merge_adapter=spec.output.merge_adapter),
         progress=ProgressEndpoint(port=layout.progress_port),
         hardware=hardware(spec),
+        distribution=spec.distribution,
         tracking=tracking(name, spec, rid),
     )
 
@@ -208,6 +209,36 @@ def job_name(name: str, rid: str) -> str:
     return f"{name}-{rid}"
 
 
+def service_name(name: str, rid: str) -> str:
+    """A multi-node run's headless Service: the Job's name (a Service name must start with a letter)."""
+    base = job_name(name, rid)
+    return base if base[0].isalpha() else f"s{base}"
+
+
+RENDEZVOUS_PORT = 29400
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+
+
+def pod_address(name: str, namespace: str, rid: str, index: int | str) -> str:
+    """A multi-node run's pod by its stable DNS name: <job>-<index>.<service>.<namespace>.svc."""
+    return f"{job_name(name, rid)}-{index}.{service_name(name, rid)}.{namespace}.svc"
+
+
+def service(name: str, namespace: str, rid: str) -> dict[str, Any]:
+    """The headless Service that gives a multi-node run's pods stable DNS names (the Indexed Job's pods use it as
+    their subdomain) from the moment they have an IP, ready or not: pod 0 hosts the rendezvous."""
+    labels = child_labels(name, rid)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": service_name(name, rid), "namespace": namespace, "labels": labels},
+        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                 "selector": {SFTJOB_LABEL: name, RUN_LABEL: rid, COMPONENT_LABEL: "trainer"},
+                 "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT,
+                            "protocol": "TCP"}]},
+    }
+
+
 def validation_job_name(name: str, rid: str) -> str:
     """`<sftjob>-v<first 7 of the run id>`: as long as the training Job's name, never equal to one (run ids are
     hex)."""
@@ -276,8 +307,9 @@ def pod_failure_policy() -> dict[str, Any]:
     return {"rules": [
         {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
                                               "values": list(USER_ERROR_CODES)}},
+        # A pod that stopped because another pod of its group was lost: the lost pod's failure is the one counted.
         {"action": "Ignore", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
-                                             "values": [int(ExitCode.INTERRUPTED)]}},
+                                             "values": [int(ExitCode.INTERRUPTED), int(ExitCode.PEER_LOST)]}},
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
     ]}
 
@@ -322,8 +354,8 @@ def validation_job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, se
 
 def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings, validation: bool = False,
         warm_start: ClaimPath | None = None) -> dict[str, Any]:
-    """The run's batch/v1 Job: one pod that runs the trainer, hardened to the restricted Pod Security
-    Standard, with no Kubernetes API credentials."""
+    """The run's batch/v1 Job: one pod that runs the trainer (an Indexed pod per node with distribution.nodes > 1),
+    hardened to the restricted Pod Security Standard, with no Kubernetes API credentials."""
     res = spec.resources
     if validation:
         v = spec.validation
@@ -353,6 +385,13 @@ def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings, val
             "name": spec.hub_token_secret.name, "key": spec.hub_token_secret.key}}})
     if not validation:
         env += tracking_env(spec)
+    nodes = 1 if validation else spec.distribution.nodes
+    if nodes > 1:
+        # Kubernetes expands $(JOB_COMPLETION_INDEX) in later variables; the Job controller defines the same one.
+        env += [{"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
+                    "fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"}}},
+                {"name": "SFTOP_RENDEZVOUS", "value": f"{pod_address(name, namespace, rid, 0)}:{RENDEZVOUS_PORT}"},
+                {"name": "SFTOP_NODE_ADDRESS", "value": pod_address(name, namespace, rid, "$(JOB_COMPLETION_INDEX)")}]
     # The whole output claim is mounted and the trainer creates its run folder in it: a subPath mount would
     # make kubelet create that folder as root, which the non-root trainer then cannot write to.
     mounts: list[dict[str, Any]] = [
@@ -411,6 +450,9 @@ def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings, val
     }
     if validation:
         del container["ports"]
+    elif nodes > 1:
+        container["ports"].append({"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"})
+        pod_spec["subdomain"] = service_name(name, rid)
     elif res.node_selector:  # GPU placement: the validation pod needs none of it
         pod_spec["nodeSelector"] = dict(res.node_selector)
     if res.tolerations and not validation:
@@ -425,8 +467,10 @@ def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings, val
     policy = spec.run_policy
     job_spec: dict[str, Any] = {
         "backoffLimit": min(policy.backoff_limit, 2) if validation else policy.backoff_limit,
-        "completions": 1,
-        "parallelism": 1,
+        # A multi-node run: one Indexed pod per node, all admitted together (Kueue admits a Job's parallelism at
+        # once) and each retried under its own index.
+        "completions": nodes,
+        "parallelism": nodes,
         # Kueue admits a queued Job by unsuspending it; without a queue it starts unless the user suspends it.
         # Validation runs even when the run is suspended: a suspended SFTJob shows its plan.
         "suspend": bool(queue) if validation else spec.suspend or bool(queue),
@@ -435,6 +479,8 @@ def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings, val
                                   "annotations": {OUTPUT_ANNOTATION: output_path(spec, namespace, name, rid)}},
                      "spec": pod_spec},
     }
+    if nodes > 1:
+        job_spec["completionMode"] = "Indexed"
     if validation:
         job_spec["activeDeadlineSeconds"] = settings.validation_deadline_seconds
     elif policy.active_deadline_seconds:

@@ -13,6 +13,13 @@ How a pod's world maps onto this machine:
   folder in the container's args, env values and the ConfigMap files it mounts.
 - network: each pod gets its own loopback address 127.0.0.<n> as its podIP and is told to listen there
   (SFTOP_PROGRESS_HOST), as a pod's network namespace would make it.
+- Indexed Jobs (completionMode Indexed): a pod per index, each with the completion-index annotation and label,
+  JOB_COMPLETION_INDEX, hostname <job>-<index> and the template's subdomain; a failed index gets a new pod
+  under the same index; the Job completes when every index has succeeded. Each index keeps one loopback address
+  (127.0.<job>.<10 + index>) across its pods, and DNS is a test-only substitution: the pods' stable names
+  `<hostname>.<subdomain>.<namespace>.svc` in env values are replaced by those addresses, as the headless Service's
+  DNS records would resolve them. Pods of index i are bound to node_names[i % len(node_names)].
+- env: values may use $(VAR) of earlier variables, and fieldRef reads the pod's metadata, as kubelet does.
 - the image: the container runs `python -m sftop_trainer` from this environment, whatever its image says.
 - the termination message: the trainer writes `SFTOP_TERMINATION_LOG`, which points at a file per pod;
   with FallbackToLogsOnError an empty message on failure becomes the log's tail.
@@ -59,8 +66,12 @@ class Container:
 
 
 class Node:
-    def __init__(self, emu: ApiServer, root: Path, interval: float = 0.1):
-        self.emu, self.root, self.interval = emu, Path(root), interval
+    def __init__(self, emu: ApiServer, root: Path, interval: float = 0.1,
+                 node_names: tuple[str, ...] = ("harness-node",)):
+        self.emu, self.root, self.interval, self.node_names = emu, Path(root), interval, node_names
+        self.index_addresses: dict[tuple[str, str, int], str] = {}  # (namespace, job, index) -> its stable address
+        self.job_numbers = itertools.count(1)
+        self.job_blocks: dict[tuple[str, str], int] = {}
         self.containers: dict[tuple[str, str], Container] = {}
         self.finished: set[tuple[str, str]] = set()  # pods whose container ran to its end
         self.addresses = (f"127.0.0.{i}" for i in itertools.count(2))
@@ -84,7 +95,7 @@ class Node:
         await asyncio.gather(self.task, return_exceptions=True)
         for c in list(self.containers.values()):
             if c.proc.returncode is None:
-                c.proc.kill()
+                kill_tree(c.proc.pid)
                 await c.proc.wait()
 
     async def _loop(self) -> None:
@@ -143,9 +154,28 @@ class Node:
         failed = [p for p in pods if p.get("status", {}).get("phase") == "Failed"
                   and not p["metadata"].get("annotations", {}).get("test.sftop.dev/ignored")]
         update: dict[str, Any] = {"active": len(live), "succeeded": len(succeeded), "failed": len(failed)}
-        if succeeded:
+        indexed = spec.get("completionMode") == "Indexed"
+        completions = int(spec.get("completions") or 1)
+        done = {index_of(p) for p in succeeded} if indexed else set(range(len(succeeded) and completions))
+        if len(done) >= completions:
             update.update(completionTime=_now(), active=0, conditions=conditions + [
                 {"type": "Complete", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": _now()}])
+        elif indexed:
+            verdict = self._failure_verdict(spec, failed)
+            if verdict is not None:
+                update["conditions"] = conditions + [{"type": "Failed", "status": "True", "reason": verdict[0],
+                                                      "message": verdict[1], "lastTransitionTime": _now()}]
+                for p in live:
+                    c = self.containers.get((p["metadata"]["namespace"], p["metadata"]["name"]))
+                    if c is not None:
+                        asyncio.create_task(self._stop(c, delete_pod=True))
+            else:
+                running = {index_of(p) for p in live}
+                for index in range(completions):
+                    if index not in running and index not in done:
+                        await self._start_pod(job, index)
+                        update["active"] += 1
+                update.setdefault("startTime", status.get("startTime") or _now())
         else:
             verdict = self._failure_verdict(spec, failed)
             if verdict is not None:
@@ -177,18 +207,31 @@ class Node:
 
     # ------------------------------------------------------------------------------------------ pods
 
-    async def _start_pod(self, job: dict[str, Any]) -> None:
+    def _index_address(self, namespace: str, job: str, index: int) -> str:
+        block = self.job_blocks.setdefault((namespace, job), next(self.job_numbers))
+        # Same length for indexes 0..89: the addresses sort as the indexes do, like the pods' DNS names.
+        return self.index_addresses.setdefault((namespace, job, index), f"127.0.{block}.{10 + index}")
+
+    async def _start_pod(self, job: dict[str, Any], index: int | None = None) -> None:
         meta, template = job["metadata"], job["spec"]["template"]
-        name = f"{meta['name']}-{next(self.names):05d}"
-        ip = next(self.addresses)
+        labels = {**template["metadata"].get("labels", {}), "job-name": meta["name"],
+                  "batch.kubernetes.io/job-name": meta["name"]}
+        annotations = dict(template["metadata"].get("annotations", {}))
+        spec = copy.deepcopy(template["spec"])
+        if index is None:
+            name = f"{meta['name']}-{next(self.names):05d}"
+            ip = next(self.addresses)
+        else:
+            name = f"{meta['name']}-{index}-{next(self.names):05d}"
+            ip = self._index_address(meta["namespace"], meta["name"], index)
+            labels[INDEX] = annotations[INDEX] = str(index)
+            spec["hostname"] = f"{meta['name']}-{index}"
+        spec["nodeName"] = self.node_names[(index or 0) % len(self.node_names)]
         pod = {"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": name, "namespace": meta["namespace"],
-                            "labels": {**template["metadata"].get("labels", {}), "job-name": meta["name"],
-                                       "batch.kubernetes.io/job-name": meta["name"]},
-                            "annotations": dict(template["metadata"].get("annotations", {})),
+               "metadata": {"name": name, "namespace": meta["namespace"], "labels": labels, "annotations": annotations,
                             "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],
                                                  "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}]},
-               "spec": copy.deepcopy(template["spec"]), "status": {"phase": "Pending"}}
+               "spec": spec, "status": {"phase": "Pending"}}
         created = await self._write("post", f"/api/v1/namespaces/{meta['namespace']}/pods", pod)
         if created is None:
             return
@@ -200,8 +243,11 @@ class Node:
         env = {**{k: v for k, v in os.environ.items() if k.startswith(("PATH", "HOME", "HF_", "PYTHON", "LANG"))},
                "SFTOP_TERMINATION_LOG": str(folder / "termination-log"), "SFTOP_PROGRESS_HOST": ip,
                "PYTHONUNBUFFERED": "1"}
+        names = self._dns_names(meta["namespace"], meta["name"], spec)
+        defined: dict[str, str] = {}
         for item in container.get("env", []):
-            env[item["name"]] = self._env_value(meta["namespace"], item, mounts)
+            value = expand(self._env_value(meta["namespace"], item, mounts, pod), defined)
+            env[item["name"]] = defined[item["name"]] = rewrite_names(value, names)
         env["SFTOP_TERMINATION_LOG"] = str(folder / "termination-log")
         args = [rewrite(a, mounts) for a in container.get("args", [])]
         log = open(folder / "log", "wb")
@@ -244,9 +290,22 @@ class Node:
                     (Path(local[m["mountPath"]]) / item["path"]).write_text(rewrite(cm["data"][item["key"]], local))
         return local
 
-    def _env_value(self, namespace: str, item: dict[str, Any], mounts: dict[str, str]) -> str:
+    def _dns_names(self, namespace: str, job: str, spec: dict[str, Any]) -> dict[str, str]:
+        """The stable DNS names of an Indexed Job's pods -> their loopback addresses (the test-only substitution
+        for the headless Service's records)."""
+        if not spec.get("subdomain"):
+            return {}
+        return {f"{job}-{i}.{spec['subdomain']}.{namespace}.svc": self._index_address(namespace, job, i)
+                for i in range(100)}
+
+    def _env_value(self, namespace: str, item: dict[str, Any], mounts: dict[str, str], pod: dict[str, Any]) -> str:
         if "value" in item:
             return rewrite(item["value"], mounts)
+        field_ref = item["valueFrom"].get("fieldRef")
+        if field_ref is not None:
+            match = re.fullmatch(r"metadata\.(annotations|labels)\['([^']+)'\]", field_ref["fieldPath"])
+            assert match, f"fieldRef {field_ref['fieldPath']} is not emulated"
+            return pod["metadata"].get(match.group(1), {}).get(match.group(2), "")
         ref = item["valueFrom"]["secretKeyRef"]
         secret = self.emu.objects[SECRETS, namespace, ref["name"]].raw
         return base64.b64decode(secret["data"][ref["key"]]).decode()
@@ -259,15 +318,14 @@ class Node:
             try:
                 await asyncio.wait_for(asyncio.shield(c.log_task), c.grace)
             except asyncio.TimeoutError:
-                os.killpg(c.proc.pid, signal.SIGKILL)
+                kill_tree(c.proc.pid)
                 await c.log_task
         if delete_pod:
             await self.emu.delete(f"/api/v1/namespaces/{c.namespace}/pods/{c.pod}")
 
     def kill(self, namespace: str, pod: str) -> None:
         """The container dies at once (a node failure, SIGKILL): no checkpoint."""
-        c = self.containers[(namespace, pod)]
-        os.killpg(c.proc.pid, signal.SIGKILL)
+        kill_tree(self.containers[(namespace, pod)].proc.pid)
 
     async def _report_exit(self, c: Container, pod: dict[str, Any]) -> None:
         c.counted = True
@@ -293,6 +351,48 @@ class Node:
             return False
         rules = (job.raw["spec"].get("podFailurePolicy") or {}).get("rules", [])
         return any(r["action"] == "Ignore" and code in (r.get("onExitCodes") or {}).get("values", []) for r in rules)
+
+
+INDEX = "batch.kubernetes.io/job-completion-index"
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a container's process and every process under it, as the end of its PID namespace would (torchrun
+    starts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo, tree = [pid], []
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def index_of(pod: dict[str, Any]) -> int:
+    return int(pod["metadata"].get("annotations", {}).get(INDEX, 0))
+
+
+def expand(text: str, defined: dict[str, str]) -> str:
+    """kubelet's $(VAR) expansion from the container's earlier variables; $$ escapes, unknown names stay."""
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)",
+                  lambda m: "$" if m.group(0) == "$$" else defined.get(m.group(1), m.group(0)), text)
+
+
+def rewrite_names(text: str, names: dict[str, str]) -> str:
+    """Pods' DNS names -> their addresses, where a whole name stands (followed by ':', end or a separator)."""
+    for name in sorted(names, key=len, reverse=True):
+        text = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", names[name], text)
+    return text
 
 
 def rewrite(text: str, mounts: dict[str, str]) -> str:

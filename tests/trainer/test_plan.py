@@ -69,11 +69,12 @@ def family(model_id):
     return cls(**kw)
 
 
-def estimate(model_id, method="lora", **training):
+def estimate(model_id, method="lora", gpus=1, distribution=None, **training):
     config = family(model_id)
     cfg = TrainerConfig.model_validate({
         "model": {"name": model_id}, "dataset": {"rows": [{"text": "x"}]}, "method": method,
-        "training": {"perDeviceTrainBatchSize": 1, "maxLength": 512, **training}, "output": {"dir": "/nowhere"}})
+        "training": {"perDeviceTrainBatchSize": 1, "maxLength": 512, **training}, "output": {"dir": "/nowhere"},
+        "distribution": distribution or {}})
     shape, model = plan_mod.shape_of(config), plan_mod.empty_model(config)
     params = plan_mod.parameters_of(model)
     if method == "full":
@@ -82,7 +83,7 @@ def estimate(model_id, method="lora", **training):
         peft_model = plan_mod.lora_model(cfg, model)
         trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
         inputs = plan_mod.lora_inputs_per_layer(peft_model, shape.layers)
-    m = plan_mod.memory_inputs(cfg, shape, training.get("maxLength", 512), 1, inputs)
+    m = plan_mod.memory_inputs(cfg, shape, training.get("maxLength", 512), gpus, inputs)
     return params, trainable, plan_mod.estimate_memory(shape, params, trainable, m)
 
 
@@ -202,7 +203,9 @@ def test_sftop_plan_on_every_example(example, offline_world, tmp_path):
         spec = job["spec"]
         training = spec.get("training") or {}
         resources = spec.get("resources") or {}
-        assert plan["method"] == spec.get("method", "lora") and plan["gpus"] == resources.get("gpus", 1)
+        nodes = (spec.get("distribution") or {}).get("nodes", 1)
+        assert plan["method"] == spec.get("method", "lora") and plan["gpus"] == resources.get("gpus", 1) * nodes
+        assert plan["nodes"] == nodes
         rows = plan["rows"]
         held_out_beside = "file" in (spec["dataset"].get("evalSplit") or {})  # read from its own file
         assert rows["train"] + (0 if held_out_beside else rows["eval"]) == rows["read"] - rows["skipped"] > 0
@@ -229,3 +232,21 @@ def test_sftop_plan_says_what_would_fit_when_a_run_does_not(offline_world, tmp_p
     assert "does NOT fit the 22.49 GiB GPU (nodeSelector nvidia.com/gpu.memory=23034 MiB)" in run.stdout
     assert "would fit: method: lora" in run.stdout and "would fit: method: qlora" in run.stdout
     assert "llama31-8b-qlora: the run needs about" in run.stderr
+
+
+def test_fsdp_shards_what_data_parallel_copies_on_every_gpu():
+    """Full fine-tuning of a 7B model on 2 nodes x 8 GPUs: data parallel, each GPU holds the whole model, its gradients
+    and optimizer states; FSDP over the 16 processes holds 1/16 of them and one layer's weights gathered at a time;
+    CPU offload moves the shards off the GPU."""
+    gib = 2**30
+    _, _, ddp = estimate("Qwen/Qwen2.5-7B-Instruct", "full", gpus=8, distribution={"nodes": 2}, maxLength=2048)
+    _, _, fsdp = estimate("Qwen/Qwen2.5-7B-Instruct", "full", gpus=8, distribution={"nodes": 2, "strategy": "FSDP"},
+                          maxLength=2048)
+    _, _, offload = estimate("Qwen/Qwen2.5-7B-Instruct", "full", gpus=8, maxLength=2048,
+                             distribution={"nodes": 2, "strategy": "FSDP", "cpuOffload": True})
+    assert ddp["total"] > 70 * gib, "the whole model, gradients and AdamW states on every GPU"
+    assert fsdp["parts"]["gradients"] == pytest.approx(ddp["parts"]["gradients"] / 2 / 16, rel=0.01)  # DDP buckets
+    assert fsdp["parts"]["optimizer"] == pytest.approx(ddp["parts"]["optimizer"] / 16, rel=0.01)
+    assert fsdp["total"] < 12 * gib and fsdp["parts"]["activations"] == ddp["parts"]["activations"]
+    assert offload["parts"]["optimizer"] == 0 and offload["total"] < fsdp["total"]
+    assert any("FSDP over 16 processes" in a for a in fsdp["assumptions"])

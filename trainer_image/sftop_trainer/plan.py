@@ -177,6 +177,9 @@ class MemoryInputs:
     gpus: int
     lora_dropout: float = 0.0
     lora_inputs: int = 0  # per layer, see lora_inputs_per_layer
+    shards: int = 1  # FSDP: the processes the model is sharded over (1: every process holds all of it)
+    cpu_offload: bool = False  # FSDP: sharded parameters, gradients and optimizer states live in CPU memory
+    layers: int = 1  # decoder layers (FSDP gathers one at a time)
 
 
 def optimizer_bytes(optim: str, trained_bytes: int, trained: int) -> tuple[int, int, str]:
@@ -238,11 +241,24 @@ def estimate_memory(shape: Shape, params: Parameters, trainable: int, m: MemoryI
                            f"same dtype (no float32 master copy)")
     weights = frozen + trainable * trained_bytes
     gradients = trainable * trained_bytes
-    if m.gpus > 1:
+    states, step_extra, optim_note = optimizer_bytes(m.optim, trained_bytes, trainable)
+    gathered = 0
+    if m.shards > 1:
+        # FSDP: each process keeps 1/shards of every parameter, gradient and optimizer state, and gathers one
+        # decoder layer's full parameters at a time (two, with the next one prefetched).
+        gathered = 2 * weights // max(1, m.layers)
+        weights, gradients, states, step_extra = (weights // m.shards, gradients // m.shards, states // m.shards,
+                                                  step_extra // m.shards)
+        note = f"FSDP over {m.shards} processes: each keeps 1/{m.shards} of the weights, gradients and optimizer " \
+               f"states, and gathers two decoder layers' weights at a time"
+        if m.cpu_offload:
+            weights, gradients, states, step_extra = 0, 0, 0, 0
+            note += "; CPU offload: the shards and the optimizer step live in CPU memory"
+        assumptions.append(note)
+    elif m.gpus > 1:
         gradients *= 2
         assumptions.append(f"{m.gpus} GPUs, data parallel: every GPU holds the whole model and optimizer; DDP "
                            f"gradient buckets double the gradients")
-    states, step_extra, optim_note = optimizer_bytes(m.optim, trained_bytes, trainable)
     assumptions.append(optim_note)
 
     tokens = m.batch * m.seq
@@ -264,8 +280,8 @@ def estimate_memory(shape: Shape, params: Parameters, trainable: int, m: MemoryI
     assumptions.append(f"{m.batch} sequence(s) of {m.seq} tokens per step per GPU, {m.compute_dtype} activations, "
                        f"SDPA/flash attention, the loss computed in chunks of the logits")
     assumptions.append(f"{CUDA_CONTEXT / GIB:.1f} GiB of CUDA context and workspaces")
-    peak = weights + states + gradients + max(activations, step_extra)
-    parts = {"weights": weights, "gradients": gradients, "optimizer": states, "activations": activations,
+    peak = weights + gathered + states + gradients + max(activations, step_extra)
+    parts = {"weights": weights + gathered, "gradients": gradients, "optimizer": states, "activations": activations,
              "cuda": CUDA_CONTEXT}
     return {"total": peak + CUDA_CONTEXT, "parts": parts, "assumptions": assumptions}
 
@@ -278,14 +294,19 @@ def gib(n: int | float) -> float:
 
 
 def memory_inputs(cfg: TrainerConfig, shape: Shape, seq: int, gpus: int, lora_inputs: int = 0) -> MemoryInputs:
+    """`gpus`: per node; the processes in all are nodes x GPUs (FSDP shards over all of them)."""
     t = cfg.training
+    d = cfg.distribution
+    processes = d.nodes * max(1, gpus)
     # `auto` is bfloat16 on a GPU (float16 on older GPUs: the same size)
     wd = "bfloat16" if cfg.model.dtype == "auto" else cfg.model.dtype
     compute = cfg.quantization.compute_dtype if cfg.method == "qlora" else wd
     return MemoryInputs(method=cfg.method, weight_dtype=wd, compute_dtype=compute,
                         double_quant=bool(cfg.quantization and cfg.quantization.double_quant), optim=t.optim,
                         batch=t.per_device_train_batch_size, seq=seq, gradient_checkpointing=t.gradient_checkpointing,
-                        gpus=gpus, lora_dropout=cfg.lora.dropout if cfg.lora else 0.0, lora_inputs=lora_inputs)
+                        gpus=processes, lora_dropout=cfg.lora.dropout if cfg.lora else 0.0, lora_inputs=lora_inputs,
+                        shards=processes if d.strategy == "FSDP" else 1, cpu_offload=d.cpu_offload,
+                        layers=shape.layers)
 
 
 def alternatives(cfg: TrainerConfig, shape: Shape, params: Parameters, trainable_lora: int, m: MemoryInputs,
@@ -318,13 +339,16 @@ def alternatives(cfg: TrainerConfig, shape: Shape, params: Parameters, trainable
         mm = replace(m, method="qlora", compute_dtype="bfloat16", double_quant=True)
         if fits(mm, trainable_lora):
             out.append("method: qlora")
+    if m.shards == 1 and m.gpus > 1 and fits(replace(m, shards=m.gpus), trainable_lora if m.method != "full"
+                                              else params.total):
+        out.append(f"distribution.strategy: FSDP (shards the model over the run's {m.gpus} GPUs)")
     if not out:
         mm = replace(m, method="qlora", compute_dtype="bfloat16", double_quant=True, batch=1,
                      gradient_checkpointing=True)
         need = estimate_memory(shape, params, trainable_lora, mm)["total"]
         out.append(f"a GPU with at least {math.ceil(need / (1 - FIT_MARGIN) / GIB)} GiB (QLoRA, batch 1, gradient "
-                   f"checkpointing needs about {gib(need):.1f} GiB); data-parallel GPUs each hold the whole model, "
-                   f"so more GPUs of this size do not help")
+                   f"checkpointing needs about {gib(need):.1f} GiB), or more GPUs with distribution.strategy FSDP, "
+                   f"which shards the model over them")
     return out
 
 
@@ -337,7 +361,7 @@ def make_plan(cfg: TrainerConfig, gpus: int | None = None, keep_data: bool = Fal
 
     datasets.disable_progress_bars()
     gpus = cfg.hardware.gpus if gpus is None else gpus
-    world = max(1, gpus)
+    world = cfg.distribution.nodes * max(1, gpus)  # training processes, each with its part of every batch
     tokenizer = model_mod.load_tokenizer(cfg)
     config = load_config(cfg)
     from sftop_trainer.provenance import check_warm_start
@@ -389,7 +413,9 @@ def make_plan(cfg: TrainerConfig, gpus: int | None = None, keep_data: bool = Fal
         "stepsPerEpoch": per_epoch,
         "totalSteps": total_steps,
         "effectiveBatch": t.per_device_train_batch_size * t.gradient_accumulation_steps * world,
-        "gpus": gpus,
+        "gpus": gpus * cfg.distribution.nodes,
+        "nodes": cfg.distribution.nodes,
+        "strategy": cfg.distribution.strategy,
         "method": cfg.method,
         "trainableParameters": trainable,
         # as the run counts them: the adapter's parameters are part of the model it trains

@@ -151,10 +151,7 @@ def build_sft_config(cfg: TrainerConfig, output_dir: Path, *, has_eval: bool, as
                           "training): use lora, or a GPU")
     warmup: float | int = t.warmup_steps if t.warmup_steps is not None else (
         t.warmup_ratio if t.warmup_ratio is not None else 0.03)
-    fsdp = cfg.distribution.strategy == "FSDP"
-    if fsdp and world_size() < 2:
-        raise ConfigError("distribution.strategy FSDP shards the model over training processes, and this run has "
-                          "one; use DataParallel, or more GPUs or nodes")
+    fsdp = cfg.distribution.strategy == "FSDP" and world_size() > 1  # (the plan is made in one process)
     kw: dict[str, Any] = dict(
         output_dir=str(output_dir / CHECKPOINTS),
         num_train_epochs=t.epochs if t.epochs is not None else 1.0,
@@ -532,6 +529,9 @@ def prepare_data(cfg: TrainerConfig, tokenizer, args) -> PreparedData:
 
 def build_trainer(cfg: TrainerConfig, progress: Progress, *, progress_bar: bool = False):
     """Tokenizer, data, model and SFTTrainer, ready to train. Returns (trainer, tokenizer, prepared data)."""
+    if cfg.distribution.strategy == "FSDP" and world_size() < 2:
+        raise ConfigError("distribution.strategy FSDP shards the model over training processes, and this run has "
+                          "one; use DataParallel, or more GPUs or nodes")
     tokenizer = model_mod.load_tokenizer(cfg)
     args = build_sft_config(cfg, Path(cfg.output.dir), has_eval=False, assistant_only_loss=False,
                             progress_bar=progress_bar)
