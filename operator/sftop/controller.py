@@ -134,13 +134,14 @@ def same_version(obj: dict[str, Any], than: dict[str, Any]) -> bool:
 
 
 def slim(obj: dict[str, Any]) -> dict[str, Any]:
-    """What the cache keeps of a Job or Pod: metadata, status, and a Job's suspend. A Job's pod template or a pod's
-    spec is most of its size and nothing the operator reads again."""
+    """What the cache keeps of a Job or Pod: metadata, status, a Job's suspend and completions, a pod's node. A Job's
+    pod template or a pod's spec is most of its size and nothing the operator reads again."""
     meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
     out = {"metadata": meta, "status": obj.get("status") or {}}
     spec = obj.get("spec") or {}
-    if "suspend" in spec:
-        out["spec"] = {"suspend": spec["suspend"]}
+    kept = {k: spec[k] for k in ("suspend", "completions", "nodeName") if k in spec}
+    if kept:
+        out["spec"] = kept
     return out
 
 
