@@ -135,6 +135,10 @@ def _first_cause(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
 def _group(pods: list[dict[str, Any]], nodes: int, retry_note: str, base: dict[str, Any]) -> Observation:
     """A multi-node run that neither finished nor is suspended: Running once every index has a running pod."""
     current = current_pods(pods)
+    if any((p.get("status") or {}).get("phase") == "Succeeded" for p in current.values()):
+        # The trainers finish together; the Job completes once every index has.
+        return Observation("Running", "Completing", "the trainer finished; the Job is recording its completion",
+                           **base)
     running = [i for i in range(nodes) if i in current and _running(current[i])]
     if len(running) == nodes:
         return Observation("Running", "Training", f"the trainer is running on {nodes} pods" + retry_note,

@@ -160,6 +160,48 @@ def _trainer(config_path: Path, message_file: Path, *flags: str) -> tuple[int, d
     return code, json.loads(message_file.read_text()) if message_file.exists() else {}
 
 
+def _nodes(config_path: Path, output: Path, nodes: int, gpus: int, visible: int) -> tuple[int, dict[str, Any]]:
+    """A multi-node run on this machine: one trainer command per node, as the Indexed Job's pods run it, meeting
+    through the same c10d rendezvous on 127.0.0.1. GPUs are split among the nodes; without GPUs, each node is one
+    CPU process. Returns the run's exit code and the termination message that explains it."""
+    import socket
+    import subprocess
+
+    from sftop_trainer.__main__ import worst
+    from sftop_trainer.threads import available_cpus
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    per_node = min(gpus, visible // nodes) if visible >= nodes else 0
+    processes = max(1, per_node)
+    procs, messages = [], []
+    for index in range(nodes):
+        message = output / f"termination-message-{index}.json"
+        message.unlink(missing_ok=True)
+        messages.append(message)
+        env = {**os.environ, "JOB_COMPLETION_INDEX": str(index), "SFTOP_RENDEZVOUS": f"127.0.0.1:{port}",
+               "SFTOP_NODE_ADDRESS": "127.0.0.1", "SFTOP_TERMINATION_LOG": str(message),
+               "SFTOP_PROCESSES": str(processes),
+               "OMP_NUM_THREADS": str(max(1, available_cpus() // (nodes * processes)))}
+        if per_node:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(index * per_node + i) for i in range(per_node))
+        procs.append(subprocess.Popen([sys.executable, "-m", "sftop_trainer", "--config", str(config_path),
+                                       "--no-progress-bar"], env=env))
+    print(f"note: {nodes} nodes on this machine, {processes} training process(es) each, meeting at 127.0.0.1:{port}",
+          file=sys.stderr)
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        codes = [p.wait() for p in procs]
+    code = worst(codes)
+    texts = [json.loads(m.read_text()) if m.exists() else {} for m in messages]
+    failed = [t for c, t in zip(codes, texts) if c == code and code]
+    return code, failed[0] if failed else next((t for t in texts if t.get("runId") or t.get("steps")), texts[0])
+
+
 def plan(path: Path, volumes: Path, name: str | None = None) -> LocalRun:
     """`sftop plan`: the SFTJob's Validating phase on this machine. The plan is printed; it and the prepared data
     stay in the run folder, where `sftop run --local` finds them."""
@@ -170,7 +212,8 @@ def plan(path: Path, volumes: Path, name: str | None = None) -> LocalRun:
 
 
 def run(path: Path, volumes: Path, name: str | None = None, progress_bar: bool = True) -> LocalRun:
-    """The plan first (printed), then training, as in the cluster."""
+    """The plan first (printed), then training, as in the cluster: with distribution.nodes > 1, one trainer command
+    per node on this machine."""
     import torch
 
     visible = torch.cuda.device_count()
@@ -186,7 +229,10 @@ def run(path: Path, volumes: Path, name: str | None = None, progress_bar: bool =
         problem = does_not_fit(message.get("plan") or {})
         if problem and visible:
             code, message = 67, {"reason": "InsufficientGPUMemory", "message": problem}
-    if code == 0:
+    nodes = job.spec.distribution.nodes
+    if code == 0 and nodes > 1:
+        code, message = _nodes(config_path, output, nodes, job.spec.resources.gpus, visible)
+    elif code == 0:
         code, message = _trainer(config_path, message_file,
                                  "--progress-bar" if progress_bar else "--no-progress-bar")
     result_file = output / "result.json"

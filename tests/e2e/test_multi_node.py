@@ -2,6 +2,7 @@
 that meet through torchrun's c10d rendezvous on pod 0, through the headless Service's DNS names (the node maps them
 to the pods' loopback addresses: tests/harness/node.py)."""
 
+import asyncio
 import json
 
 import kubernetes_validate
@@ -77,3 +78,28 @@ async def test_a_pod_killed_mid_run_is_replaced_and_the_group_resumes_from_its_c
     assert victim in [p["metadata"]["name"] for p in failed]
     assert all(p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == ExitCode.PEER_LOST
                for p in failed if p["metadata"]["name"] != victim), "the survivor stopped only for its lost peer"
+
+
+async def test_kueue_admits_both_pods_at_once_or_neither(cluster, kueue):
+    """Gang admission: a queue with CPU for one pod holds the two-node run whole (no pod starts alone); with CPU for
+    two, both start together and the run trains."""
+    emu, node, _ = cluster
+    await kueue.queue("cpus", {"default": {"cpu": "1", "memory": "8Gi"}}, [(NS, "team-a")])
+    doc = two_nodes(steps=8, validation=False)
+    doc["spec"]["queueName"] = "team-a"
+    await apply(emu, doc)
+    queued = await until(emu, lambda: phase(emu) == "Queued" and "1 more needed" in status_of(emu, "tiny").get(
+        "message", "") and status_of(emu, "tiny"), node)
+    assert "insufficient unused quota for cpu" in queued["message"] and trainer_pods(emu) == []
+    await asyncio.sleep(3)
+    assert trainer_pods(emu) == [] and phase(emu) == "Queued", "never half a group"
+    workload = objs(emu, "kueue.x-k8s.io/v1beta2/workloads")[0]
+    assert workload["spec"]["podSets"][0]["count"] == 2
+    resp = await emu.patch("/apis/kueue.x-k8s.io/v1beta2/clusterqueues/cpus", json={"spec": {"resourceGroups": [
+        {"coveredResources": ["cpu", "memory"], "flavors": [{"name": "default", "resources": [
+            {"name": "cpu", "nominalQuota": "2"}, {"name": "memory", "nominalQuota": "8Gi"}]}]}]}},
+        headers={"Content-Type": "application/merge-patch+json"})
+    assert resp.status == 200, await resp.text()
+    await until(emu, lambda: both_running(emu) or phase(emu) == "Succeeded", node)
+    status = await until(emu, lambda: phase(emu) == "Succeeded" and status_of(emu, "tiny"), node)
+    assert status["result"]["steps"] == 8 and len(trainer_pods(emu)) == 2

@@ -3,9 +3,13 @@ in them keeps its exit code through the launcher."""
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
+from harness.node import kill_tree
 from sftop_trainer.errors import ExitCode
 
 
@@ -32,3 +36,77 @@ def test_a_failure_keeps_its_exit_code_through_the_launcher(train_config, tmp_pa
     proc, message = run(train_config(dataset={"path": str(bad)}), tmp_path)
     assert proc.returncode == ExitCode.INVALID_DATA, proc.stderr[-2000:]
     assert message["reason"] == "InvalidData" and "line 2" in message["message"]
+
+
+def test_a_node_whose_group_never_meets_fails_naming_the_rendezvous(train_config, tmp_path):
+    """Pod 1 of a two-node run with no pod 0 to meet (a NetworkPolicy, a missing Service): after the rendezvous
+    timeout it fails with a message that says where it waited, and counts as a failure."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there
+    config = train_config(distribution={"nodes": 2}, run={"id": "lonely"})
+    env = {**os.environ, "JOB_COMPLETION_INDEX": "1", "SFTOP_RENDEZVOUS": f"127.0.0.1:{port}",
+           "SFTOP_NODE_ADDRESS": "127.0.0.1", "SFTOP_RENDEZVOUS_TIMEOUT": "5",
+           "SFTOP_TERMINATION_LOG": str(tmp_path / "term")}
+    proc = subprocess.run([sys.executable, "-m", "sftop_trainer", "--config", str(config), "--no-progress-bar"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    message = json.loads((tmp_path / "term").read_text())
+    assert proc.returncode == ExitCode.UNEXPECTED, proc.stderr[-2000:]
+    assert message["reason"] == "TrainerError" and f"rendezvous at 127.0.0.1:{port} did not complete" in message[
+        "message"]
+
+
+def test_a_multi_node_config_outside_an_indexed_job_says_what_is_missing(train_config, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("JOB_COMPLETION_INDEX", "SFTOP_RENDEZVOUS")}
+    env["SFTOP_TERMINATION_LOG"] = str(tmp_path / "term")
+    config = train_config(distribution={"nodes": 2})
+    proc = subprocess.run([sys.executable, "-m", "sftop_trainer", "--config", str(config), "--no-progress-bar"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    message = json.loads((tmp_path / "term").read_text())
+    assert proc.returncode == ExitCode.INVALID_CONFIG
+    assert "JOB_COMPLETION_INDEX and SFTOP_RENDEZVOUS are not set" in message["message"]
+
+
+def test_sigterm_stops_two_processes_at_one_step_with_one_checkpoint_and_the_rerun_resumes(train_config, tmp_path):
+    """SIGTERM reaches the processes at different moments (here: one of them only); they agree on the step to save
+    at, save one complete checkpoint there together and stop with Interrupted; the next attempt resumes from it."""
+    import time
+
+    config = train_config(training={"maxSteps": 400, "saveSteps": 1000, "loggingSteps": 1})
+    env = {**os.environ, "SFTOP_PROCESSES": "2", "SFTOP_TERMINATION_LOG": str(tmp_path / "term")}
+    cmd = [sys.executable, "-m", "sftop_trainer", "--config", str(config), "--no-progress-bar"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        for line in proc.stdout:  # until training is under way
+            if '"event": "progress"' in line and '"step": 5,' in line:
+                break
+        time.sleep(1)
+        # the second process alone: the extreme of the signal reaching the processes (or pods) at different moments
+        term = f"SFTOP_TERMINATION_LOG={tmp_path / 'term'}".encode()
+        second = [int(e.parent.name) for e in Path("/proc").glob("[0-9]*/environ") if readable(e)
+                  and term in e.read_bytes().split(b"\0") and b"LOCAL_RANK=1" in e.read_bytes().split(b"\0")]
+        assert len(second) == 1
+        os.kill(second[0], signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        kill_tree(proc.pid)  # a hung group must not outlive the test
+    assert proc.returncode == ExitCode.INTERRUPTED, out[-3000:]
+    checkpoints = sorted((tmp_path / "out" / "checkpoints").glob("checkpoint-*"))
+    assert len(checkpoints) == 1, "one checkpoint, saved by both processes at the same step"
+    saved = checkpoints[0]
+    assert (saved / "trainer_state.json").exists() and not (saved / "checkpoint-is-incomplete.txt").exists()
+    assert {p.name for p in saved.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
+    step = int(saved.name.split("-")[1])
+    config.write_text(config.read_text().replace('"maxSteps": 400', f'"maxSteps": {step + 4}'))
+    again, message = run(config, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["resumedFromStep"] == step and result["steps"] == step + 4
+
+
+def readable(path: Path) -> bool:
+    try:
+        path.read_bytes()
+        return True
+    except OSError:
+        return False

@@ -62,8 +62,9 @@ def process_count(requested: int | None) -> int:
     return max(1, torch.cuda.device_count())
 
 
-RENDEZVOUS_PORT = 29400  # c10d's usual port; a multi-node run's headless Service names it
 ELASTIC_RESTARTS = 3  # in-place restarts of a pod's processes after another pod of the group was lost
+# How long a pod waits for the others to join (scheduling, image pulls, a replacement pod): SFTOP_RENDEZVOUS_TIMEOUT.
+RENDEZVOUS_TIMEOUT = 1800
 
 
 @dataclass(frozen=True)
@@ -76,16 +77,19 @@ class Group:
     rendezvous: str  # host:port of pod 0
     address: str  # this pod's own stable name (its headless Service DNS name)
     run_id: str
+    timeout: int = RENDEZVOUS_TIMEOUT  # seconds to wait for every pod to join
 
     @classmethod
     def from_env(cls, nodes: int, run_id: str | None) -> Group:
         env = os.environ
         missing = [v for v in ("JOB_COMPLETION_INDEX", "SFTOP_RENDEZVOUS") if not env.get(v)]
         if missing:
-            raise ValueError(f"distribution.nodes is {nodes} but {' and '.join(missing)} is not set: a multi-node run "
-                             f"runs as an Indexed Job (or `sftop run --local`), which sets it")
+            raise ValueError(f"distribution.nodes is {nodes} but {' and '.join(missing)} "
+                             f"{'is' if len(missing) == 1 else 'are'} not set: a multi-node run runs as an Indexed Job "
+                             f"(or `sftop run --local`), which sets them")
         return cls(nodes=nodes, index=int(env["JOB_COMPLETION_INDEX"]), rendezvous=env["SFTOP_RENDEZVOUS"],
-                   address=env.get("SFTOP_NODE_ADDRESS") or socket.getfqdn(), run_id=run_id or "sftop")
+                   address=env.get("SFTOP_NODE_ADDRESS") or socket.getfqdn(), run_id=run_id or "sftop",
+                   timeout=int(env.get("SFTOP_RENDEZVOUS_TIMEOUT") or RENDEZVOUS_TIMEOUT))
 
 
 def launch_command(processes: int, config: str, status_file: str, group: Group | None = None) -> list[str]:
@@ -100,7 +104,8 @@ def launch_command(processes: int, config: str, status_file: str, group: Group |
         cmd += ["--standalone", "--nnodes", "1"]
     else:
         cmd += ["--nnodes", str(group.nodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", group.rendezvous,
-                "--rdzv-id", group.run_id, "--rdzv-conf", f"is_host={str(group.index == 0).lower()}",
+                "--rdzv-id", group.run_id, "--rdzv-conf", f"is_host={str(group.index == 0).lower()},"
+                f"join_timeout={group.timeout},read_timeout={min(60, group.timeout)}",
                 "--local-addr", group.address, "--max-restarts", str(ELASTIC_RESTARTS)]
     return cmd + ["--nproc_per_node", str(processes), "-m", "sftop_trainer", "--config", config, "--no-progress-bar",
                   "--status-file", status_file]
@@ -167,14 +172,20 @@ def launch(processes: int, config: str, group: Group | None = None) -> int:
             return 0
         if codes:
             return worst(codes) or int(ExitCode.UNEXPECTED)
-        if group is not None:  # torchrun itself gave up: the rendezvous was never reached, or its host was lost
-            started = (status / "started").exists()
-            log.error("%s (rendezvous %s)", "lost the group's rendezvous host (pod 0)" if started else
-                      "the group's rendezvous did not complete: check that the run's pods can reach each other",
-                      group.rendezvous)
-            if started:
-                return int(ExitCode.PEER_LOST)
-        return int(ExitCode.UNEXPECTED)
+        if group is None:
+            return int(ExitCode.UNEXPECTED)
+        # torchrun itself gave up: the rendezvous was never reached, or its host (pod 0) was lost
+        from sftop_trainer.train import failure, write_termination_message
+
+        if (status / "started").exists():
+            exit_code, message = ExitCode.PEER_LOST, f"lost the group's rendezvous at {group.rendezvous} (pod 0)"
+        else:
+            exit_code, message = ExitCode.UNEXPECTED, (
+                f"the group's rendezvous at {group.rendezvous} did not complete: check that the run's pods can reach "
+                f"each other (a NetworkPolicy, the headless Service) and that all {group.nodes} were admitted")
+        log.error("%s", message)
+        write_termination_message(failure(exit_code, EXIT_CLASSES[exit_code].reason, message))
+        return int(exit_code)
 
 
 def read_codes(folder: Path) -> list[int]:
@@ -189,7 +200,7 @@ def read_codes(folder: Path) -> list[int]:
 
 def _finish(code: int, result: dict, status_file: str | None) -> int:
     """Leave the outcome for the pod: the run's first process writes its termination message (the result); on other
-    pods the first process writes its own (on success, only which node it was). Each launched process leaves its
+    pods the first process writes its own (on success, only that it succeeded). Each launched process leaves its
     code for the launcher."""
     from sftop_trainer.train import is_main_process, is_node_main_process, write_termination_message
 

@@ -452,6 +452,40 @@ def quiet_bar():
     return QuietBar()
 
 
+def agreed_checkpoint(trainer):
+    """With several processes, make transformers' just-in-time checkpoint a decision of the whole group: SIGTERM
+    reaches the processes at different moments, and a process that stops to save while the others go on to the
+    next step would leave them waiting in a collective until they are killed, with no checkpoint. The signal's
+    timer only marks a request as pending; at each step's end (before transformers' own check) the processes
+    agree, through one all-reduce, whether any of them has one, and then all save at that same step."""
+    from transformers import TrainerCallback
+    from transformers.trainer_jit_checkpoint import JITCheckpointCallback
+
+    jit = next((c for c in trainer.callback_handler.callbacks if isinstance(c, JITCheckpointCallback)), None)
+    manager = getattr(jit, "jit_manager", None)
+    if manager is None or world_size() < 2:
+        return
+    pending = {"requested": False}
+
+    def request() -> None:  # the signal handler's timer, in its thread: only note it
+        pending["requested"] = True
+
+    manager._enable_checkpoint = request
+
+    class AgreeOnCheckpoint(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            import torch
+            import torch.distributed as dist
+
+            flag = torch.tensor([1 if pending["requested"] else 0], device=args.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item():
+                manager.is_checkpoint_requested = True
+                trainer.group_interrupted = True  # this process may not have seen SIGTERM itself
+
+    trainer.callback_handler.callbacks.insert(trainer.callback_handler.callbacks.index(jit), AgreeOnCheckpoint())
+
+
 class SigtermWatch:
     """Remembers whether SIGTERM arrived. Before training it stops the run at once (nothing to save yet); during
     training it passes the signal on to transformers' JIT checkpoint handler."""
@@ -571,6 +605,7 @@ def build_trainer(cfg: TrainerConfig, progress: Progress, *, progress_bar: bool 
     from transformers import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(PrinterCallback)  # the JSON progress lines say the same
+    agreed_checkpoint(trainer)
     if progress_bar:
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(quiet_bar())
@@ -710,7 +745,8 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
                               f"training.perDeviceTrainBatchSize or training.maxLength, use qlora, or give the run "
                               f"more or larger GPUs ({str(e).splitlines()[0]})") from e
         train_runtime = output.metrics.get("train_runtime")  # this attempt's training loop
-        if watch.received and trainer.state.global_step < trainer.state.max_steps:
+        interrupted = watch.received or getattr(trainer, "group_interrupted", False)
+        if interrupted and trainer.state.global_step < trainer.state.max_steps:
             raise Interrupted(f"stopped by SIGTERM at step {trainer.state.global_step}; a checkpoint was saved "
                               f"and the next attempt resumes from it")
 
@@ -771,6 +807,8 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
         "trainableParameters": trainable,
         "totalParameters": total,
         "trainedTokens": tokens,
+        "distribution": {"nodes": cfg.distribution.nodes, "processes": world_size(),
+                         "strategy": cfg.distribution.strategy},
         "data": report.as_dict(),
         "configSha256": config_fingerprint(cfg),
         "versions": library_versions(),
