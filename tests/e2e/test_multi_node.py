@@ -88,9 +88,11 @@ async def test_kueue_admits_both_pods_at_once_or_neither(cluster, kueue):
     doc = two_nodes(steps=8, validation=False)
     doc["spec"]["queueName"] = "team-a"
     await apply(emu, doc)
-    queued = await until(emu, lambda: phase(emu) == "Queued" and "1 more needed" in status_of(emu, "tiny").get(
+    queued = await until(emu, lambda: phase(emu) == "Queued" and "maximum capacity" in status_of(emu, "tiny").get(
         "message", "") and status_of(emu, "tiny"), node)
-    assert "insufficient unused quota for cpu" in queued["message"] and trainer_pods(emu) == []
+    # Kueue counts the group: two pods of 1 CPU
+    assert "insufficient quota for cpu in flavor default, request > maximum capacity (2 > 1)" in queued["message"]
+    assert trainer_pods(emu) == []
     await asyncio.sleep(3)
     assert trainer_pods(emu) == [] and phase(emu) == "Queued", "never half a group"
     workload = objs(emu, "kueue.x-k8s.io/v1beta2/workloads")[0]
