@@ -124,7 +124,8 @@ def open_api_schema() -> dict[str, Any]:
                        f"adds {api.RUN_ID_LENGTH + 1})",
         }, {
             "rule": "!has(self.spec.distribution) || !has(self.spec.distribution.nodes) || "
-                    f"self.spec.distribution.nodes == 1 || self.metadata.name.size() <= {api.MAX_MULTI_NODE_NAME_LENGTH}",
+                    "self.spec.distribution.nodes == 1 || "
+                    f"self.metadata.name.size() <= {api.MAX_MULTI_NODE_NAME_LENGTH}",
             "message": f"metadata.name must be at most {api.MAX_MULTI_NODE_NAME_LENGTH} characters with "
                        f"spec.distribution.nodes > 1 (each pod's hostname is <name>-<run id>-<index>, at most 63)",
         }],

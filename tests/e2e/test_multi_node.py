@@ -10,7 +10,7 @@ import pytest
 
 from harness.cluster import NS, apply, condition, objs
 from sftop_trainer.errors import ExitCode
-from test_end_to_end import PATH, manifest, phase, status_of, trainer_pods, training_jobs, until  # noqa: F401
+from test_end_to_end import manifest, phase, status_of, trainer_pods, training_jobs, until
 
 
 def two_nodes(steps=40, save=10, **kw):

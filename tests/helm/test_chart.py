@@ -145,6 +145,9 @@ async def test_rendered_objects_are_valid_and_least_privilege(helm_python, apise
         ingress = next(p for p in policies if p["metadata"]["namespace"] == "team-a")
         assert ingress["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "sftop-trainer"}
         assert ingress["spec"]["ingress"][0]["ports"] == [{"port": 8080, "protocol": "TCP"}]
+        # a multi-node run's pods reach each other on any port, and only trainer pods of the namespace do
+        assert ingress["spec"]["ingress"][1] == {"from": [{"podSelector": {"matchLabels": {
+            "app.kubernetes.io/name": "sftop-trainer"}}}]}
 
 
 def test_chart_files_are_the_generated_crd_and_rules():
