@@ -160,22 +160,6 @@ class Node:
         if len(done) >= completions:
             update.update(completionTime=_now(), active=0, conditions=conditions + [
                 {"type": "Complete", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": _now()}])
-        elif indexed:
-            verdict = self._failure_verdict(spec, failed)
-            if verdict is not None:
-                update["conditions"] = conditions + [{"type": "Failed", "status": "True", "reason": verdict[0],
-                                                      "message": verdict[1], "lastTransitionTime": _now()}]
-                for p in live:
-                    c = self.containers.get((p["metadata"]["namespace"], p["metadata"]["name"]))
-                    if c is not None:
-                        asyncio.create_task(self._stop(c, delete_pod=True))
-            else:
-                running = {index_of(p) for p in live}
-                for index in range(completions):
-                    if index not in running and index not in done:
-                        await self._start_pod(job, index)
-                        update["active"] += 1
-                update.setdefault("startTime", status.get("startTime") or _now())
         else:
             verdict = self._failure_verdict(spec, failed)
             if verdict is not None:
@@ -185,6 +169,13 @@ class Node:
                     c = self.containers.get((p["metadata"]["namespace"], p["metadata"]["name"]))
                     if c is not None:
                         asyncio.create_task(self._stop(c, delete_pod=True))
+            elif indexed:  # a pod for each index that has neither a live nor a succeeded one
+                running = {index_of(p) for p in live}
+                for index in range(completions):
+                    if index not in running and index not in done:
+                        await self._start_pod(job, index)
+                        update["active"] += 1
+                update.setdefault("startTime", status.get("startTime") or _now())
             elif not live:
                 await self._start_pod(job)
                 update["active"] = 1
