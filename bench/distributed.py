@@ -10,7 +10,8 @@ and step, no gradient checkpointing) through `sftop-train`:
     2 processes, 1 node    torchrun --standalone, DDP: each process gets half the CPUs (or one GPU)
     2 nodes x 1 process    two trainer commands meeting through the c10d rendezvous, as the pods of a two-node run
                            (with --gpus: one GPU each)
-    2 processes, FSDP      as "1 node", the model sharded over the two processes (FSDP2)
+    2 processes, FSDP      as "1 node", the model sharded over the two processes (FSDP2; with --gpus only:
+                           accelerate applies FSDP only on accelerators)
 
 For each: seconds per optimizer step and tokens per second (the trainer's own training time; model loading and
 saving left out), and the speedup in tokens/s over one process. Two processes see twice the sequences per step,
@@ -47,7 +48,7 @@ def measure(folder: Path, name: str) -> dict:
     train = result["trainRuntimeSeconds"]
     return {"steps": result["steps"], "secondsPerStep": train / result["steps"],
             "tokensPerSecond": result["trainedTokens"] / train, "processes": result["distribution"]["processes"],
-            "loss": result["finalLoss"]}
+            "strategy": result["distribution"]["strategy"], "loss": result["finalLoss"]}
 
 
 def run(cmds: list[tuple[list[str], dict[str, str]]], log: Path) -> None:
@@ -100,19 +101,20 @@ def main() -> None:
             (cmd(nodes), {**base, **device(1, i), "SFTOP_PROCESSES": "1", "JOB_COMPLETION_INDEX": str(i),
                           "SFTOP_RENDEZVOUS": f"127.0.0.1:{port}", "SFTOP_NODE_ADDRESS": "127.0.0.1",
                           "OMP_NUM_THREADS": str(max(1, cpus // 2))}) for i in range(2)])
-        fsdp = config(folder, model, data, args.steps, "fsdp", strategy="FSDP")
-        scenario("2 processes, 1 node (FSDP)", "fsdp",
-                 [(cmd(fsdp), {**base, **device(2), "SFTOP_PROCESSES": "2",
-                               "OMP_NUM_THREADS": str(max(1, cpus // 2))})])
+        if args.gpus:  # accelerate applies FSDP only on accelerators
+            fsdp = config(folder, model, data, args.steps, "fsdp", strategy="FSDP")
+            scenario("2 processes, 1 node (FSDP)", "fsdp",
+                     [(cmd(fsdp), {**base, **device(2), "SFTOP_PROCESSES": "2"})])
     where = f"{args.gpus} GPU(s), NCCL" if args.gpus else f"{cpus} CPUs, gloo"
     base_tps = rows[0][1]["tokensPerSecond"]
     print(f"SmolLM2-135M-Instruct LoRA, {args.steps} steps, 4 sequences of <= 256 tokens per process and step, "
           f"{where}\n")
-    print("| scenario | processes | s / optimizer step | tokens / s | vs 1 process | final loss | wall s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| scenario | processes | strategy (as trained) | s / optimizer step | tokens / s | vs 1 process "
+          "| final loss | wall s |")
+    print("|---|---|---|---|---|---|---|---|")
     for label, m, wall in rows:
-        print(f"| {label} | {m['processes']} | {m['secondsPerStep']:.2f} | {m['tokensPerSecond']:.0f} | "
-              f"{m['tokensPerSecond'] / base_tps:.2f}x | {m['loss']:.3f} | {wall:.0f} |")
+        print(f"| {label} | {m['processes']} | {m['strategy']} | {m['secondsPerStep']:.2f} | "
+              f"{m['tokensPerSecond']:.0f} | {m['tokensPerSecond'] / base_tps:.2f}x | {m['loss']:.3f} | {wall:.0f} |")
 
 
 if __name__ == "__main__":

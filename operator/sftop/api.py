@@ -424,6 +424,14 @@ class SFTJobSpec(Spec):
                  "has(self.resources.gpus) && self.resources.gpus > 1 ? self.resources.gpus : 1) >= 2",
          "message": "distribution.strategy FSDP shards the model over training processes and needs at least two "
                     "(distribution.nodes x resources.gpus)"},
+        {"rule": "!has(self.distribution) || !has(self.distribution.strategy) || self.distribution.strategy != 'FSDP' "
+                 "|| !has(self.resources) || !has(self.resources.gpus) || self.resources.gpus > 0",
+         "message": "distribution.strategy FSDP needs GPUs (resources.gpus is 0): accelerate shards a model only on "
+                    "accelerators"},
+        {"rule": "!has(self.distribution) || !has(self.distribution.strategy) || self.distribution.strategy != 'FSDP' "
+                 "|| self.method != 'qlora'",
+         "message": "distribution.strategy FSDP with method qlora: accelerate's FSDP2 cannot shard 4-bit weights; use "
+                    "lora with FSDP, or qlora with DataParallel"},
         {"rule": "!has(self.distribution) || !has(self.distribution.nodes) || self.distribution.nodes == 1 || "
                  "!has(self.output.pvc.create) || !has(self.output.pvc.create.accessModes) || "
                  "'ReadWriteMany' in self.output.pvc.create.accessModes",
@@ -487,7 +495,8 @@ class SFTJobSpec(Spec):
             raise ValueError("spec.warmStart continues a LoRA adapter (methods lora and qlora); for method full, name "
                              "the earlier run's model/ folder in spec.model.pvc")
         check_distribution(self.method, self.quantization, self.distribution,
-                           self.distribution.nodes * max(1, self.resources.gpus), "spec.distribution")
+                           self.distribution.nodes * max(1, self.resources.gpus), "spec.distribution",
+                           gpus=self.resources.gpus)
         new_claim = self.output.pvc.create
         if self.distribution.nodes > 1 and new_claim is not None and "ReadWriteMany" not in new_claim.access_modes:
             raise ValueError(f"spec.distribution.nodes is {self.distribution.nodes}: every pod writes checkpoints to "

@@ -26,6 +26,7 @@ def test_two_processes_train_data_parallel(train_config, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["steps"] == 8 and result["epochs"] == 1.0
+    assert result["distribution"] == {"nodes": 1, "processes": 2, "strategy": "DataParallel"}
     assert message["status"] == "Succeeded"
     assert proc.stdout.count('"event": "result"') == 1, "one result record, from the first process"
 
@@ -110,3 +111,32 @@ def readable(path: Path) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_fsdp_reaches_accelerate_as_an_fsdp2_plugin(train_config, tmp_path):
+    """What a GPU run of distribution.strategy FSDP hands accelerate (FSDP runs only on accelerators, so here the
+    configuration is checked up to accelerate's plugin): FSDP2, decoder layers as shard units, FSDP's activation
+    checkpointing instead of the Trainer's, CPU offload when asked, full state dicts for saving."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    from sftop_trainer import train
+    from sftop_trainer.config import load_config
+
+    cfg = load_config(train_config(distribution={"nodes": 2, "strategy": "FSDP", "cpuOffload": True},
+                                   training={"gradientCheckpointing": True}))
+    args = train.build_sft_config(cfg, tmp_path / "out", has_eval=False, assistant_only_loss=False,
+                                  progress_bar=False)
+    assert args.activation_checkpointing is False, "FSDP checkpoints activations itself"
+    assert args.fsdp_plugin_args == {
+        "fsdp_version": 2, "cpu_offload": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "cpu_ram_efficient_loading": False, "state_dict_type": "FULL_STATE_DICT", "activation_checkpointing": True,
+        "reshard_after_forward": True}
+    plugin = FullyShardedDataParallelPlugin(**args.fsdp_plugin_args)
+    assert plugin.fsdp_version == 2 and plugin.activation_checkpointing and plugin.reshard_after_forward
+    assert "FULL_STATE_DICT" in str(plugin.state_dict_type) and plugin.cpu_offload
+
+
+def test_fsdp_on_cpus_stops_before_training_instead_of_training_data_parallel(train_config, tmp_path):
+    proc, message = run(train_config(distribution={"strategy": "FSDP"}), tmp_path)
+    assert proc.returncode == ExitCode.INVALID_CONFIG
+    assert message["reason"] == "InvalidConfig" and "FSDP needs GPUs" in message["message"]

@@ -77,8 +77,8 @@ def test_a_name_starting_with_a_digit_gets_a_service_name_kubernetes_accepts():
 @pytest.mark.parametrize("spec, field, words", [
     ({"distribution": {"strategy": "FSDP"}, "resources": {"gpus": 1}}, "spec", "distribution.strategy FSDP shards"),
     ({"distribution": {"cpuOffload": True}}, "spec.distribution", "cpuOffload applies only to strategy FSDP"),
-    ({"method": "qlora", "distribution": {"nodes": 2, "strategy": "FSDP", "cpuOffload": True}}, "spec",
-     "cannot offload 4-bit weights"),
+    ({"method": "qlora", "distribution": {"nodes": 2, "strategy": "FSDP"}}, "spec", "cannot shard 4-bit weights"),
+    ({"distribution": {"nodes": 2, "strategy": "FSDP"}, "resources": {"gpus": 0}}, "spec", "FSDP needs GPUs"),
     ({"distribution": {"nodes": 2}, "output": {"pvc": {"claimName": "x", "create": {"size": "1Gi"}}}}, "spec",
      "ReadWriteMany"),
     ({"distribution": {"nodes": 65}}, "spec.distribution.nodes", "64"),

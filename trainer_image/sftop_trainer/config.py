@@ -354,25 +354,30 @@ class DistributionSpec(Spec):
                                                            "gradients are averaged (DDP). `FSDP`: parameters, "
                                                            "gradients and optimizer state are sharded over all "
                                                            "processes (PyTorch FSDP2, through accelerate), for models "
-                                                           "that do not fit one GPU. training.gradientCheckpointing "
-                                                           "becomes FSDP's own activation checkpointing.")
+                                                           "that do not fit one GPU; it needs GPUs and methods lora "
+                                                           "or full. training.gradientCheckpointing becomes FSDP's "
+                                                           "own activation checkpointing.")
     cpu_offload: bool = Field(False, description="FSDP only: keep parameters and optimizer state in CPU memory "
                                                  "between uses (much less GPU memory, slower steps).")
 
 
 def check_distribution(method: str, quantization: QuantizationSpec | None, distribution: DistributionSpec,
-                       processes: int | None, where: str = "distribution") -> None:
-    """Combinations that cannot work, named by field. `processes`: training processes in all (nodes x GPUs), when
-    known before the run starts."""
+                       processes: int | None, where: str = "distribution", gpus: int | None = None) -> None:
+    """Combinations that cannot work, named by field. `processes`: training processes in all (nodes x GPUs), and
+    `gpus` per node, when known before the run starts."""
     d = distribution
     if d.cpu_offload and d.strategy != "FSDP":
         raise ValueError(f"{where}.cpuOffload applies only to strategy FSDP (strategy is {d.strategy})")
+    if d.strategy == "FSDP" and gpus == 0:
+        raise ValueError(f"{where}.strategy FSDP needs GPUs (resources.gpus is 0): accelerate shards a model only on "
+                         f"accelerators; use DataParallel on CPUs")
     if d.strategy == "FSDP" and processes is not None and processes < 2:
         raise ValueError(f"{where}.strategy FSDP shards the model over training processes, and this run has one "
                          f"(nodes x GPUs per node); use DataParallel, or more GPUs or nodes")
-    if d.strategy == "FSDP" and method == "qlora" and d.cpu_offload:
-        raise ValueError(f"{where}.cpuOffload with method qlora: FSDP cannot offload 4-bit weights; drop "
-                         f"cpuOffload (4-bit weights are already small) or use method lora")
+    if d.strategy == "FSDP" and method == "qlora":
+        raise ValueError(f"{where}.strategy FSDP with method qlora: accelerate's FSDP2 cannot shard bitsandbytes' "
+                         f"4-bit weights (it would fail or train wrong); use method lora with FSDP (the frozen base "
+                         f"sharded in bfloat16), or qlora with DataParallel")
 
 
 class EvaluationSpec(Spec):

@@ -128,6 +128,17 @@ def latest_complete_checkpoint(folder: Path) -> Path | None:
 # -------------------------------------------------------------------------------------- SFTConfig
 
 
+def fsdp_settings(cfg: TrainerConfig) -> dict[str, Any]:
+    """distribution.strategy FSDP as transformers' TrainingArguments take it, for accelerate's FSDP2 plugin: every
+    decoder layer (the model's _no_split_modules) is sharded over all processes and its parameters gathered for its
+    forward and backward; FSDP's own activation checkpointing replaces the Trainer's; full state dicts are gathered
+    for saving, so checkpoints, adapters and models keep the one-process format."""
+    return {"fsdp": True, "fsdp_config": {"version": 2, "reshard_after_forward": True,
+                                          "cpu_offload": cfg.distribution.cpu_offload,
+                                          "activation_checkpointing": cfg.training.gradient_checkpointing,
+                                          "state_dict_type": "FULL_STATE_DICT"}}
+
+
 def sft_field_names() -> set[str]:
     from trl import SFTConfig
 
@@ -151,7 +162,7 @@ def build_sft_config(cfg: TrainerConfig, output_dir: Path, *, has_eval: bool, as
                           "training): use lora, or a GPU")
     warmup: float | int = t.warmup_steps if t.warmup_steps is not None else (
         t.warmup_ratio if t.warmup_ratio is not None else 0.03)
-    fsdp = cfg.distribution.strategy == "FSDP" and world_size() > 1  # (the plan is made in one process)
+    fsdp = cfg.distribution.strategy == "FSDP"
     kw: dict[str, Any] = dict(
         output_dir=str(output_dir / CHECKPOINTS),
         num_train_epochs=t.epochs if t.epochs is not None else 1.0,
@@ -198,13 +209,7 @@ def build_sft_config(cfg: TrainerConfig, output_dir: Path, *, has_eval: bool, as
         ddp_find_unused_parameters=False if world_size() > 1 and not fsdp else None,
     )
     if fsdp:
-        # PyTorch's FSDP2 through accelerate (FSDP1 needs an accelerator; FSDP2 runs on CPUs with gloo too): every
-        # decoder layer (the model's _no_split_modules) is sharded over all processes. Full state dicts are gathered
-        # for saving, so checkpoints, adapters and models keep the single-process format.
-        kw.update(fsdp=True, fsdp_config={"version": 2, "reshard_after_forward": True,
-                                          "cpu_offload": cfg.distribution.cpu_offload,
-                                          "activation_checkpointing": t.gradient_checkpointing,
-                                          "state_dict_type": "FULL_STATE_DICT"})
+        kw.update(fsdp_settings(cfg))
     # Rows are tokenized before training, so batches load in the training process (no workers); torch gives any
     # DataLoader worker one thread. More worker processes than the CPUs this process may use only contend.
     budget = int(os.environ.get("OMP_NUM_THREADS") or 0)
@@ -563,9 +568,14 @@ def prepare_data(cfg: TrainerConfig, tokenizer, args) -> PreparedData:
 
 def build_trainer(cfg: TrainerConfig, progress: Progress, *, progress_bar: bool = False):
     """Tokenizer, data, model and SFTTrainer, ready to train. Returns (trainer, tokenizer, prepared data)."""
-    if cfg.distribution.strategy == "FSDP" and world_size() < 2:
-        raise ConfigError("distribution.strategy FSDP shards the model over training processes, and this run has "
-                          "one; use DataParallel, or more GPUs or nodes")
+    if cfg.distribution.strategy == "FSDP":
+        if not model_mod.has_gpu():
+            # accelerate applies its FSDP plugin only on accelerators: on CPUs it would train data parallel
+            raise ConfigError("distribution.strategy FSDP needs GPUs: accelerate shards a model only on "
+                              "accelerators, and this machine has none; use DataParallel on CPUs")
+        if world_size() < 2:
+            raise ConfigError("distribution.strategy FSDP shards the model over training processes, and this run "
+                              "has one; use DataParallel, or more GPUs or nodes")
     tokenizer = model_mod.load_tokenizer(cfg)
     args = build_sft_config(cfg, Path(cfg.output.dir), has_eval=False, assistant_only_loss=False,
                             progress_bar=progress_bar)
@@ -699,6 +709,8 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
     progress.update(phase="LoadingData")
     trainer, tokenizer, data = build_trainer(cfg, progress, progress_bar=progress_bar)
     state["trainer"] = trainer
+    # what the Trainer actually does, not what was asked: accelerate wrapped the model in FSDP, or DDP, or neither
+    strategy = "FSDP" if trainer.is_fsdp_enabled else ("DataParallel" if world_size() > 1 else "SingleProcess")
     report, eval_rows = data.report, data.eval_rows
     state["report"] = report
     ev = cfg.evaluation
@@ -807,8 +819,7 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
         "trainableParameters": trainable,
         "totalParameters": total,
         "trainedTokens": tokens,
-        "distribution": {"nodes": cfg.distribution.nodes, "processes": world_size(),
-                         "strategy": cfg.distribution.strategy},
+        "distribution": {"nodes": cfg.distribution.nodes, "processes": world_size(), "strategy": strategy},
         "data": report.as_dict(),
         "configSha256": config_fingerprint(cfg),
         "versions": library_versions(),
