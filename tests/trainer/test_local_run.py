@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import yaml
 
@@ -82,12 +83,19 @@ def test_eval_file_beside_the_data_in_a_configmap_is_evaluated(tmp_path, tiny_mo
     assert result["evaluation"]["prompts"] == 4 and len(result["evaluation"]["samples"]) == 3
 
 
-def test_full_fine_tuning_names_its_model_folder_and_a_missing_gpu_is_said(tmp_path, tiny_model, capsys):
+def faq(tmp_path, tiny_model, rows: int, spec: str) -> tuple[Path, Path]:
+    """The FAQ manifest with `rows` rows and `spec` lines added to its spec, and the volumes with the tiny model:
+    (manifest, volumes)."""
     volumes = tmp_path / "volumes"
     shutil.copytree(tiny_model, volumes / "models" / "tiny")
     manifest = tmp_path / "faq.yaml"
-    text = MANIFEST.replace("{rows}", "\n".join("    " + json.dumps(r) for r in taskapi.rows(8)))
-    manifest.write_text(text.replace("  training:", "  method: full\n  resources: {gpus: 1}\n  training:"))
+    text = MANIFEST.replace("{rows}", "\n".join("    " + json.dumps(r) for r in taskapi.rows(rows)))
+    manifest.write_text(text.replace("  training:", spec + "\n  training:"))
+    return manifest, volumes
+
+
+def test_full_fine_tuning_names_its_model_folder_and_a_missing_gpu_is_said(tmp_path, tiny_model, capsys):
+    manifest, volumes = faq(tmp_path, tiny_model, 8, "  method: full\n  resources: {gpus: 1}")
     assert main(["run", str(manifest), "--local", "--volumes", str(volumes), "--no-progress-bar"]) == 0
     captured = capsys.readouterr()
     assert "asks for 1 GPU(s) (resources.gpus) and this machine has none: training on the CPU" in captured.err
@@ -99,11 +107,7 @@ def test_full_fine_tuning_names_its_model_folder_and_a_missing_gpu_is_said(tmp_p
 def test_run_local_runs_a_two_node_run_as_two_trainer_commands(tmp_path, tiny_model, capsys):
     """distribution.nodes 2 runs the pods' command twice here, meeting through the same c10d rendezvous; the two
     processes train data parallel and the adapter has the single-node format."""
-    volumes = tmp_path / "volumes"
-    shutil.copytree(tiny_model, volumes / "models" / "tiny")
-    manifest = tmp_path / "faq.yaml"
-    text = MANIFEST.replace("{rows}", "\n".join("    " + json.dumps(r) for r in taskapi.rows(16)))
-    manifest.write_text(text.replace("  training:", "  resources: {gpus: 0}\n  distribution: {nodes: 2}\n  training:"))
+    manifest, volumes = faq(tmp_path, tiny_model, 16, "  resources: {gpus: 0}\n  distribution: {nodes: 2}")
     assert main(["run", str(manifest), "--local", "--volumes", str(volumes), "--no-progress-bar"]) == 0
     captured = capsys.readouterr()
     assert "2 nodes on this machine, 1 training process(es) each" in captured.err
@@ -124,12 +128,8 @@ def test_run_local_runs_a_two_node_run_as_two_trainer_commands(tmp_path, tiny_mo
 def test_run_local_fsdp_without_a_gpu_says_it_needs_one(tmp_path, tiny_model, capsys):
     """FSDP asks for GPUs; on a machine without them the run stops before training, naming the field, instead of
     training data parallel under an FSDP label."""
-    volumes = tmp_path / "volumes"
-    shutil.copytree(tiny_model, volumes / "models" / "tiny")
-    manifest = tmp_path / "faq.yaml"
-    text = MANIFEST.replace("{rows}", "\n".join("    " + json.dumps(r) for r in taskapi.rows(16)))
-    manifest.write_text(text.replace("  training:", "  resources: {gpus: 1}\n"
-                                                   "  distribution: {nodes: 2, strategy: FSDP}\n  training:"))
+    manifest, volumes = faq(tmp_path, tiny_model, 16, "  resources: {gpus: 1}\n"
+                                                      "  distribution: {nodes: 2, strategy: FSDP}")
     assert main(["run", str(manifest), "--local", "--volumes", str(volumes), "--no-progress-bar"]) == 64
     captured = capsys.readouterr()
     assert "distribution.strategy FSDP needs GPUs" in captured.out + captured.err
