@@ -274,8 +274,13 @@ def references(spec: api.SFTJobSpec) -> list[tuple[str, str, str | None, str]]:
     if spec.dataset.pvc is not None:
         checks.append(("PersistentVolumeClaim", spec.dataset.pvc.claim_name, None, "spec.dataset.pvc.claimName"))
     if spec.output.pvc.create is None:
-        checks.append(("PersistentVolumeClaim", spec.output.pvc.claim_name, None, "spec.output.pvc.claimName"))
+        # every pod of a multi-node run mounts the output claim read-write: its key is the access mode it needs
+        shared = SHARED_ACCESS if spec.distribution.nodes > 1 else None
+        checks.append(("PersistentVolumeClaim", spec.output.pvc.claim_name, shared, "spec.output.pvc.claimName"))
     return checks
+
+
+SHARED_ACCESS = "ReadWriteMany"
 
 
 def missing_reference(namespace: str, check: tuple[str, str, str | None, str],
@@ -286,6 +291,14 @@ def missing_reference(namespace: str, check: tuple[str, str, str | None, str],
     if obj is None:
         return f"{short}NotFound", f"{where}: {kind} {name} does not exist in namespace {namespace}; the run starts " \
                                    f"when it does"
+    if kind == "PersistentVolumeClaim" and key is not None:
+        modes = (obj.get("spec") or {}).get("accessModes") or []
+        if key not in modes:
+            held = ", ".join(modes) or "without access modes"
+            return "PVCNotShared", f"{where}: PersistentVolumeClaim {name} is {held}, and the run's pods on several " \
+                                   f"nodes (spec.distribution.nodes) all write to it: it must be {key}; the run " \
+                                   f"starts when it is"
+        return None
     if key is not None and key not in (obj.get("data") or {}) and key not in (obj.get("stringData") or {}):
         return f"{short}KeyNotFound", f"{where}: {kind} {name} has no key {key!r}; the run starts when it does"
     return None

@@ -64,6 +64,21 @@ async def test_missing_claim_is_named(apiserver, operator):
     assert "spec.output.pvc.claimName" in status["message"]
 
 
+async def test_a_multi_node_run_waits_for_an_output_claim_its_pods_can_share(apiserver, operator):
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "adapters", "namespace": NS},
+             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
+    await apiserver.post(f"/api/v1/namespaces/{NS}/persistentvolumeclaims", json=claim)
+    await apply(apiserver, sftjob(output={"pvc": {"claimName": "adapters"}}, distribution={"nodes": 2}))
+    status = await wait_for(lambda: condition(status_of(apiserver), "Accepted") and status_of(apiserver))
+    accepted = condition(status, "Accepted")
+    assert status["phase"] == "Pending" and accepted["reason"] == "PVCNotShared"
+    assert "adapters is ReadWriteOnce" in accepted["message"] and "ReadWriteMany" in accepted["message"]
+    assert not objs(apiserver, "batch/v1/jobs")
+    # the same claim is fine for one node
+    await patch(apiserver, SFTJOB_PATH, {"spec": {"distribution": {"nodes": 1}}})
+    await wait_for(lambda: objs(apiserver, "batch/v1/jobs"), timeout=30)
+
+
 async def test_spec_change_starts_a_new_run_and_keeps_the_old_output(apiserver, operator):
     await apply(apiserver, sftjob())
     first = (await wait_for(lambda: objs(apiserver, "batch/v1/jobs")))[0]
