@@ -450,11 +450,11 @@ def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings, val
     }
     if validation:
         del container["ports"]
-    elif nodes > 1:
-        container["ports"].append({"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"})
-        pod_spec["subdomain"] = service_name(name, rid)
     elif res.node_selector:  # GPU placement: the validation pod needs none of it
         pod_spec["nodeSelector"] = dict(res.node_selector)
+    if nodes > 1:
+        container["ports"].append({"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"})
+        pod_spec["subdomain"] = service_name(name, rid)
     if res.tolerations and not validation:
         pod_spec["tolerations"] = [t.model_dump(mode="json", by_alias=True, exclude_none=True)
                                    for t in res.tolerations]

@@ -25,6 +25,7 @@ def problems(doc):
 
 def test_two_nodes_render_an_indexed_job_and_a_headless_service_that_validate():
     doc = sftjob(distribution={"nodes": 2, "strategy": "FSDP"})
+    doc["spec"]["resources"]["nodeSelector"] = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert problems(doc) == []
     spec = api.SFTJob.model_validate(doc).spec
     rid = render.run_id(spec)
@@ -36,6 +37,7 @@ def test_two_nodes_render_an_indexed_job_and_a_headless_service_that_validate():
     assert s["completionMode"] == "Indexed" and s["completions"] == s["parallelism"] == 2
     pod = s["template"]["spec"]
     assert pod["subdomain"] == service["metadata"]["name"] == f"big-{rid}"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, "GPU placement kept"
     # the Service selects exactly the run's trainer pods, and names them before they are ready
     labels = s["template"]["metadata"]["labels"]
     assert all(labels[k] == v for k, v in service["spec"]["selector"].items())
