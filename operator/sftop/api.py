@@ -494,9 +494,7 @@ class SFTJobSpec(Spec):
         if self.warm_start is not None and self.method == "full":
             raise ValueError("spec.warmStart continues a LoRA adapter (methods lora and qlora); for method full, name "
                              "the earlier run's model/ folder in spec.model.pvc")
-        check_distribution(self.method, self.quantization, self.distribution,
-                           self.distribution.nodes * max(1, self.resources.gpus), "spec.distribution",
-                           gpus=self.resources.gpus)
+        check_distribution(self.method, self.distribution, self.resources.gpus, "spec.distribution")
         new_claim = self.output.pvc.create
         if self.distribution.nodes > 1 and new_claim is not None and "ReadWriteMany" not in new_claim.access_modes:
             raise ValueError(f"spec.distribution.nodes is {self.distribution.nodes}: every pod writes checkpoints to "

@@ -257,6 +257,9 @@ def base_status(status: dict[str, Any], spec: api.SFTJobSpec, rid: str, seen: Ob
     return new
 
 
+SHARED_ACCESS = "ReadWriteMany"  # what the output claim of a multi-node run must allow
+
+
 def references(spec: api.SFTJobSpec) -> list[tuple[str, str, str | None, str]]:
     """The Secrets, ConfigMaps and claims the spec names: (kind, name, key, field). A missing one makes the run
     wait: in GitOps the Secret may arrive after the SFTJob."""
@@ -278,9 +281,6 @@ def references(spec: api.SFTJobSpec) -> list[tuple[str, str, str | None, str]]:
         shared = SHARED_ACCESS if spec.distribution.nodes > 1 else None
         checks.append(("PersistentVolumeClaim", spec.output.pvc.claim_name, shared, "spec.output.pvc.claimName"))
     return checks
-
-
-SHARED_ACCESS = "ReadWriteMany"
 
 
 def missing_reference(namespace: str, check: tuple[str, str, str | None, str],

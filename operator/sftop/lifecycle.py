@@ -226,7 +226,7 @@ def observe(suspend: bool, queued: bool, job: dict[str, Any] | None, pods: list[
     retry_note = f"; attempt {attempts}, after: {last_failure[0]}: {last_failure[1]}" if last_failure and attempts > 1 \
         else ""
     if nodes > 1:
-        return _group(pods, nodes, retry_note.replace("attempt", "pod"), base)
+        return _group(pods, nodes, retry_note, base)
     for pod in reversed(pods):
         phase = (pod.get("status") or {}).get("phase")
         if phase == "Succeeded" and pod is pods[-1]:

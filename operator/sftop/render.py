@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sftop import api
+from sftop.lifecycle import COMPLETION_INDEX
 from sftop_trainer.threads import THREAD_VARIABLES
 from sftop_trainer.config import (DataSource, Hardware, ModelSource, OutputTarget, ProgressEndpoint, RunInfo,
                                   TrackingTarget, TrainerConfig, WarmStartSource)
@@ -216,7 +217,6 @@ def service_name(name: str, rid: str) -> str:
 
 
 RENDEZVOUS_PORT = 29400
-COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 
 def pod_address(name: str, namespace: str, rid: str, index: int | str) -> str:

@@ -43,6 +43,7 @@ from typing import Any
 import kmock
 
 from harness.apiserver import ApiServer, _now
+from sftop.lifecycle import COMPLETION_INDEX, pod_index
 
 JOBS = kmock.resource("batch/v1/jobs")
 PODS = kmock.resource("v1/pods")
@@ -156,7 +157,7 @@ class Node:
         update: dict[str, Any] = {"active": len(live), "succeeded": len(succeeded), "failed": len(failed)}
         indexed = spec.get("completionMode") == "Indexed"
         completions = int(spec.get("completions") or 1)
-        done = {index_of(p) for p in succeeded} if indexed else set(range(len(succeeded) and completions))
+        done = {pod_index(p) for p in succeeded} if indexed else set(range(len(succeeded) and completions))
         if len(done) >= completions:
             update.update(completionTime=_now(), active=0, conditions=conditions + [
                 {"type": "Complete", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": _now()}])
@@ -170,7 +171,7 @@ class Node:
                     if c is not None:
                         asyncio.create_task(self._stop(c, delete_pod=True))
             elif indexed:  # a pod for each index that has neither a live nor a succeeded one
-                running = {index_of(p) for p in live}
+                running = {pod_index(p) for p in live}
                 for index in range(completions):
                     if index not in running and index not in done:
                         await self._start_pod(job, index)
@@ -215,7 +216,7 @@ class Node:
         else:
             name = f"{meta['name']}-{index}-{next(self.names):05d}"
             ip = self._index_address(meta["namespace"], meta["name"], index)
-            labels[INDEX] = annotations[INDEX] = str(index)
+            labels[COMPLETION_INDEX] = annotations[COMPLETION_INDEX] = str(index)
             spec["hostname"] = f"{meta['name']}-{index}"
         spec["nodeName"] = self.node_names[(index or 0) % len(self.node_names)]
         pod = {"apiVersion": "v1", "kind": "Pod",
@@ -234,11 +235,10 @@ class Node:
         env = {**{k: v for k, v in os.environ.items() if k.startswith(("PATH", "HOME", "HF_", "PYTHON", "LANG"))},
                "SFTOP_TERMINATION_LOG": str(folder / "termination-log"), "SFTOP_PROGRESS_HOST": ip,
                "PYTHONUNBUFFERED": "1"}
-        names = self._dns_names(meta["namespace"], meta["name"], spec)
         defined: dict[str, str] = {}
         for item in container.get("env", []):
             value = expand(self._env_value(meta["namespace"], item, mounts, pod), defined)
-            env[item["name"]] = defined[item["name"]] = rewrite_names(value, names)
+            env[item["name"]] = defined[item["name"]] = self._resolve(value, meta["namespace"], meta["name"], spec)
         env["SFTOP_TERMINATION_LOG"] = str(folder / "termination-log")
         args = [rewrite(a, mounts) for a in container.get("args", [])]
         log = open(folder / "log", "wb")
@@ -281,13 +281,14 @@ class Node:
                     (Path(local[m["mountPath"]]) / item["path"]).write_text(rewrite(cm["data"][item["key"]], local))
         return local
 
-    def _dns_names(self, namespace: str, job: str, spec: dict[str, Any]) -> dict[str, str]:
-        """The stable DNS names of an Indexed Job's pods -> their loopback addresses (the test-only substitution
-        for the headless Service's records)."""
+    def _resolve(self, text: str, namespace: str, job: str, spec: dict[str, Any]) -> str:
+        """The stable DNS names of an Indexed Job's pods (`<job>-<i>.<subdomain>.<namespace>.svc`) -> their loopback
+        addresses: the test-only substitution for the headless Service's records."""
         if not spec.get("subdomain"):
-            return {}
-        return {f"{job}-{i}.{spec['subdomain']}.{namespace}.svc": self._index_address(namespace, job, i)
-                for i in range(100)}
+            return text
+        domain = re.escape(f"{spec['subdomain']}.{namespace}.svc")
+        name = rf"(?<![\w.-]){re.escape(job)}-(\d+)\.{domain}(?![\w.-])"
+        return re.sub(name, lambda m: self._index_address(namespace, job, int(m.group(1))), text)
 
     def _env_value(self, namespace: str, item: dict[str, Any], mounts: dict[str, str], pod: dict[str, Any]) -> str:
         if "value" in item:
@@ -344,9 +345,6 @@ class Node:
         return any(r["action"] == "Ignore" and code in (r.get("onExitCodes") or {}).get("values", []) for r in rules)
 
 
-INDEX = "batch.kubernetes.io/job-completion-index"
-
-
 def kill_tree(pid: int) -> None:
     """SIGKILL a container's process and every process under it, as the end of its PID namespace would (torchrun
     starts its workers in sessions of their own)."""
@@ -369,21 +367,10 @@ def kill_tree(pid: int) -> None:
             pass
 
 
-def index_of(pod: dict[str, Any]) -> int:
-    return int(pod["metadata"].get("annotations", {}).get(INDEX, 0))
-
-
 def expand(text: str, defined: dict[str, str]) -> str:
     """kubelet's $(VAR) expansion from the container's earlier variables; $$ escapes, unknown names stay."""
     return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)",
                   lambda m: "$" if m.group(0) == "$$" else defined.get(m.group(1), m.group(0)), text)
-
-
-def rewrite_names(text: str, names: dict[str, str]) -> str:
-    """Pods' DNS names -> their addresses, where a whole name stands (followed by ':', end or a separator)."""
-    for name in sorted(names, key=len, reverse=True):
-        text = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", names[name], text)
-    return text
 
 
 def rewrite(text: str, mounts: dict[str, str]) -> str:

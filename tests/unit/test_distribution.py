@@ -106,8 +106,6 @@ def test_the_trainer_launches_torchrun_with_c10d_on_pod_0():
     assert "--nproc_per_node 8" in text
     worker = launch_command(8, "/c.json", "/tmp/s/rank", Group(2, 1, host.rendezvous, "big-1.big.ml.svc", "abc"))
     assert "is_host=false" in " ".join(worker) and "--standalone" not in worker
-    # torchrun numbers nodes by their addresses, sorted: pod 0's name sorts first for any index
-    assert sorted(f"big-{i}.big.ml.svc" for i in range(64))[0] == "big-0.big.ml.svc"
 
 
 def test_a_pod_exits_with_its_own_failure_before_a_lost_peer():

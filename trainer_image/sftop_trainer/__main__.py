@@ -117,15 +117,13 @@ IN_PLACE = {int(ExitCode.PEER_LOST), int(ExitCode.OK)}
 
 
 def worst(codes: list[int]) -> int:
-    """The code a pod exits with, given its processes': its own failure before a lost peer, a user error first."""
+    """The code a pod exits with, given its processes': a user error first, then any other failure of its own, then
+    a lost peer."""
     from sftop_trainer.errors import USER_ERROR_CODES
 
     failed = [c for c in codes if c != 0]
-    for preferred in (USER_ERROR_CODES, [c for c in failed if c not in IN_PLACE], failed):
-        hits = [c for c in failed if c in preferred]
-        if hits:
-            return hits[0]
-    return 0
+    own = [c for c in failed if c not in IN_PLACE]
+    return next((c for c in own if c in USER_ERROR_CODES), next(iter(own or failed), 0))
 
 
 def launch(processes: int, config: str, group: Group | None = None) -> int:

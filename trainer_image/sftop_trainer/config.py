@@ -361,17 +361,17 @@ class DistributionSpec(Spec):
                                                  "between uses (much less GPU memory, slower steps).")
 
 
-def check_distribution(method: str, quantization: QuantizationSpec | None, distribution: DistributionSpec,
-                       processes: int | None, where: str = "distribution", gpus: int | None = None) -> None:
-    """Combinations that cannot work, named by field. `processes`: training processes in all (nodes x GPUs), and
-    `gpus` per node, when known before the run starts."""
+def check_distribution(method: str, distribution: DistributionSpec, gpus: int | None,
+                       where: str = "distribution") -> None:
+    """Combinations that cannot work, named by field. `gpus`: per node, when known before the run starts (the
+    SFTJob's resources.gpus; a trainer config leaves it to the run)."""
     d = distribution
     if d.cpu_offload and d.strategy != "FSDP":
         raise ValueError(f"{where}.cpuOffload applies only to strategy FSDP (strategy is {d.strategy})")
     if d.strategy == "FSDP" and gpus == 0:
         raise ValueError(f"{where}.strategy FSDP needs GPUs (resources.gpus is 0): accelerate shards a model only on "
                          f"accelerators; use DataParallel on CPUs")
-    if d.strategy == "FSDP" and processes is not None and processes < 2:
+    if d.strategy == "FSDP" and gpus is not None and d.nodes * max(1, gpus) < 2:
         raise ValueError(f"{where}.strategy FSDP shards the model over training processes, and this run has one "
                          f"(nodes x GPUs per node); use DataParallel, or more GPUs or nodes")
     if d.strategy == "FSDP" and method == "qlora":
@@ -554,7 +554,7 @@ class TrainerConfig(Spec):
             self.lora = LoraSpec()
         if self.method == "qlora" and self.quantization is None:
             self.quantization = QuantizationSpec()
-        check_distribution(self.method, self.quantization, self.distribution, None)
+        check_distribution(self.method, self.distribution, None)
         return self
 
 

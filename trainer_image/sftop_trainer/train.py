@@ -728,7 +728,7 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
     emit("train", resumeFromStep=resumed_from, trainRows=report.rows_train, evalRows=report.rows_eval,
          overlong=report.overlong, trainableParameters=trainable, totalParameters=total, loss=report.loss,
          warmStart=cfg.warm_start.name if cfg.warm_start else None, processes=world_size(),
-         nodes=cfg.distribution.nodes, strategy=cfg.distribution.strategy)
+         nodes=cfg.distribution.nodes, strategy=strategy)
     if record is not None and ev.baseline and resume is None and record.before is None:
         if cfg.method == "qlora" and not model_mod.has_gpu():
             log.info("no evaluation before training: an inference pass on a 4-bit model on a CPU would corrupt "
