@@ -201,8 +201,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sftop import extras
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    problem = extras.check(args.command)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except ModuleNotFoundError as e:  # a library the checks above do not know of: still a sentence, not a traceback
+        extra = extras.which_extra(e.name or "")
+        if extra is None:
+            raise
+        print(f"error: {extras.advice(args.command, [extra], [e.name])}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

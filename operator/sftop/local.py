@@ -167,7 +167,7 @@ def _nodes(config_path: Path, output: Path, nodes: int, gpus: int, visible: int)
     import socket
     import subprocess
 
-    from sftop_trainer.__main__ import worst
+    from sftop_trainer.launch import worst
     from sftop_trainer.threads import available_cpus
 
     with socket.socket() as s:

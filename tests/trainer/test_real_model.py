@@ -10,7 +10,8 @@ import sys
 from sftop_trainer import taskapi
 from sftop_trainer.config import TrainerConfig
 from sftop_trainer.progress import Progress
-from sftop_trainer.train import build_trainer, compact
+from sftop_trainer.result import compact
+from sftop_trainer.train import build_trainer
 
 
 def config(smollm2, tmp_path, **over) -> dict:

@@ -6,7 +6,7 @@ import pytest
 
 from sftop import api, lifecycle, render, validate
 from sftop.settings import Settings
-from sftop_trainer.__main__ import Group, launch_command, worst
+from sftop_trainer.launch import Group, launch_command, worst
 from sftop_trainer.errors import ExitCode
 
 BASE = {"model": {"hub": {"id": "Qwen/Qwen2.5-7B-Instruct"}}, "dataset": {"hub": {"name": "trl-lib/Capybara"}},

