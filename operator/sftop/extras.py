@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 
-# An extra -> the modules that prove it installed (checked with find_spec: nothing is imported).
+# An extra -> the modules it brings (pyproject.toml), for naming the extra of a module that is missing.
 MODULES: dict[str, tuple[str, ...]] = {
     "cli": ("jsonschema", "celpy", "plotext"),
     "operator": ("kopf", "kubernetes", "prometheus_client", "aiohttp"),
@@ -16,22 +16,19 @@ MODULES: dict[str, tuple[str, ...]] = {
     "demo": ("gguf",),
 }
 
-# A command -> the extras it needs; the first one named in the message is the one that brings all of them.
-COMMANDS: dict[str, tuple[str, ...]] = {
-    "validate": ("cli",),
-    "history": ("cli",),
-    "plan": ("trainer", "cli"),
-    "run": ("trainer", "cli"),
-    "demo": ("demo", "trainer", "cli"),
-    "operator": ("operator",),
+# A command -> the modules it imports, by the extra that brings them; the first extra brings all of them.
+VALIDATE = ("jsonschema", "celpy")
+COMMANDS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    "validate": (("cli", VALIDATE),),
+    "history": (("cli", ("plotext",)),),
+    "plan": (("trainer", MODULES["trainer"]), ("cli", VALIDATE)),
+    "run": (("trainer", MODULES["trainer"]), ("cli", VALIDATE)),
+    "demo": (("demo", MODULES["demo"]), ("trainer", MODULES["trainer"]), ("cli", VALIDATE)),
+    "operator": (("operator", MODULES["operator"]),),
 }
 
 # What each extra brings with it (pyproject.toml), so the advice names one install that is enough.
-INCLUDES: dict[str, tuple[str, ...]] = {"operator": ("cli",), "demo": ("trainer", "cli"), "trainer": ()}
-
-
-def missing_modules(extra: str) -> list[str]:
-    return [m for m in MODULES[extra] if importlib.util.find_spec(m) is None]
+INCLUDES: dict[str, tuple[str, ...]] = {"operator": ("cli",), "demo": ("trainer", "cli")}
 
 
 def which_extra(module: str) -> str | None:
@@ -40,19 +37,19 @@ def which_extra(module: str) -> str | None:
 
 
 def advice(command: str, extras: list[str], missing: list[str]) -> str:
-    spec = ",".join(extras)
-    return (f"sftop {command} needs the {' and '.join(repr(e) for e in extras)} extra{'s' if len(extras) > 1 else ''} "
-            f"({', '.join(missing)} not installed): pip install 'sftop[{spec}]'")
+    names = " and ".join(repr(e) for e in extras)
+    return (f"sftop {command} needs the {names} extra{'s' if len(extras) > 1 else ''} ({', '.join(missing)} not "
+            f"installed): pip install 'sftop[{','.join(extras)}]'")
 
 
 def check(command: str) -> str | None:
     """None when everything `command` needs is installed; otherwise the sentence that says what to install."""
     needed = COMMANDS.get(command, ())
-    missing = {extra: missing_modules(extra) for extra in needed}
+    missing = {extra: [m for m in modules if importlib.util.find_spec(m) is None] for extra, modules in needed}
     missing = {extra: mods for extra, mods in missing.items() if mods}
     if not missing:
         return None
-    first = needed[0]
+    first = needed[0][0]
     # one install that is enough: the command's own extra when it brings every missing one
     extras = [first] if all(e == first or e in INCLUDES.get(first, ()) for e in missing) else list(missing)
     return advice(command, extras, [m for mods in missing.values() for m in mods])
