@@ -6,6 +6,19 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+
+def _size_threads_for_workers() -> None:
+    """Torch processes side by side on a few cores slow each other tens of times unless their threads are sized:
+    under pytest-xdist each worker (and every trainer it starts) gets its share of the CPUs, before torch starts."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    if workers > 1 and not os.environ.get("OMP_NUM_THREADS"):
+        from sftop_trainer.threads import available_cpus
+
+        os.environ["OMP_NUM_THREADS"] = str(max(1, available_cpus() // workers))
+
+
+_size_threads_for_workers()
+
 from pathlib import Path  # noqa: E402
 
 import kmock  # noqa: E402

@@ -91,12 +91,23 @@ def convert(source: Path, dest: Path) -> Path:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
     plain.generation_config = loaded.generation_config
-    partial = dest.with_name(dest.name + ".partial")
+    partial = dest.with_name(f"{dest.name}.partial-{os.getpid()}")  # processes converting at once keep apart
     shutil.rmtree(partial, ignore_errors=True)
     plain.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
-    partial.rename(dest)  # a folder with config.json is always whole
+    _publish(partial, dest)
     return dest
+
+
+def _publish(partial: Path, dest: Path) -> None:
+    """Rename a finished folder into place (a folder with config.json is always whole); when another process got
+    there first, its folder stays and this one goes."""
+    try:
+        partial.rename(dest)
+    except OSError:
+        if not (dest / "config.json").is_file():
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def model_folder(dest: Path | None = None) -> Path:
@@ -115,7 +126,7 @@ def place(folder: Path, target: Path) -> Path:
     system allows, copies otherwise."""
     if (target / "config.json").is_file():
         return target
-    partial = target.with_name(target.name + ".partial")
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     for item in folder.iterdir():
@@ -123,7 +134,7 @@ def place(folder: Path, target: Path) -> Path:
             os.link(item, partial / item.name)
         except OSError:
             shutil.copy2(item, partial / item.name)
-    partial.rename(target)
+    _publish(partial, target)
     return target
 
 
