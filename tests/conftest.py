@@ -99,3 +99,13 @@ async def kueue(apiserver):
 
     async with Kueue(apiserver) as k:
         yield k
+
+
+SLOW_FOLDERS = {"trainer", "e2e", "install"}  # every test there trains, starts a trainer or builds an environment
+
+
+def pytest_collection_modifyitems(config, items):
+    tests = Path(__file__).parent
+    for item in items:
+        if Path(item.path).relative_to(tests).parts[0] in SLOW_FOLDERS:
+            item.add_marker(pytest.mark.slow)

@@ -35,12 +35,27 @@ def python312() -> str:
 
 @pytest.fixture(scope="session")
 def helm_python() -> str:
-    venv = ROOT / ".venv-helm"
+    """helm-sdkpy's own environment, kept in the user's cache (never in the checkout) under the hash of its
+    requirements; built once, in a folder of its own and renamed into place, so test workers can race for it."""
+    import hashlib
+
+    requirements = Path(__file__).with_name("requirements.txt")
+    key = hashlib.sha256(requirements.read_bytes()).hexdigest()[:12]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sftop"
+    venv = cache / f"venv-helm-{key}"
     python = venv / "bin" / "python"
-    if not python.exists() or subprocess.run([python, "-c", "import helm_sdkpy, yaml"]).returncode != 0:
-        subprocess.run([python312(), "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([python, "-m", "pip", "install", "-q", "-r", str(Path(__file__).with_name("requirements.txt"))],
-                       check=True)
+    if python.exists() and subprocess.run([python, "-c", "import helm_sdkpy, yaml"]).returncode == 0:
+        return str(python)
+    partial = cache / f"venv-helm-{key}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    subprocess.run([python312(), "-m", "venv", str(partial)], check=True)
+    subprocess.run([partial / "bin" / "python", "-m", "pip", "install", "-q", "-r", str(requirements)], check=True)
+    shutil.rmtree(venv, ignore_errors=True)  # a broken one
+    try:
+        partial.rename(venv)
+    except OSError:  # another worker's is in place
+        shutil.rmtree(partial, ignore_errors=True)
     return str(python)
 
 

@@ -24,7 +24,6 @@ import pytest
 from harness.cluster import NS, apply, objs, sftjob, status_of, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
 
 
 def pip(python: Path, *args: str) -> None:

@@ -11,7 +11,6 @@ from safetensors.torch import load_file
 
 from sftop_trainer import history, taskapi
 
-pytestmark = pytest.mark.slow
 
 WORDS = "alpha beta gamma delta tidy garage invoice lunch report review plan call write read".split()
 

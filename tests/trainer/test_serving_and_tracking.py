@@ -13,7 +13,6 @@ import pytest
 from harness.vllm import LoRALoadError, check_adapter
 from sftop_trainer import packaged, taskapi
 
-pytestmark = pytest.mark.slow
 
 LOAD_BY_ID = """
 import json, sys, torch
