@@ -20,6 +20,7 @@ import functools
 import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -118,6 +119,8 @@ def model_folder(dest: Path | None = None) -> Path:
     source = gguf_file()
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local file: never reach for a hub
+    print(f"converting the packaged {FOLDER} into a plain model folder, once (about 20 s on 2 cores): {dest}",
+          file=sys.stderr, flush=True)
     return convert(source, dest)
 
 
