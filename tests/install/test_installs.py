@@ -130,7 +130,7 @@ def test_the_trainer_install_validates_and_trains(tmp_path, wheel, tiny_model, i
     env = {"HF_HUB_OFFLINE": "1", "SFTOP_TERMINATION_LOG": str(tmp_path / "term"), "OMP_NUM_THREADS": "1"}
     out = run(bin_, "sftop-train", "--config", str(config), "--validate", env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert json.loads((tmp_path / "term").read_text())["plan"]["steps"] == 3
+    assert json.loads((tmp_path / "term").read_text())["plan"]["totalSteps"] == 3
     out = run(bin_, "sftop-train", "--config", str(config), "--no-progress-bar", env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "result.json").read_text())
