@@ -1,4 +1,5 @@
-"""kopf wiring: thin handlers that feed watch events to the controller. Run with `sftop operator`."""
+"""kopf wiring: thin handlers that feed watch events to the controller's watch cache (sftop.cache), which keeps them
+and queues the SFTJob concerned. Run with `sftop operator`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import kopf
 
-from sftop import api, render
+from sftop import api, names
 from sftop.controller import Controller
 from sftop.kube import Kube
 from sftop.settings import Settings
@@ -81,12 +82,12 @@ async def sftjob_event(event: kopf.RawEvent, **_: Any) -> None:
     STATE["controller"].observe_sftjob(event.get("type"), event["object"])
 
 
-@kopf.on.event("batch", "v1", "jobs", labels={render.SFTJOB_LABEL: kopf.PRESENT})
+@kopf.on.event("batch", "v1", "jobs", labels={names.SFTJOB_LABEL: kopf.PRESENT})
 async def job_event(event: kopf.RawEvent, **_: Any) -> None:
     STATE["controller"].observe_job(event.get("type"), event["object"])
 
 
-@kopf.on.event("", "v1", "pods", labels={render.SFTJOB_LABEL: kopf.PRESENT})
+@kopf.on.event("", "v1", "pods", labels={names.SFTJOB_LABEL: kopf.PRESENT})
 async def pod_event(event: kopf.RawEvent, **_: Any) -> None:
     STATE["controller"].observe_pod(event.get("type"), event["object"])
 

@@ -1,4 +1,6 @@
-"""What Kueue says about a queued run, in the SFTJob's words. Pure functions of Kueue's objects.
+"""Everything the operator knows about Kueue, as pure functions of Kueue's objects: the labels that put a run's Job
+in a queue and give it a priority, whether Kueue holds a Job, and what Kueue's view of it (`QueueView`, which
+sftop.observe reads through sftop.kube) says in the SFTJob's words.
 
 A run with spec.queueName is a suspended Job that Kueue admits by unsuspending it. Kueue keeps its view of the run
 in a Workload (kueue.x-k8s.io), owned by the Job and labelled with the Job's uid:
@@ -19,10 +21,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from sftop import lifecycle
+from sftop import conditions
 
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"  # on a Job: the LocalQueue Kueue admits it from
+PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"  # on a Job: its Kueue WorkloadPriorityClass
 # QuotaReserved=False reasons that mean "waiting its turn"; the rest mean Kueue cannot admit the run as things are.
 WAITING = frozenset({"Pending", "WaitingForQuota", "WaitingForPreemptedWorkloads", "PendingEvaluation",
                      "QuotaReserved"})
@@ -37,12 +41,46 @@ class QueueState:
     preempted_at: str | None = None  # when the current eviction by preemption happened
 
 
+@dataclass
+class QueueView:
+    """What Kueue says about a Job it holds suspended, as the controller read it."""
+
+    absent: bool = False  # the cluster serves no Kueue API
+    unreadable: bool = False  # Kueue's objects could not be read this time
+    workload: dict[str, Any] | None = None
+    cluster_queue: str | None = None
+    position: str | None = None  # from Kueue's visibility API, in words
+    preemptor: str | None = None  # `SFTJob ns/name` whose run preempted this one
+
+
+class Explained(Protocol):
+    """What `queue_view` rewrites of a `lifecycle.Observation` (lifecycle reads QUEUE_LABEL here: no import back)."""
+
+    phase: str
+    reason: str
+    message: str
+    warning: bool
+
+
 def condition(workload: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    return lifecycle.conditions_of(workload).get(kind)
+    return conditions.conditions_of(workload).get(kind)
 
 
 def holds(workload: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    return lifecycle.holds(lifecycle.conditions_of(workload), kind)
+    return conditions.holds(conditions.conditions_of(workload), kind)
+
+
+def held(job: dict[str, Any], queue: str | None, suspend: bool) -> bool:
+    """Whether Kueue holds the Job suspended: it has a queue, spec.suspend is not what suspends it, and it has not
+    finished. Only then is Kueue's view of it worth reading."""
+    conds = conditions.conditions_of(job)
+    return bool(queue) and not suspend and bool((job.get("spec") or {}).get("suspend")) and \
+        not any(conditions.holds(conds, c) for c in ("Complete", "SuccessCriteriaMet", "Failed"))
+
+
+def in_line(workload: dict[str, Any]) -> bool:
+    """Whether the Workload waits its turn, so that Kueue's visibility API knows its position."""
+    return not holds(workload, "Evicted") and not holds(workload, "QuotaReserved")
 
 
 def preemptor_job_uid(workload: dict[str, Any]) -> str | None:
@@ -111,3 +149,28 @@ def queue_state(workload: dict[str, Any] | None, queue: str, cluster_queue: str 
         detail = f": {message}" if message else ""
         return QueueState("WaitingForQuota", f"waiting for quota in {where}{detail}{ahead}")
     return QueueState("Inadmissible", f"Kueue cannot admit the run ({reason}): {message} ({where})", warning=True)
+
+
+def queue_view(view: QueueView | None, queue: str | None, seen: Explained, run: dict[str, Any],
+               step: int | None) -> None:
+    """What Kueue's view adds to a run's phase: why a queued run waits, from its Workload (counting a preemption the
+    first time it is seen), and that a running one resumed after preemptions."""
+    if seen.phase == "Running" and run.get("preemptions"):
+        seen.message += f" (resumed from its checkpoint after {run['preemptions']} preemption(s) by Kueue)"
+    if seen.phase != "Queued":
+        return
+    queue = queue or ""
+    if view is None or view.unreadable:  # Kueue's view is an explanation: without it the run still reads Queued
+        return
+    if view.absent:
+        seen.reason, seen.warning = "KueueNotInstalled", True
+        seen.message = (f"the run waits for Kueue to admit it (LocalQueue {queue}), but this cluster serves no Kueue "
+                        f"API: install Kueue, or remove spec.queueName to run without a queue")
+        return
+    if view.workload is not None:
+        run["workloadName"] = view.workload["metadata"]["name"]
+    state = queue_state(view.workload, queue, view.cluster_queue, view.position, view.preemptor, step)
+    seen.reason, seen.message, seen.warning = state.reason, state.message, state.warning
+    if state.preempted_at and state.preempted_at != run.get("lastPreemptionTime"):
+        run["preemptions"] = run.get("preemptions", 0) + 1
+        run["lastPreemptionTime"] = state.preempted_at

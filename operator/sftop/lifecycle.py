@@ -1,6 +1,6 @@
 """Job and Pod state -> the SFTJob's phase, reason and conditions. Pure functions of their inputs.
 
-Phases (docs/status.md draws the transitions):
+Phases (docs/operator.md, Status, draws the transitions):
 
     Pending    accepted; waiting for references, for the Job, or for its pod to be scheduled and started
     Validating a CPU-only Job checks the data, template and model and computes the plan (no GPU asked for yet)
@@ -19,6 +19,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from sftop.conditions import conditions_of, holds
+from sftop.kueue import QUEUE_LABEL
 from sftop_trainer.errors import EXIT_CLASSES, ExitCode
 
 TERMINAL = frozenset({"Succeeded", "Failed"})
@@ -42,15 +44,6 @@ class Observation:
     pod_ip: str | None = None  # of the running trainer pod, for progress
     warning: bool = False  # whether users should look (an Event of type Warning)
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def conditions_of(obj: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    return {c.get("type"): c for c in ((obj or {}).get("status") or {}).get("conditions") or []}
-
-
-def holds(conds: dict[str, dict[str, Any]], kind: str) -> dict[str, Any] | None:
-    c = conds.get(kind)
-    return c if c and c.get("status") == "True" else None
 
 
 def termination_message(pod: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -217,7 +210,7 @@ def observe(suspend: bool, queued: bool, job: dict[str, Any] | None, pods: list[
             note = " (stopping its pod after a checkpoint)" if active else ""
             return Observation("Suspended", "Suspended", f"spec.suspend is true{note}", **base)
         if queued:
-            queue = (job["metadata"].get("labels") or {}).get("kueue.x-k8s.io/queue-name")
+            queue = (job["metadata"].get("labels") or {}).get(QUEUE_LABEL)
             return Observation("Queued", "WaitingForAdmission", f"waiting for Kueue to admit the run (queue {queue})",
                                **base)
         return Observation("Pending", "Resuming", "resuming the Job", **base)

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import aiohttp
 
-from sftop.decide import UNREACHABLE_AFTER, Reading
+from sftop.records import UNREACHABLE_AFTER, Reading
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]

@@ -1,4 +1,6 @@
-"""SFTJob -> what a run needs: its id, its trainer config, and (for the cluster) its child manifests.
+"""SFTJob -> what a run needs: its id, its trainer config, and (for the cluster) its child manifests: the
+ConfigMap, the output claim, the multi-node Service and the Job (its pod in sftop.pod, names and labels in
+sftop.names).
 
 Pure functions of their inputs: no I/O, no clients. The operator and `sftop run --local` render the same
 trainer config; only the layout (where volumes appear) differs.
@@ -9,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-from dataclasses import dataclass
 from typing import Any
 
 from sftop import api
-from sftop.lifecycle import COMPLETION_INDEX
-from sftop_trainer.threads import THREAD_VARIABLES
+from sftop.kueue import PRIORITY_LABEL, QUEUE_LABEL
+from sftop.names import (COMPONENT_LABEL, OUTPUT_ANNOTATION, POD_LAYOUT, RENDEZVOUS_PORT, RUN_LABEL, SFTJOB_LABEL,
+                         ClaimPath, Layout, child_labels, job_name, output_path, run_folder, service_name,
+                         validation_job_name)
+from sftop.pod import CONFIG_FILE, CONTAINER, trainer_pod
 from sftop_trainer.config import (DataSource, Hardware, ModelSource, OutputTarget, ProgressEndpoint, RunInfo,
                                   TrackingTarget, TrainerConfig, WarmStartSource)
 
@@ -34,44 +38,6 @@ def run_id(spec: api.SFTJobSpec) -> str:
         canonical.pop("resources")  # only excluded fields differed from their defaults
     digest = hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     return digest[: api.RUN_ID_LENGTH]
-
-
-def run_folder(spec: api.SFTJobSpec, namespace: str, name: str, rid: str) -> str:
-    """Where on the output claim a run writes: <output.path>/<namespace>/<sftjob>/<run id>."""
-    return posixpath.join(*(p for p in (spec.output.path, namespace, name, rid) if p))
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where a run's volumes appear to the trainer. The default is the trainer pod's layout."""
-
-    pvc_root: str = "/mnt/pvc"  # each claim the run reads, read-only, at <pvc_root>/<claimName>
-    configmap_root: str = "/mnt/configmap"  # ConfigMap data at <configmap_root>/<name>/<key>
-    output_dir: str = "/output"  # the run folder on the output claim (a subPath mount)
-    output_claim_mount: str | None = "/output"  # where the whole output claim is; None: at claim(name) like the rest
-    progress_port: int = 8080
-
-    def claim(self, name: str) -> str:
-        return posixpath.join(self.pvc_root, name)
-
-
-POD_LAYOUT = Layout()
-
-
-@dataclass(frozen=True)
-class ClaimPath:
-    """A folder on a claim: `<claim>:<folder>` in status."""
-
-    claim: str
-    folder: str
-
-    def __str__(self) -> str:
-        return f"{self.claim}:{self.folder}"
-
-    @classmethod
-    def parse(cls, text: str) -> ClaimPath:
-        claim, _, folder = text.partition(":")
-        return cls(claim, folder)
 
 
 def warm_start_path(spec: api.SFTJobSpec, warm_start: ClaimPath | None, layout: Layout) -> str | None:
@@ -146,20 +112,6 @@ def tracking(name: str, spec: api.SFTJobSpec, rid: str) -> TrackingTarget | None
         wandb=t.wandb.model_dump(include={"project", "entity", "base_url"}) if t.wandb else None)
 
 
-def tracking_env(spec: api.SFTJobSpec) -> list[dict[str, Any]]:
-    """The tracking credentials, from their Secrets, as environment variables of the trainer."""
-    t = spec.tracking
-    refs: list[tuple[str, Any]] = []
-    if t is not None and t.mlflow is not None:
-        refs += [("MLFLOW_TRACKING_TOKEN", t.mlflow.token_secret), ("MLFLOW_TRACKING_USERNAME",
-                                                                    t.mlflow.username_secret),
-                 ("MLFLOW_TRACKING_PASSWORD", t.mlflow.password_secret)]
-    if t is not None and t.wandb is not None:
-        refs.append(("WANDB_API_KEY", t.wandb.api_key_secret))
-    return [{"name": env, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
-            for env, ref in refs if ref is not None]
-
-
 def quantity_bytes(quantity: str) -> int:
     """Bytes in a Kubernetes memory quantity: `80Gi`, `24G`, `1.5Ti`, `81920Mi`, `1e9`."""
     text = str(quantity).strip()
@@ -193,37 +145,6 @@ def model_summary(spec: api.SFTJobSpec) -> str:
     return f"pvc:{spec.model.pvc.claim_name}/{spec.model.pvc.path}"
 
 
-# ------------------------------------------------------------------------------ child manifests
-
-SFTJOB_LABEL = "sftop.dev/sftjob"
-RUN_LABEL = "sftop.dev/run"
-QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"  # a Kueue WorkloadPriorityClass
-OUTPUT_ANNOTATION = "sftop.dev/output"
-CONTAINER = "trainer"
-CONFIG_FILE = "config.json"
-CONFIG_DIR = "/etc/sftop"
-TRAINER_UID = 1000
-
-
-def job_name(name: str, rid: str) -> str:
-    return f"{name}-{rid}"
-
-
-def service_name(name: str, rid: str) -> str:
-    """A multi-node run's headless Service: the Job's name (a Service name must start with a letter)."""
-    base = job_name(name, rid)
-    return base if base[0].isalpha() else f"s{base}"
-
-
-RENDEZVOUS_PORT = 29400
-
-
-def pod_address(name: str, namespace: str, rid: str, index: int | str) -> str:
-    """A multi-node run's pod by its stable DNS name: <job>-<index>.<service>.<namespace>.svc."""
-    return f"{job_name(name, rid)}-{index}.{service_name(name, rid)}.{namespace}.svc"
-
-
 def service(name: str, namespace: str, rid: str) -> dict[str, Any]:
     """The headless Service that gives a multi-node run's pods stable DNS names (the Indexed Job's pods use it as
     their subdomain) from the moment they have an IP, ready or not: pod 0 hosts the rendezvous."""
@@ -237,32 +158,6 @@ def service(name: str, namespace: str, rid: str) -> dict[str, Any]:
                  "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT,
                             "protocol": "TCP"}]},
     }
-
-
-def validation_job_name(name: str, rid: str) -> str:
-    """`<sftjob>-v<first 7 of the run id>`: as long as the training Job's name, never equal to one (run ids are
-    hex)."""
-    return f"{name}-v{rid[:7]}"
-
-
-COMPONENT_LABEL = "app.kubernetes.io/component"
-
-
-def child_labels(name: str, rid: str, component: str = "trainer") -> dict[str, str]:
-    """Labels every child carries: how the operator (and users) find a run's objects."""
-    return {
-        "app.kubernetes.io/name": "sftop-trainer",
-        "app.kubernetes.io/instance": name,
-        COMPONENT_LABEL: component,
-        "app.kubernetes.io/managed-by": "sftop",
-        SFTJOB_LABEL: name,
-        RUN_LABEL: rid,
-    }
-
-
-def output_path(spec: api.SFTJobSpec, namespace: str, name: str, rid: str) -> str:
-    """A run's output as users see it in status: <claim>:<folder>."""
-    return f"{spec.output.pvc.claim_name}:{run_folder(spec, namespace, name, rid)}"
 
 
 def config_map(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings,
@@ -314,36 +209,6 @@ def pod_failure_policy() -> dict[str, Any]:
     ]}
 
 
-def _claims_read(spec: api.SFTJobSpec, warm_start: ClaimPath | None = None) -> list[str]:
-    """The claims a run reads, each mounted read-only once; the output claim is mounted read-write on its own."""
-    claims = []
-    for claim in (spec.model.pvc.claim_name if spec.model.pvc else None,
-                  spec.dataset.pvc.claim_name if spec.dataset.pvc else None,
-                  warm_start.claim if warm_start else None):
-        if claim and claim not in claims and not (warm_start and claim == warm_start.claim
-                                                  and claim == spec.output.pvc.claim_name):
-            claims.append(claim)
-    return claims
-
-
-def cpus(quantity: str) -> int:
-    """Whole CPUs in a Kubernetes CPU quantity, rounded down, at least 1: `7500m` -> 7, `0.5` -> 1."""
-    text = str(quantity).strip()
-    if text.endswith("m"):
-        value = float(text[:-1]) / 1000
-    else:
-        suffixes = {"k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
-        value = float(text[:-1]) * suffixes[text[-1]] if text[-1] in suffixes else float(text)
-    return max(1, int(value))
-
-
-def thread_env(cpu: str, gpus: int) -> list[dict[str, str]]:
-    """Thread variables for the trainer's processes (one per GPU), from the pod's CPU limit: torch and OpenMP would
-    otherwise start a thread per core of the node and spin against the CPU quota."""
-    threads = str(max(1, cpus(cpu) // max(1, gpus)))
-    return [{"name": n, "value": threads} for n in THREAD_VARIABLES]
-
-
 def validation_job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings,
                    warm_start: ClaimPath | None = None) -> dict[str, Any]:
     """The run's Validating phase: the trainer image with --validate, on CPUs only (no GPU, no GPU placement),
@@ -356,18 +221,10 @@ def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings, val
         warm_start: ClaimPath | None = None) -> dict[str, Any]:
     """The run's batch/v1 Job: one pod that runs the trainer (an Indexed pod per node with distribution.nodes > 1),
     hardened to the restricted Pod Security Standard, with no Kubernetes API credentials."""
-    res = spec.resources
     if validation:
-        v = spec.validation
-        quantities = {"cpu": str(v.cpu or settings.validation_cpu),
-                      "memory": str(v.memory or settings.validation_memory)}
         labels = child_labels(name, rid, "validation")
-        queue = v.queue_name
+        queue = spec.validation.queue_name
     else:
-        quantities = {"cpu": str(res.cpu or settings.default_cpu),
-                      "memory": str(res.memory or settings.default_memory)}
-        if res.gpus:
-            quantities[res.gpu_resource_name] = str(res.gpus)
         labels = child_labels(name, rid)
         queue = spec.queue_name
     job_labels = dict(labels)
@@ -375,95 +232,7 @@ def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings, val
         job_labels[QUEUE_LABEL] = queue
         if spec.workload_priority_class_name and not validation:
             job_labels[PRIORITY_LABEL] = spec.workload_priority_class_name
-    env: list[dict[str, Any]] = [
-        {"name": "HF_HOME", "value": "/cache/huggingface"},
-        {"name": "SFTOP_TERMINATION_LOG", "value": "/dev/termination-log"},
-        *thread_env(quantities["cpu"], 0 if validation else res.gpus),
-    ]
-    if spec.hub_token_secret is not None:
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
-            "name": spec.hub_token_secret.name, "key": spec.hub_token_secret.key}}})
-    if not validation:
-        env += tracking_env(spec)
     nodes = 1 if validation else spec.distribution.nodes
-    if nodes > 1:
-        # Kubernetes expands $(JOB_COMPLETION_INDEX) in later variables; the Job controller defines the same one.
-        env += [{"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
-                    "fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"}}},
-                {"name": "SFTOP_RENDEZVOUS", "value": f"{pod_address(name, namespace, rid, 0)}:{RENDEZVOUS_PORT}"},
-                {"name": "SFTOP_NODE_ADDRESS", "value": pod_address(name, namespace, rid, "$(JOB_COMPLETION_INDEX)")}]
-    # The whole output claim is mounted and the trainer creates its run folder in it: a subPath mount would
-    # make kubelet create that folder as root, which the non-root trainer then cannot write to.
-    mounts: list[dict[str, Any]] = [
-        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-        {"name": "output", "mountPath": "/output"},
-        {"name": "dshm", "mountPath": "/dev/shm"},
-        {"name": "cache", "mountPath": "/cache"},
-        {"name": "tmp", "mountPath": "/tmp"},
-    ]
-    volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": job_name(name, rid)}},
-        {"name": "output", "persistentVolumeClaim": {"claimName": spec.output.pvc.claim_name}},
-        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": str(res.shared_memory)}},
-        {"name": "cache", "emptyDir": {}},
-        {"name": "tmp", "emptyDir": {}},
-    ]
-    for i, claim in enumerate(_claims_read(spec, warm_start)):
-        mounts.append({"name": f"input-{i}", "mountPath": POD_LAYOUT.claim(claim), "readOnly": True})
-        volumes.append({"name": f"input-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
-    if spec.dataset.config_map is not None:
-        ref = spec.dataset.config_map
-        mounts.append({"name": "data", "mountPath": posixpath.join(POD_LAYOUT.configmap_root, ref.name),
-                       "readOnly": True})
-        keys = [ref.key]
-        if spec.dataset.eval_split is not None and spec.dataset.eval_split.file is not None:
-            keys.append(spec.dataset.eval_split.file)
-        volumes.append({"name": "data", "configMap": {"name": ref.name,
-                                                      "items": [{"key": k, "path": k} for k in keys]}})
-    container = {
-        "name": CONTAINER,
-        "image": spec.image or settings.trainer_image,
-        "imagePullPolicy": "IfNotPresent",
-        "args": ["--config", posixpath.join(CONFIG_DIR, CONFIG_FILE)] + (["--validate"] if validation else []),
-        "env": env,
-        "ports": [{"name": "progress", "containerPort": settings.progress_port, "protocol": "TCP"}],
-        "resources": {"requests": dict(quantities), "limits": dict(quantities)},
-        "volumeMounts": mounts,
-        "terminationMessagePath": "/dev/termination-log",
-        # A crash before the trainer wrote its message still leaves the log's tail in the pod status.
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TRAINER_UID,
-            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "privileged": False,
-            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
-        },
-    }
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": settings.termination_grace_seconds,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TRAINER_UID,
-                            "fsGroup": TRAINER_UID, "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [container],
-        "volumes": volumes,
-    }
-    if validation:
-        del container["ports"]
-    elif res.node_selector:  # GPU placement: the validation pod needs none of it
-        pod_spec["nodeSelector"] = dict(res.node_selector)
-    if nodes > 1:
-        container["ports"].append({"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"})
-        pod_spec["subdomain"] = service_name(name, rid)
-    if res.tolerations and not validation:
-        pod_spec["tolerations"] = [t.model_dump(mode="json", by_alias=True, exclude_none=True)
-                                   for t in res.tolerations]
-    if res.affinity and not validation:
-        pod_spec["affinity"] = res.affinity
-    if res.priority_class_name and not validation:
-        pod_spec["priorityClassName"] = res.priority_class_name
-    if spec.image_pull_secrets:
-        pod_spec["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
     policy = spec.run_policy
     job_spec: dict[str, Any] = {
         "backoffLimit": min(policy.backoff_limit, 2) if validation else policy.backoff_limit,
@@ -477,7 +246,7 @@ def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings, val
         "podFailurePolicy": pod_failure_policy(),
         "template": {"metadata": {"labels": labels,
                                   "annotations": {OUTPUT_ANNOTATION: output_path(spec, namespace, name, rid)}},
-                     "spec": pod_spec},
+                     "spec": trainer_pod(name, namespace, spec, rid, settings, validation, warm_start)},
     }
     if nodes > 1:
         job_spec["completionMode"] = "Indexed"

@@ -42,7 +42,7 @@ from kmock._internal import dicts, enums
 from kmock._internal.k8s import KubernetesError
 
 from sftop import api
-from sftop.decide import merge_patch
+from sftop.patch import merge_patch
 from sftop.crd import open_api_schema
 from sftop.validate import apply_defaults, schema_problems
 

@@ -8,7 +8,10 @@ import pytest
 
 from harness.cluster import PLAN, running, sftjob, terminated
 from sftop import api, lifecycle, render
-from sftop.decide import Observed, QueueView, Reading, decide, worth_writing
+from sftop.decide import decide
+from sftop.kueue import QueueView
+from sftop.patch import worth_writing
+from sftop.records import Observed, Reading
 from sftop.settings import Settings
 
 NOW = "2026-11-22T10:10:00Z"
@@ -200,7 +203,7 @@ def test_what_is_worth_a_write_and_what_waits_for_the_budget(old, new, expected)
 
 
 def test_the_cache_keeps_finished_sftjobs_as_text_and_returns_them_whole():
-    from sftop.controller import SFTJobCache
+    from sftop.cache import SFTJobCache
 
     cache = SFTJobCache()
     done = {"metadata": {"name": "a"}, "spec": {"x": 1}, "status": {"phase": "Succeeded", "result": {"steps": 3}}}
@@ -213,7 +216,7 @@ def test_the_cache_keeps_finished_sftjobs_as_text_and_returns_them_whole():
 
 
 async def test_new_and_changed_specs_are_reconciled_before_routine_looks():
-    from sftop.controller import WorkQueue
+    from sftop.workqueue import WorkQueue
 
     queue = WorkQueue()
     for i in range(3):

@@ -1,0 +1,174 @@
+"""The watch cache: what the watches said of SFTJobs, the runs' Jobs and their Pods, the indices reconciles read
+them by, and the watch handlers' bookkeeping: which events are stale or our own write's echo (and ignored), and
+which SFTJobs a change concerns (and is queued). Lives on the operator's event loop, like everything that reads it.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from typing import Any, Callable
+
+from sftop import lifecycle, names
+from sftop.workqueue import Key, WorkQueue
+
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def older(obj: dict[str, Any], than: dict[str, Any]) -> bool:
+    """Whether `obj` is an older version of `than` by resourceVersion. Kubernetes calls resourceVersions opaque, but
+    they are etcd revisions, which only grow; anything but two integers is never taken to be older."""
+    a, b = obj["metadata"].get("resourceVersion"), than["metadata"].get("resourceVersion")
+    if (obj["metadata"].get("uid") or "") != (than["metadata"].get("uid") or ""):
+        return False
+    return isinstance(a, str) and isinstance(b, str) and a.isdigit() and b.isdigit() and int(a) < int(b)
+
+
+def same_version(obj: dict[str, Any], than: dict[str, Any]) -> bool:
+    rv = obj["metadata"].get("resourceVersion")
+    return bool(rv) and rv == than["metadata"].get("resourceVersion") and \
+        obj["metadata"].get("uid") == than["metadata"].get("uid")
+
+
+def slim(obj: dict[str, Any]) -> dict[str, Any]:
+    """What the cache keeps of a Job or Pod: metadata, status, a Job's suspend and completions, a pod's node. A Job's
+    pod template or a pod's spec is most of its size and nothing the operator reads again."""
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    out = {"metadata": meta, "status": obj.get("status") or {}}
+    spec = obj.get("spec") or {}
+    kept = {k: spec[k] for k in ("suspend", "completions", "nodeName") if k in spec}
+    if kept:
+        out["spec"] = kept
+    return out
+
+
+class SFTJobCache:
+    """The watched SFTJobs by (namespace, name). One whose run has finished (Succeeded or Failed) is kept as its JSON
+    text, a tenth of its size as Python objects: a platform's cluster holds thousands of those, read again only
+    at a resync or a change. The others are kept as objects. `get` returns
+    an object either way; change the cache by setting the whole object again."""
+
+    def __init__(self):
+        self._live: dict[Key, dict[str, Any]] = {}
+        self._done: dict[Key, bytes] = {}
+        self._phase: dict[Key, str | None] = {}
+
+    def __setitem__(self, key: Key, obj: dict[str, Any]) -> None:
+        phase = (obj.get("status") or {}).get("phase")
+        self._phase[key] = phase
+        if phase in lifecycle.TERMINAL:
+            self._done[key] = json.dumps(obj, separators=(",", ":")).encode()
+            self._live.pop(key, None)
+        else:
+            self._live[key] = obj
+            self._done.pop(key, None)
+
+    def get(self, key: Key, default: Any = None) -> Any:
+        if key in self._live:
+            return self._live[key]
+        text = self._done.get(key)
+        return json.loads(text) if text is not None else default
+
+    def __getitem__(self, key: Key) -> dict[str, Any]:
+        obj = self.get(key)
+        if obj is None:
+            raise KeyError(key)
+        return obj
+
+    def pop(self, key: Key, default: Any = None) -> Any:
+        obj = self.get(key, default)
+        for store in (self._live, self._done, self._phase):
+            store.pop(key, None)
+        return obj
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._phase
+
+    def __len__(self) -> int:
+        return len(self._phase)
+
+    def phases(self) -> list[tuple[Key, str | None]]:
+        """Every SFTJob's phase, without reading the finished ones back."""
+        return list(self._phase.items())
+
+    def active(self) -> list[tuple[Key, dict[str, Any]]]:
+        """The SFTJobs whose run has not finished."""
+        return list(self._live.items())
+
+
+class WatchCache:
+    """The SFTJobs, Jobs and pods the watches delivered, by (namespace, name). kopf hands every event to
+    `observe_sftjob`, `observe_job` or `observe_pod`, which update the cache and queue the SFTJob concerned;
+    `forget` is told of a deleted SFTJob, so that what else the operator remembers of it goes too."""
+
+    def __init__(self, queue: WorkQueue, forget: Callable[[Key], None]):
+        self.queue = queue
+        self.forget = forget
+        self.sftjobs = SFTJobCache()
+        self.jobs: dict[Key, dict[str, Any]] = {}
+        self.pods: dict[Key, dict[str, Any]] = {}
+        self.continuing: dict[Key, set[Key]] = collections.defaultdict(set)  # SFTJob -> those warm-starting from it
+        self.pods_of_run: dict[tuple, set[Key]] = collections.defaultdict(set)  # (namespace, sftjob, run) -> pods
+
+    def observe_sftjob(self, event_type: str | None, obj: dict[str, Any], requeue: bool = True) -> None:
+        key = (obj["metadata"].get("namespace"), obj["metadata"]["name"])
+        cached = self.sftjobs.get(key)
+        if event_type != "DELETED" and cached is not None and older(obj, cached):
+            return  # an event from before a write of ours already in the cache (watches lag behind writes)
+        if requeue and cached is not None and same_version(obj, cached):
+            return  # the watch event of our own status write: nothing new to act on
+        source = ((((cached or obj).get("spec") or {}).get("warmStart") or {}).get("sftJob"))
+        if source:
+            self.continuing[(key[0], source)].discard(key)
+        if event_type == "DELETED":
+            self.sftjobs.pop(key, None)
+            self.queue.forget(key)
+            self.forget(key)
+            return
+        obj["metadata"].pop("managedFields", None)
+        (obj["metadata"].get("annotations") or {}).pop(LAST_APPLIED, None)  # a copy of the spec, as a string
+        self.sftjobs[key] = obj
+        source = ((obj.get("spec") or {}).get("warmStart") or {}).get("sftJob")
+        if source and source != key[1]:
+            self.continuing[(key[0], source)].add(key)
+        if not requeue:
+            return
+        # A spec the operator has not acted on yet (a new SFTJob, a changed one) goes before routine looks.
+        self.queue.add(key, urgent=(obj.get("status") or {}).get("observedGeneration") != obj["metadata"].get(
+            "generation"))
+        # An SFTJob that waits to continue this one's adapter looks again as soon as this one changes.
+        for other in self.continuing.get(key, ()):
+            if ((self.sftjobs.get(other) or {}).get("status") or {}).get("phase") in (None, "Pending"):
+                self.queue.add(other)
+
+    def _observe_child(self, cache: dict[Key, dict[str, Any]], event_type: str | None, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        key = (meta.get("namespace"), meta["name"])
+        if event_type == "DELETED":
+            cache.pop(key, None)
+        else:
+            cache[key] = slim(obj)
+        parent = (meta.get("labels") or {}).get(names.SFTJOB_LABEL)
+        if parent:
+            self.queue.add((meta.get("namespace"), parent))
+
+    def observe_job(self, event_type: str | None, obj: dict[str, Any]) -> None:
+        self._observe_child(self.jobs, event_type, obj)
+
+    def observe_pod(self, event_type: str | None, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        labels = meta.get("labels") or {}
+        run = (meta.get("namespace"), labels.get(names.SFTJOB_LABEL), labels.get(names.RUN_LABEL))
+        if event_type == "DELETED":
+            self.pods_of_run[run].discard((meta.get("namespace"), meta["name"]))
+            if not self.pods_of_run[run]:
+                del self.pods_of_run[run]
+        else:
+            self.pods_of_run[run].add((meta.get("namespace"), meta["name"]))
+        self._observe_child(self.pods, event_type, obj)
+
+    def run_pods(self, namespace: str, name: str, rid: str, component: str) -> list[dict[str, Any]]:
+        """A run's cached pods of one component (trainer or validation)."""
+        cached = (self.pods.get(k) for k in self.pods_of_run.get((namespace, name, rid), ()))
+        return [p for p in cached if p is not None
+                and (p["metadata"].get("labels") or {}).get(names.COMPONENT_LABEL, "trainer") == component]

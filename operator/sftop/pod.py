@@ -1,0 +1,168 @@
+"""The trainer pod of a run's Job (or validation Job): its container (image, arguments, environment, resources,
+mounts, restricted security context) and pod spec. Pure; sftop.render wraps it in the Job.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+from sftop import api
+from sftop.lifecycle import COMPLETION_INDEX
+from sftop.names import POD_LAYOUT, RENDEZVOUS_PORT, ClaimPath, job_name, pod_address, service_name
+from sftop_trainer.threads import THREAD_VARIABLES
+
+CONTAINER = "trainer"
+CONFIG_FILE = "config.json"
+CONFIG_DIR = "/etc/sftop"
+TRAINER_UID = 1000
+
+
+def tracking_env(spec: api.SFTJobSpec) -> list[dict[str, Any]]:
+    """The tracking credentials, from their Secrets, as environment variables of the trainer."""
+    t = spec.tracking
+    refs: list[tuple[str, Any]] = []
+    if t is not None and t.mlflow is not None:
+        refs += [("MLFLOW_TRACKING_TOKEN", t.mlflow.token_secret), ("MLFLOW_TRACKING_USERNAME",
+                                                                    t.mlflow.username_secret),
+                 ("MLFLOW_TRACKING_PASSWORD", t.mlflow.password_secret)]
+    if t is not None and t.wandb is not None:
+        refs.append(("WANDB_API_KEY", t.wandb.api_key_secret))
+    return [{"name": env, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+            for env, ref in refs if ref is not None]
+
+
+def cpus(quantity: str) -> int:
+    """Whole CPUs in a Kubernetes CPU quantity, rounded down, at least 1: `7500m` -> 7, `0.5` -> 1."""
+    text = str(quantity).strip()
+    if text.endswith("m"):
+        value = float(text[:-1]) / 1000
+    else:
+        suffixes = {"k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
+        value = float(text[:-1]) * suffixes[text[-1]] if text[-1] in suffixes else float(text)
+    return max(1, int(value))
+
+
+def thread_env(cpu: str, gpus: int) -> list[dict[str, str]]:
+    """Thread variables for the trainer's processes (one per GPU), from the pod's CPU limit: torch and OpenMP would
+    otherwise start a thread per core of the node and spin against the CPU quota."""
+    threads = str(max(1, cpus(cpu) // max(1, gpus)))
+    return [{"name": n, "value": threads} for n in THREAD_VARIABLES]
+
+
+def claims_read(spec: api.SFTJobSpec, warm_start: ClaimPath | None = None) -> list[str]:
+    """The claims a run reads, each mounted read-only once; the output claim is mounted read-write on its own."""
+    claims = []
+    for claim in (spec.model.pvc.claim_name if spec.model.pvc else None,
+                  spec.dataset.pvc.claim_name if spec.dataset.pvc else None,
+                  warm_start.claim if warm_start else None):
+        if claim and claim not in claims and not (warm_start and claim == warm_start.claim
+                                                  and claim == spec.output.pvc.claim_name):
+            claims.append(claim)
+    return claims
+
+
+def trainer_pod(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings, validation: bool = False,
+                warm_start: ClaimPath | None = None) -> dict[str, Any]:
+    """The pod that runs the trainer (or, with `validation`, checks the run on CPUs only), hardened to the restricted
+    Pod Security Standard, with no Kubernetes API credentials."""
+    res = spec.resources
+    if validation:
+        v = spec.validation
+        quantities = {"cpu": str(v.cpu or settings.validation_cpu),
+                      "memory": str(v.memory or settings.validation_memory)}
+    else:
+        quantities = {"cpu": str(res.cpu or settings.default_cpu),
+                      "memory": str(res.memory or settings.default_memory)}
+        if res.gpus:
+            quantities[res.gpu_resource_name] = str(res.gpus)
+    env: list[dict[str, Any]] = [
+        {"name": "HF_HOME", "value": "/cache/huggingface"},
+        {"name": "SFTOP_TERMINATION_LOG", "value": "/dev/termination-log"},
+        *thread_env(quantities["cpu"], 0 if validation else res.gpus),
+    ]
+    if spec.hub_token_secret is not None:
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": spec.hub_token_secret.name, "key": spec.hub_token_secret.key}}})
+    if not validation:
+        env += tracking_env(spec)
+    nodes = 1 if validation else spec.distribution.nodes
+    if nodes > 1:
+        # Kubernetes expands $(JOB_COMPLETION_INDEX) in later variables; the Job controller defines the same one.
+        env += [{"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
+                    "fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"}}},
+                {"name": "SFTOP_RENDEZVOUS", "value": f"{pod_address(name, namespace, rid, 0)}:{RENDEZVOUS_PORT}"},
+                {"name": "SFTOP_NODE_ADDRESS", "value": pod_address(name, namespace, rid, "$(JOB_COMPLETION_INDEX)")}]
+    # The whole output claim is mounted and the trainer creates its run folder in it: a subPath mount would
+    # make kubelet create that folder as root, which the non-root trainer then cannot write to.
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "output", "mountPath": "/output"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "cache", "mountPath": "/cache"},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": job_name(name, rid)}},
+        {"name": "output", "persistentVolumeClaim": {"claimName": spec.output.pvc.claim_name}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": str(res.shared_memory)}},
+        {"name": "cache", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    for i, claim in enumerate(claims_read(spec, warm_start)):
+        mounts.append({"name": f"input-{i}", "mountPath": POD_LAYOUT.claim(claim), "readOnly": True})
+        volumes.append({"name": f"input-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+    if spec.dataset.config_map is not None:
+        ref = spec.dataset.config_map
+        mounts.append({"name": "data", "mountPath": posixpath.join(POD_LAYOUT.configmap_root, ref.name),
+                       "readOnly": True})
+        keys = [ref.key]
+        if spec.dataset.eval_split is not None and spec.dataset.eval_split.file is not None:
+            keys.append(spec.dataset.eval_split.file)
+        volumes.append({"name": "data", "configMap": {"name": ref.name,
+                                                      "items": [{"key": k, "path": k} for k in keys]}})
+    container = {
+        "name": CONTAINER,
+        "image": spec.image or settings.trainer_image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["--config", posixpath.join(CONFIG_DIR, CONFIG_FILE)] + (["--validate"] if validation else []),
+        "env": env,
+        "ports": [{"name": "progress", "containerPort": settings.progress_port, "protocol": "TCP"}],
+        "resources": {"requests": dict(quantities), "limits": dict(quantities)},
+        "volumeMounts": mounts,
+        "terminationMessagePath": "/dev/termination-log",
+        # A crash before the trainer wrote its message still leaves the log's tail in the pod status.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TRAINER_UID,
+            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "privileged": False,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": settings.termination_grace_seconds,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TRAINER_UID,
+                            "fsGroup": TRAINER_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if validation:
+        del container["ports"]
+    elif res.node_selector:  # GPU placement: the validation pod needs none of it
+        pod_spec["nodeSelector"] = dict(res.node_selector)
+    if nodes > 1:
+        container["ports"].append({"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"})
+        pod_spec["subdomain"] = service_name(name, rid)
+    if res.tolerations and not validation:
+        pod_spec["tolerations"] = [t.model_dump(mode="json", by_alias=True, exclude_none=True)
+                                   for t in res.tolerations]
+    if res.affinity and not validation:
+        pod_spec["affinity"] = res.affinity
+    if res.priority_class_name and not validation:
+        pod_spec["priorityClassName"] = res.priority_class_name
+    if spec.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
+    return pod_spec
