@@ -136,7 +136,7 @@ def _encode(tokenizer, prompt: list[dict[str, Any]] | str) -> list[int]:
     return list(tokenizer(prompt)["input_ids"])  # as TRL tokenizes a plain-text prompt
 
 
-# A row that can no longer score still shows how it began: its sample keeps at least this many tokens.
+# A sample answer that can no longer score still shows how it began: at least this many tokens.
 MIN_TOKENS = 16
 
 
@@ -211,25 +211,27 @@ def torch_no_grad():
     return torch.no_grad()
 
 
-def give_up_criterion(tokenizer, expected: list[str], width: int):
-    """A transformers StoppingCriteria: a row of the batch stops once no further token can change its scores (and it
-    has MIN_TOKENS to show). Generation ends when every row has ended, by its stop token or by this."""
+def give_up_criterion(tokenizer, expected: list[str], shown: list[bool], width: int):
+    """A transformers StoppingCriteria: a row of the batch stops once no further token can change its scores (a row
+    shown as a sample once it also has MIN_TOKENS to show). Generation ends when every row has ended, by its stop
+    token or by this."""
     import torch
     from transformers import StoppingCriteria
 
     class GiveUp(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
-            done = [len(row) - width >= MIN_TOKENS and not can_still_score(
-                want, tokenizer.decode(row[width:], skip_special_tokens=True)) for row, want in zip(input_ids, expected)]
+            done = [(not show or len(row) - width >= MIN_TOKENS) and not can_still_score(
+                want, tokenizer.decode(row[width:], skip_special_tokens=True))
+                for row, want, show in zip(input_ids, expected, shown)]
             return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     return GiveUp()
 
 
 def generate(model, tokenizer, items: list[HeldOut], new_tokens: int, batch_size: int = 32,
-             bar: str | None = None) -> list[str]:
+             bar: str | None = None, shown: int = 0) -> list[str]:
     """Greedy answers, batched (left-padded, similar lengths together), in the order of `items`; `bar`: the label
-    of a progress bar on the terminal (None: no bar)."""
+    of a progress bar on the terminal (None: no bar); `shown`: the first items are samples a reader sees."""
     import torch
     from transformers import StoppingCriteriaList
 
@@ -241,7 +243,7 @@ def generate(model, tokenizer, items: list[HeldOut], new_tokens: int, batch_size
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    shown = _bar(bar, len(items))
+    progress = _bar(bar, len(items))
     try:
         with serving_form(model) as served:
             for start in range(0, len(order), batch_size):
@@ -252,7 +254,8 @@ def generate(model, tokenizer, items: list[HeldOut], new_tokens: int, batch_size
                 for row, i in enumerate(batch):
                     ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
                     attention[row, width - len(encoded[i]):] = 1
-                give_up = give_up_criterion(tokenizer, [items[i].expected for i in batch], width)
+                give_up = give_up_criterion(tokenizer, [items[i].expected for i in batch], [i < shown for i in batch],
+                                            width)
                 with torch.no_grad():
                     out = served.generate(input_ids=ids.to(device), attention_mask=attention.to(device),
                                           max_new_tokens=new_tokens, do_sample=False, eos_token_id=eos,
@@ -260,11 +263,11 @@ def generate(model, tokenizer, items: list[HeldOut], new_tokens: int, batch_size
                                           stopping_criteria=StoppingCriteriaList([give_up]))
                 for row, i in enumerate(batch):
                     answers[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
-                if shown is not None:
-                    shown.update(len(batch))
+                if progress is not None:
+                    progress.update(len(batch))
     finally:
-        if shown is not None:
-            shown.close()
+        if progress is not None:
+            progress.close()
         model.train(was_training)
     return answers
 
@@ -303,7 +306,8 @@ class AnswerEval:
             else None
         while True:
             try:
-                return generate(model, self.tokenizer, self.items, self.new_tokens, self.batch_size, bar=bar)
+                return generate(model, self.tokenizer, self.items, self.new_tokens, self.batch_size, bar=bar,
+                                shown=self.sample_count)
             except torch.OutOfMemoryError:
                 if self.batch_size == 1:
                     raise
