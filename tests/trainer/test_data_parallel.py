@@ -119,13 +119,13 @@ def test_fsdp_reaches_accelerate_as_an_fsdp2_plugin(train_config, tmp_path):
     checkpointing instead of the Trainer's, CPU offload when asked, full state dicts for saving."""
     from accelerate.utils import FullyShardedDataParallelPlugin
 
-    from sftop_trainer import train
+    from sftop_trainer.args import build_sft_config
     from sftop_trainer.config import load_config
 
     cfg = load_config(train_config(distribution={"nodes": 2, "strategy": "FSDP", "cpuOffload": True},
                                    training={"gradientCheckpointing": True}))
-    args = train.build_sft_config(cfg, tmp_path / "out", has_eval=False, assistant_only_loss=False,
-                                  progress_bar=False)
+    args = build_sft_config(cfg, tmp_path / "out", has_eval=False, assistant_only_loss=False,
+                            progress_bar=False)
     assert args.activation_checkpointing is False, "FSDP checkpoints activations itself"
     assert args.fsdp_plugin_args == {
         "fsdp_version": 2, "cpu_offload": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",

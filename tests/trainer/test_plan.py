@@ -11,6 +11,7 @@ import pytest
 import yaml
 from transformers import LlamaConfig, MistralConfig, Qwen2Config
 
+from sftop_trainer import memory
 from sftop_trainer import plan as plan_mod
 from sftop_trainer import taskapi
 from sftop_trainer.config import TrainerConfig
@@ -75,16 +76,16 @@ def estimate(model_id, method="lora", gpus=1, distribution=None, **training):
         "model": {"name": model_id}, "dataset": {"rows": [{"text": "x"}]}, "method": method,
         "training": {"perDeviceTrainBatchSize": 1, "maxLength": 512, **training}, "output": {"dir": "/nowhere"},
         "distribution": distribution or {}})
-    shape, model = plan_mod.shape_of(config), plan_mod.empty_model(config)
-    params = plan_mod.parameters_of(model)
+    shape, model = memory.shape_of(config), plan_mod.empty_model(config)
+    params = memory.parameters_of(model)
     if method == "full":
         trainable, inputs = params.total, 0
     else:
         peft_model = plan_mod.lora_model(cfg, model)
         trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-        inputs = plan_mod.lora_inputs_per_layer(peft_model, shape.layers)
-    m = plan_mod.memory_inputs(cfg, shape, training.get("maxLength", 512), gpus, inputs)
-    return params, trainable, plan_mod.estimate_memory(shape, params, trainable, m)
+        inputs = memory.lora_inputs_per_layer(peft_model, shape.layers)
+    m = memory.memory_inputs(cfg, shape, training.get("maxLength", 512), gpus, inputs)
+    return params, trainable, memory.estimate_memory(shape, params, trainable, m)
 
 
 @pytest.mark.parametrize("model_id", sorted(FAMILIES))

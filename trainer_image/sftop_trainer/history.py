@@ -1,12 +1,8 @@
-"""What a run leaves behind besides its weights: the metric history, its plot, and the checkpoint inventory.
+"""A run's metric history and its loss plot, written as it trains (`sftop history` reads them):
 
     metrics.jsonl   one JSON object per logged step and per evaluation: step, epoch, loss, evalLoss,
                     learningRate, gradNorm, tokensPerSecond, exactMatch, time (a resumed run appends)
     loss.png        train and eval loss against the step, with the learning rate on a second axis
-
-The checkpoint inventory lists each checkpoint-<step>/ folder kept under checkpoints/ with the metrics of its step,
-read from its own trainer_state.json: the progress endpoint and the termination message carry it to the SFTJob's
-status, so the operator never reads the volume.
 """
 
 from __future__ import annotations
@@ -17,19 +13,21 @@ import math
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sftop_trainer.config import TrainerConfig
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
-INVENTORY_LIMIT = 20  # checkpoints listed in status: the newest ones, and the best one always
 LOG_KEYS = {"loss": "loss", "eval_loss": "evalLoss", "learning_rate": "learningRate", "grad_norm": "gradNorm",
             "eval_exact_match": "exactMatch", "eval_mean_token_accuracy": "evalTokenAccuracy",
             "mean_token_accuracy": "tokenAccuracy"}
 
 
-def _finite(value: Any) -> float | None:
+def finite(value: Any) -> float | None:
     return round(float(value), 8) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
@@ -46,7 +44,7 @@ class MetricHistory:
             entry["epoch"] = round(epoch, 4)
         for key, name in LOG_KEYS.items():
             if key in logs:
-                entry[name] = _finite(logs[key]) if key != "loss" else (
+                entry[name] = finite(logs[key]) if key != "loss" else (
                     float(logs[key]) if isinstance(logs[key], (int, float)) else None)
         if "loss" not in entry and "evalLoss" not in entry:
             return  # the summary Trainer logs at the end (train_runtime, ...) is in result.json
@@ -119,6 +117,18 @@ def write_plot(entries: list[dict[str, Any]], path: Path, title: str = "") -> Pa
     return Path(path)
 
 
+def write_history_plot(cfg: TrainerConfig, out: Path) -> None:
+    """loss.png from metrics.jsonl; a plot that fails is logged, never fatal."""
+    path = out / METRICS_FILE
+    if not path.is_file():
+        return
+    try:
+        write_plot(read_history(path), out / PLOT_FILE,
+                   title=f"{cfg.run.sftjob or cfg.model.name} {cfg.run.id or ''}".strip())
+    except Exception as e:  # matplotlib missing or a backend problem: the numbers are in metrics.jsonl
+        log.warning("no loss plot written: %s", e)
+
+
 def terminal_plot(entries: list[dict[str, Any]], width: int | None = None, height: int | None = None,
                   title: str = "", color: bool = False) -> str:
     """The loss curve as text for a terminal (plotext); `color`: keep its terminal colour codes."""
@@ -138,54 +148,3 @@ def terminal_plot(entries: list[dict[str, Any]], width: int | None = None, heigh
         plt.title(title)
     text = plt.build()
     return text if color else re.sub(r"\x1b\[[0-9;]*m", "", text)
-
-
-# ------------------------------------------------------------------------------------------- checkpoints
-
-
-def checkpoint_entry(path: Path, complete: bool) -> dict[str, Any]:
-    """One checkpoint, with the metrics of its step from its own trainer_state.json."""
-    step = int(path.name.rsplit("-", 1)[-1])
-    entry: dict[str, Any] = {"step": step, "path": f"{path.parent.name}/{path.name}", "complete": complete}
-    if not complete:
-        return entry
-    try:
-        state = json.loads((path / "trainer_state.json").read_text())
-    except (OSError, ValueError):
-        return {**entry, "complete": False}
-    if state.get("epoch") is not None:
-        entry["epoch"] = round(state["epoch"], 4)
-    logs = state.get("log_history") or []
-    train = [h for h in logs if "loss" in h and h.get("step", 0) <= step]
-    if train and _finite(train[-1]["loss"]) is not None:
-        entry["trainLoss"] = _finite(train[-1]["loss"])
-    evals = [h for h in logs if "eval_loss" in h and h.get("step") == step]
-    if evals and _finite(evals[-1]["eval_loss"]) is not None:
-        entry["evalLoss"] = _finite(evals[-1]["eval_loss"])
-    return entry
-
-
-def inventory(checkpoints: Path, best: str | None = None, limit: int = INVENTORY_LIMIT,
-              evals: dict[int, float] | None = None) -> list[dict[str, Any]]:
-    """The checkpoints kept in `checkpoints`, oldest first: the newest `limit`, and the best one (the path
-    transformers recorded as best_model_checkpoint) even when older, marked `best`. `evals`: eval losses by step,
-    for the steps evaluated after their checkpoint was written (the last one)."""
-    from sftop_trainer.train import is_complete_checkpoint
-
-    if not checkpoints.is_dir():
-        return []
-    found = sorted((p for p in checkpoints.iterdir() if p.is_dir() and p.name.startswith("checkpoint-")
-                    and p.name.rsplit("-", 1)[-1].isdigit()), key=lambda p: int(p.name.rsplit("-", 1)[-1]))
-    best_name = Path(best).name if best else None
-    kept = found[-limit:]
-    if best_name and best_name not in {p.name for p in kept}:
-        kept = [p for p in found if p.name == best_name] + kept[1:]
-    out = []
-    for path in kept:
-        entry = checkpoint_entry(path, is_complete_checkpoint(path))
-        if entry["complete"] and "evalLoss" not in entry and (evals or {}).get(entry["step"]) is not None:
-            entry["evalLoss"] = evals[entry["step"]]
-        if path.name == best_name:
-            entry["best"] = True
-        out.append(entry)
-    return out

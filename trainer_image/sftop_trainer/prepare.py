@@ -1,0 +1,111 @@
+"""The data exactly as training sees it: read, converted, templated, tokenized and masked (`prepare_data`, for the
+run and its plan alike), and the prepared/ cache that carries it from the Validating phase to the run, keyed by
+the config's fingerprint (`config_fingerprint`, which also ties result.json and plan.json to their config)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sftop_trainer import data as data_mod
+from sftop_trainer.config import TrainerConfig
+from sftop_trainer.errors import ConfigError
+from sftop_trainer.trainer import make_trainer_class
+
+PREPARED = "prepared"  # in output.dir: the data as validation prepared it, for the run to load
+
+
+def ensure_writable(folder: Path) -> None:
+    """output.dir, created if needed; one that cannot be written to is a config error, before any work."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # A name of its own: every local process of a multi-GPU run probes the same folder at once.
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"output.dir {folder} is not writable: {e}") from e
+
+
+def config_fingerprint(cfg: TrainerConfig) -> str:
+    """sha256 of what a run trains on and writes to (the config but its progress endpoint, hardware and tracking):
+    prepared data and a result are reused only for the same config."""
+    text = json.dumps(cfg.dump(exclude={"progress", "hardware", "tracking"}), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclasses.dataclass
+class PreparedData:
+    """The data exactly as training sees it: tokenized, masked, long samples handled, packed if asked."""
+
+    train: Any
+    eval: Any  # None without an eval split
+    eval_rows: Any  # the eval rows before tokenization (their prompts are answered at evaluation)
+    report: data_mod.DataReport
+    lengths: list[int]  # each training sample's tokens before maxLength
+    trained_tokens: int  # tokens that carry loss, after maxLength
+
+
+def prepare_data(cfg: TrainerConfig, tokenizer, args) -> PreparedData:
+    """Read, convert, template, tokenize and mask the data the way SFTTrainer would, without a model: the run and
+    its plan prepare it with this one function."""
+    from sftop_trainer.chat import TurnMasker
+
+    masker = TurnMasker(tokenizer, cfg.training.assistant_only_loss, cfg.training.completion_only_loss)
+    train_ds, eval_ds, report = data_mod.prepare(cfg.dataset, cfg.training.seed,
+                                                 conversational=bool(tokenizer.chat_template), check=masker.check)
+    if data_mod.is_conversational(train_ds) and not tokenizer.chat_template:
+        raise ConfigError(f"the data is conversational ({report.format}) but {cfg.model.name} has no chat "
+                          f"template; set spec.chatTemplate")
+    report.loss = masker.describe(train_ds)
+    # Loss masks on conversations are made here (sftop_trainer.chat); TRL masks completions of plain-text
+    # prompt-completion rows itself, in its own dataset preparation, which runs here without a model.
+    preparer = make_trainer_class().preparer(tokenizer, args, cfg.training.long_samples, train_ds)
+    train = preparer.prepare(masker.tokenize(train_ds), "train")
+    counts = preparer.data_counts["train"]
+    report.overlong = counts["overlong"]
+    report.overlong_action = cfg.training.long_samples
+    evaluation = None
+    if eval_ds is not None:
+        evaluation = preparer.prepare(masker.tokenize(eval_ds), "eval")
+    return PreparedData(train=train, eval=evaluation, eval_rows=eval_ds, report=report, lengths=counts["lengths"],
+                        trained_tokens=counts["trained_tokens"])
+
+
+def save_prepared(data, folder: Path, fingerprint: str) -> None:
+    """The prepared datasets, in Arrow files the run memory-maps: loading them took 3 ms where preparing 20,000
+    conversations again took 21 s (bench/RESULTS.md)."""
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in ("train", "eval", "eval_rows"):
+        value = getattr(data, name)
+        if value is not None:
+            value.save_to_disk(str(tmp / name))
+    meta = {"configSha256": fingerprint, "report": dataclasses.asdict(data.report), "lengths": data.lengths,
+            "trainedTokens": data.trained_tokens}
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.replace(folder)
+
+
+def load_prepared(folder: Path, fingerprint: str):
+    """The data validation prepared for this very config, or None."""
+    import datasets
+
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("configSha256") != fingerprint:
+        return None
+    report = data_mod.DataReport(**meta["report"])
+    loaded = {name: datasets.load_from_disk(str(folder / name)) if (folder / name).is_dir() else None
+              for name in ("train", "eval", "eval_rows")}
+    return PreparedData(train=loaded["train"], eval=loaded["eval"], eval_rows=loaded["eval_rows"],
+                        report=report, lengths=meta["lengths"], trained_tokens=meta["trainedTokens"])
