@@ -89,7 +89,8 @@ VARIANTS = {
     "default": {},
     "two-namespaces": {"watchNamespaces": ["team-a", "team-b"]},
     "service-monitor": {"metrics": {"enabled": True, "serviceMonitor": {"enabled": True, "labels": {"release": "kps"}}}},
-    "network-policy": {"networkPolicy": {"enabled": True}, "watchNamespaces": ["team-a"]},
+    "network-policy": {"networkPolicy": {"enabled": True, "apiServer": {"cidrs": ["172.18.0.2/32"]}},
+                       "watchNamespaces": ["team-a"]},
 }
 
 
@@ -103,6 +104,11 @@ def test_chart_lints(helm_python, variant):
 
 def test_a_bad_value_fails_lint(helm_python):
     assert lint(helm_python, {"replicaCount": "two"})["Errors"]
+
+
+async def test_a_network_policy_without_the_api_servers_address_is_refused(helm_python, apiserver, tmp_path):
+    error = await render(helm_python, apiserver, tmp_path, {"networkPolicy": {"enabled": True}})
+    assert isinstance(error, str) and "networkPolicy.apiServer.cidrs" in error and "get endpoints kubernetes" in error
 
 
 async def test_a_bad_value_is_rejected_by_the_schema_with_the_field_named(helm_python, apiserver, tmp_path):
@@ -156,13 +162,29 @@ async def test_rendered_objects_are_valid_and_least_privilege(helm_python, apise
     if variant == "service-monitor":
         assert kinds["ServiceMonitor"][0]["metadata"]["labels"]["release"] == "kps" and "Service" in kinds
     if variant == "network-policy":
-        policies = kinds["NetworkPolicy"]
-        ingress = next(p for p in policies if p["metadata"]["namespace"] == "team-a")
-        assert ingress["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "sftop-trainer"}
-        assert ingress["spec"]["ingress"][0]["ports"] == [{"port": 8080, "protocol": "TCP"}]
-        # a multi-node run's pods reach each other on any port, and only trainer pods of the namespace do
-        assert ingress["spec"]["ingress"][1] == {"from": [{"podSelector": {"matchLabels": {
-            "app.kubernetes.io/name": "sftop-trainer"}}}]}
+        network_policies_let_through_only_what_sftop_needs(kinds["NetworkPolicy"], deployment)
+
+
+def network_policies_let_through_only_what_sftop_needs(policies, deployment):
+    """The rendered policies, as an enforcing network plugin applies them (harness.netpol): the operator reaches the
+    API server, DNS and the trainers' progress port, and nothing else; a multi-node run's pods reach each other."""
+    from harness.netpol import External, Pod, allowed
+
+    operator = Pod(deployment["metadata"]["namespace"], deployment["spec"]["template"]["metadata"]["labels"])
+    trainer = Pod("team-a", {"app.kubernetes.io/name": "sftop-trainer", "sftop.dev/sftjob": "chat"})
+    other_trainer = Pod("team-a", {"app.kubernetes.io/name": "sftop-trainer", "sftop.dev/sftjob": "chat"})
+    dns = Pod("kube-system", {"k8s-app": "kube-dns"})
+    stranger = Pod("team-a", {"app": "notebook"})
+    assert allowed(policies, operator, External("172.18.0.2"), 6443), "the operator reaches the API server"
+    assert allowed(policies, operator, dns, 53, "UDP") and allowed(policies, operator, dns, 53, "TCP")
+    assert allowed(policies, operator, trainer, 8080), "the operator reads a trainer's progress"
+    assert not allowed(policies, operator, trainer, 22)
+    assert not allowed(policies, operator, External("172.18.0.3"), 6443), "no other address"
+    assert not allowed(policies, operator, External("140.82.112.3"), 443), "nothing outside the cluster"
+    assert not allowed(policies, operator, stranger, 8080), "no other pod"
+    assert not allowed(policies, operator, Pod("kube-system", {"k8s-app": "metrics-server"}), 53, "UDP")
+    assert allowed(policies, trainer, other_trainer, 29400), "a multi-node run's rendezvous"
+    assert not allowed(policies, stranger, trainer, 8080), "only the operator reads progress"
 
 
 def test_chart_files_are_the_generated_crd_and_rules():
