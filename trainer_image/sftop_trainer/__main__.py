@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         import torch
 
-        from sftop_trainer.errors import peer_lost
+        from sftop_trainer.causes import peer_lost
         from sftop_trainer.runtime import world_size
 
         if isinstance(e, torch.OutOfMemoryError):

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from sftop_trainer.config import DataSource
-from sftop_trainer.errors import DataError, hub_unreachable
+from sftop_trainer.causes import hub_unreachable
+from sftop_trainer.errors import DataError
 
 if TYPE_CHECKING:
     from datasets import Dataset

@@ -7,7 +7,8 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from sftop_trainer.config import TrainerConfig
-from sftop_trainer.errors import ConfigError, ModelLoadError, hub_unreachable
+from sftop_trainer.causes import hub_unreachable
+from sftop_trainer.errors import ConfigError, ModelLoadError
 
 if TYPE_CHECKING:
     import torch
