@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable, Coroutine
 
 from sftop import lifecycle, names, patch
 from sftop.cache import WatchCache, slim
@@ -33,7 +33,7 @@ class Actor:
     API call off the event loop."""
 
     def __init__(self, settings: Settings, kube: Kube, cache: WatchCache, poller: Poller, metrics: Metrics,
-                 call: Callable[..., Awaitable[Any]]):
+                 call: Callable[..., Coroutine[Any, Any, Any]]):
         self.settings, self.kube, self.cache, self.poller, self.metrics, self.call = \
             settings, kube, cache, poller, metrics, call
         self.last_write: dict[Key, float] = {}  # when each SFTJob's status was last written (monotonic)

@@ -44,6 +44,9 @@ ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
 class Controller:
+    """The operator's parts on its event loop (watch cache, work queue, progress poller, observer, actor) and the
+    workers that reconcile SFTJobs off the queue."""
+
     def __init__(self, settings: Settings, kube: Kube):
         self.settings = settings
         self.kube = kube

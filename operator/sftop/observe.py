@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable, Coroutine
 
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
@@ -28,7 +28,7 @@ class Observer:
     """Reads for reconciles: `call` makes a blocking Kubernetes API call off the event loop."""
 
     def __init__(self, settings: Settings, kube: Kube, cache: WatchCache, readings: dict[Key, Reading],
-                 call: Callable[..., Awaitable[Any]]):
+                 call: Callable[..., Coroutine[Any, Any, Any]]):
         self.settings, self.kube, self.cache, self.readings, self.call = settings, kube, cache, readings, call
 
     async def observe(self, key: Key, body: dict[str, Any]) -> Observed:
