@@ -59,6 +59,7 @@ def worker_network() -> int:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     return int(worker[2:]) if worker[2:].isdigit() else 0
 
+@dataclass
 class Container:
     pod: str
     namespace: str
