@@ -51,13 +51,12 @@ SECRETS = kmock.resource("v1/secrets")
 CONFIGMAPS = kmock.resource("v1/configmaps")
 
 
-@dataclass
-
 def worker_network() -> int:
     """The second octet of this test process's loopback addresses: test workers running side by side (pytest-xdist)
     each have a network of their own, as separate clusters would, so their pods never share an address and port."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     return int(worker[2:]) if worker[2:].isdigit() else 0
+
 
 @dataclass
 class Container:
