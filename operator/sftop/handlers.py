@@ -17,6 +17,8 @@ from sftop.settings import Settings
 log = logging.getLogger(__name__)
 
 STATE: dict[str, Any] = {}  # the running controller and its task, for the handlers below
+CHILD_RESOURCES = (("batch", "v1", "jobs"), ("", "v1", "pods"))  # watched only when labelled SFTJOB_LABEL
+LIST_CHUNK = 500  # objects per page of a (re)list: the API server's and our memory stay bounded
 
 
 def settings() -> Settings:
@@ -41,6 +43,11 @@ async def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
+    # kopf's `labels=` filters below apply after an object arrived: without a selector on the request itself, a
+    # shared cluster's every Pod and Job would be listed, sent and parsed. These go on the LIST and WATCH URLs.
+    for resource in CHILD_RESOURCES:
+        settings.watching.label_selectors[resource] = names.SFTJOB_LABEL
+    settings.watching.chunk_size = LIST_CHUNK  # a relist pages through the children instead of one huge answer
     if not ours.clusterwide:
         settings.scanning.disabled = True  # a namespaced operator may not list namespaces
     controller = Controller(ours, Kube(ours))

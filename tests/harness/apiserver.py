@@ -13,7 +13,8 @@ checks each one.
 | status subresource | for resources with a status subresource, ignores status on create and on writes to the main resource, and writes only status through /status |
 | CRD schema | drops null values of non-nullable fields, prunes unknown fields (rejects them with fieldValidation=Strict), applies defaults (status's too, recursively, as structural defaulting does on every read from etcd), and rejects an SFTJob that breaks the CRD's schema or CEL rules with 422 Invalid |
 | list kind | answers LIST with kind `<Kind>List`, apiVersion and metadata.resourceVersion |
-| label selectors | filters LIST by `labelSelector` (equality, inequality, existence) and `fieldSelector` (equality) |
+| label selectors | filters LIST and WATCH (the initial objects and every event) by `labelSelector` (equality, inequality, existence) and `fieldSelector` (equality): the server, not the client, leaves foreign objects out (k8s.io/apiserver pkg/storage/cacher: `filterWithAttrsAndPrefixFunction`, watch events filtered by the request's selectors); `sent` counts the objects each resource's LISTs and WATCHes sent, by namespace |
+| chunked lists | pages LIST with `limit` and `continue` (k8s.io/apiserver pkg/storage/etcd3/store.go `GetList`): every page but the last carries `metadata.continue`, all pages the first page's resourceVersion (docs: "Retrieving large results sets in chunks") |
 | tables | answers `Accept: ...;as=Table` (kubectl get) for SFTJobs with the CRD's printer columns |
 | discovery | core group version `v1` (kmock says `/v1`); subresources without short names or categories; /version says 1.32 |
 | garbage collector | deletes the objects whose ownerReferences name a deleted object (background propagation) |
@@ -26,7 +27,10 @@ quadratic; this server matches against the requests in flight only, and records 
 from __future__ import annotations
 
 import asyncio
+import base64
+import collections
 import copy
+import json
 import datetime
 import itertools
 import random
@@ -126,6 +130,7 @@ class ApiServer(kmock.KubernetesEmulator):
         self.inflight: dict[int, Any] = {}
         self.status_resources = set(STATUS_RESOURCES)
         self.visibility: Any = None  # Kueue's visibility API, once a Kueue (harness.kueue) is installed
+        self.sent: collections.Counter[tuple[str, str | None]] = collections.Counter()  # (resource, namespace)
         self[kmock.action.CREATE] << 201 << (lambda request: request.data)
 
     def install_kueue(self, visibility: Any) -> None:
@@ -214,7 +219,7 @@ class ApiServer(kmock.KubernetesEmulator):
                                                "message": f"too old resource version: {since} ({self.compacted})"}}
             return
         cut = self.watch_cut
-        stream = super()._serve_watch(request).__aiter__()
+        stream = self._selected(request, super()._serve_watch(request)).__aiter__()
         stop = asyncio.ensure_future(cut.wait())
         following: asyncio.Future | None = None
         try:
@@ -235,6 +240,19 @@ class ApiServer(kmock.KubernetesEmulator):
                 following.cancel()
                 await asyncio.gather(following, return_exceptions=True)
             await stream.aclose()
+
+    async def _selected(self, request: Any, stream: Any):
+        """A watch stream with only the events whose object matches the request's selectors, counted in `sent`."""
+        labels, fields = request.params.get("labelSelector"), request.params.get("fieldSelector")
+        async for event in stream:
+            if isinstance(event, dict) and isinstance(event.get("object"), dict) and \
+                    event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                meta = event["object"].get("metadata") or {}
+                if (labels and not matches(meta.get("labels") or {}, labels)) or \
+                        (fields and not field_matches(event["object"], fields)):
+                    continue
+                self.sent[(_res(request.resource), meta.get("namespace"))] += 1
+            yield event
 
     async def _serve(self, request: Any):
         found = VISIBILITY_PATH.fullmatch(request.url.path)
@@ -384,8 +402,31 @@ class ApiServer(kmock.KubernetesEmulator):
         kind = info.kind if info is not None and info.kind else request.resource.plural.capitalize()
         answer["kind"] = f"{kind}List"
         answer["apiVersion"] = f"{request.resource.group}/{request.resource.version}".lstrip("/")
-        answer["metadata"] = {"resourceVersion": str(next(self.revision))}
+        answer["metadata"] = self._page(request, answer)
+        for item in answer["items"]:
+            self.sent[(_res(request.resource), item.get("metadata", {}).get("namespace"))] += 1
         return answer
+
+    def _page(self, request: Any, answer: dict[str, Any]) -> dict[str, Any]:
+        """Cut the list to `limit` items after the `continue` token's key; the list's metadata. The token carries
+        the first page's resourceVersion and the last key sent, as the real one does (an opaque base64 JSON)."""
+        answer["items"].sort(key=lambda o: (o.get("metadata", {}).get("namespace") or "",
+                                            o.get("metadata", {}).get("name") or ""))
+        token = request.params.get("continue")
+        if token:
+            state = json.loads(base64.urlsafe_b64decode(token))
+            rv, after = state["rv"], tuple(state["start"])
+            answer["items"] = [o for o in answer["items"] if (o["metadata"].get("namespace") or "",
+                                                              o["metadata"]["name"]) > after]
+        else:
+            rv = str(next(self.revision))
+        limit = int(request.params.get("limit") or 0)
+        if limit <= 0 or len(answer["items"]) <= limit:
+            return {"resourceVersion": rv}
+        answer["items"] = answer["items"][:limit]
+        last = answer["items"][-1]["metadata"]
+        state = {"rv": rv, "start": [last.get("namespace") or "", last["name"]]}
+        return {"resourceVersion": rv, "continue": base64.urlsafe_b64encode(json.dumps(state).encode()).decode()}
 
 
 def field_matches(obj: dict[str, Any], selector: str) -> bool:

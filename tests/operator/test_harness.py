@@ -1,5 +1,8 @@
 """The emulated API server copies the real one where the operator depends on it; each rule, checked."""
 
+import asyncio
+import json
+
 import kmock
 
 from harness.apiserver import SFTJOBS, matches
@@ -90,6 +93,43 @@ async def test_list_has_kind_and_filters_by_label(apiserver):
     assert body["kind"] == "ConfigMapList" and body["apiVersion"] == "v1" and body["metadata"]["resourceVersion"]
     assert [i["metadata"]["name"] for i in body["items"]] == ["a"]
     assert matches({"a": "1"}, "a,!b,a!=2") and not matches({"a": "1"}, "a=2")
+
+
+async def test_list_pages_with_limit_and_continue(apiserver):
+    for name in "abcde":
+        await create_cm(apiserver, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}})
+    seen, token, versions = [], None, set()
+    while True:
+        query = "limit=2" + (f"&continue={token}" if token else "")
+        body = await (await apiserver.get(f"/api/v1/namespaces/{NS}/configmaps?{query}")).json()
+        seen += [i["metadata"]["name"] for i in body["items"]]
+        versions.add(body["metadata"]["resourceVersion"])
+        token = body["metadata"].get("continue")
+        if not token:
+            break
+        assert len(body["items"]) == 2
+    assert seen == list("abcde") and len(versions) == 1
+
+
+async def test_watch_sends_only_what_its_label_selector_matches(apiserver):
+    async def watch():
+        resp = await apiserver.get(f"/api/v1/namespaces/{NS}/configmaps?watch=true&labelSelector=team%3Dx")
+        names = []
+        async for line in resp.content:
+            if line.strip():
+                names.append(json.loads(line)["object"]["metadata"]["name"])
+                if names[-1] == "last":
+                    return names
+
+    await create_cm(apiserver, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "old-y",
+                                                                                      "labels": {"team": "y"}}})
+    task = asyncio.ensure_future(watch())
+    await asyncio.sleep(0.2)
+    for name, team in (("y", "y"), ("x", "x"), ("last", "x")):
+        await create_cm(apiserver, {"apiVersion": "v1", "kind": "ConfigMap",
+                                    "metadata": {"name": name, "labels": {"team": team}}})
+    assert await asyncio.wait_for(task, 5) == ["x", "last"]
+    assert apiserver.sent[("v1/configmaps", NS)] == 2
 
 
 async def test_garbage_collector_deletes_dependents(apiserver):
