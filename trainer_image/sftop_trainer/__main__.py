@@ -12,7 +12,7 @@ SFTOP_RENDEZVOUS, SFTOP_NODE_ADDRESS). It exits with the training processes' exi
 
 Exit codes (sftop_trainer.errors): 0 success, 1 unexpected error, 64 invalid config, 65 invalid data, 66 model
 load failure, 67 CUDA out of memory, 68 loss not finite, 69 interrupted after a checkpoint, 70 loss spike
-(training.lossWatchdog), 71 another pod of a multi-node run was lost.
+(training.lossWatchdog), 71 another pod of a multi-node run was lost, 72 GPUs asked for but not usable.
 """
 
 from __future__ import annotations

@@ -509,9 +509,12 @@ class ProgressEndpoint(Spec):
 
 
 class Hardware(Spec):
-    """What the run will get, for its plan only: the trainer itself uses the GPUs it sees."""
+    """What the run will get: its plan is made for it, and the run checks it can use the GPUs it asked for."""
 
-    gpus: int = Field(1, ge=0, description="GPUs the run trains on, one process each (data parallel).")
+    gpus: int | None = Field(None, ge=0, description="GPUs the run trains on per pod, one process each (data "
+                                                     "parallel). The run fails at once (GPUUnavailable) when it "
+                                                     "cannot use that many; unset, the plan assumes one and the run "
+                                                     "uses what it sees.")
     gpu_memory: int | None = Field(None, gt=0, description="Memory of each GPU in bytes, when known.")
     gpu_memory_source: str | None = Field(None, description="Where gpuMemory comes from, in words.")
 

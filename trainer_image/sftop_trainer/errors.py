@@ -24,6 +24,7 @@ class ExitCode(enum.IntEnum):
     INTERRUPTED = 69
     LOSS_SPIKE = 70
     PEER_LOST = 71
+    GPU_UNAVAILABLE = 72
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,10 @@ EXIT_CLASSES: dict[int, ExitClass] = {
         ExitClass(ExitCode.MODEL_LOAD_FAILED, "ModelLoadFailed", False, True,
                   "the base model or its tokenizer cannot be loaded (id, revision, files, chat template, "
                   "target modules)"),
-        ExitClass(ExitCode.OUT_OF_MEMORY, "OutOfGPUMemory", False, True,
-                  "CUDA ran out of memory; lower the batch size or maxLength, or use more or larger GPUs"),
+        ExitClass(ExitCode.OUT_OF_MEMORY, "CUDAOutOfMemory", False, True,
+                  "CUDA ran out of memory; the message gives the plan's estimate, the GPU's memory, the peak reached "
+                  "and what would fit (lower the batch size or maxLength, training.autoBatchSize, or more or larger "
+                  "GPUs)"),
         ExitClass(ExitCode.LOSS_NOT_FINITE, "LossNotFinite", False, True,
                   "the loss became NaN or infinite; lower the learning rate or check the data"),
         ExitClass(ExitCode.LOSS_SPIKE, "LossSpike", False, True,
@@ -58,6 +61,9 @@ EXIT_CLASSES: dict[int, ExitClass] = {
         ExitClass(ExitCode.PEER_LOST, "PeerLost", True, False,
                   "another pod of a multi-node run failed or was lost, and this pod stopped with it; the Job restarts "
                   "it and the group resumes from the latest checkpoint (the failed pod's own failure is what counts)"),
+        ExitClass(ExitCode.GPU_UNAVAILABLE, "GPUUnavailable", False, True,
+                  "the run asked for GPUs but this pod cannot use them (no driver, a driver too old for the image's "
+                  "CUDA build, fewer devices visible); it stops instead of training on the CPU"),
     )
 }
 
@@ -100,3 +106,7 @@ class LossSpike(TrainerError):
 
 class Interrupted(TrainerError):
     code = ExitCode.INTERRUPTED
+
+
+class GPUUnavailable(TrainerError):
+    code = ExitCode.GPU_UNAVAILABLE

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from sftop_trainer.config import TrainerConfig
 from sftop_trainer.causes import hub_unreachable
-from sftop_trainer.errors import ConfigError, ModelLoadError
+from sftop_trainer.errors import ConfigError, GPUUnavailable, ModelLoadError
+from sftop_trainer.runtime import gpu_problem, nvidia_driver
 
 if TYPE_CHECKING:
     import torch
@@ -20,6 +21,17 @@ def has_gpu() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def check_gpus(requested: int | None) -> None:
+    """A run that asked for GPUs and cannot use them stops here (GPUUnavailable) instead of training on the CPU."""
+    import torch
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    names = [torch.cuda.get_device_name(i) for i in range(visible)]
+    problem = gpu_problem(requested, visible, names, torch.version.cuda, nvidia_driver())
+    if problem:
+        raise GPUUnavailable(problem)
 
 
 def cpu_has_bf16() -> bool:
@@ -37,15 +49,23 @@ def cpu_autocast(cfg: TrainerConfig) -> bool:
     return cfg.model.dtype == "auto" and cfg.method != "qlora" and not has_gpu() and cpu_has_bf16()
 
 
+def auto_dtype(capability: tuple[int, int] | None) -> str:
+    """What `dtype: auto` computes in, by the GPU's compute capability (None: no GPU). bfloat16 runs natively from
+    capability 8.0 (Ampere) on; torch.cuda.is_bf16_supported() also says yes on older GPUs that only emulate it
+    (slowly, through float32), so the capability decides: float16 there."""
+    if capability is None:
+        return "float32"
+    return "bfloat16" if capability >= (8, 0) else "float16"
+
+
 def resolve_dtype(name: str) -> torch.dtype:
-    """`auto`: bfloat16 on GPUs that have it, float16 on older GPUs, float32 on a CPU."""
+    """`auto`: bfloat16 on GPUs that have it natively, float16 on older GPUs, float32 on a CPU."""
     import torch
 
     if name != "auto":
         return getattr(torch, name)
-    if not has_gpu():
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    capability = torch.cuda.get_device_capability() if has_gpu() else None
+    return getattr(torch, auto_dtype(capability))
 
 
 def _from_pretrained_kwargs(cfg: TrainerConfig) -> dict[str, Any]:
@@ -144,6 +164,11 @@ def load_model(cfg: TrainerConfig, gradient_checkpointing: bool):
         # 4-bit weights are placed at load time: on this process's GPU, or on the CPU.
         kw["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))} if gpu else "cpu"
         kw["dtype"] = getattr(torch, cfg.quantization.compute_dtype)
+    elif cfg.method == "full":
+        # Trained weights stay float32 (master weights); the Trainer's mixed precision (args.bf16/fp16) computes in
+        # model.dtype. Weights loaded in 16 bits and trained directly lose AdamW's small updates to rounding
+        # (bfloat16), or stop the run: GradScaler refuses to unscale float16 gradients.
+        kw["dtype"] = torch.float32
     else:
         kw["dtype"] = resolve_dtype(cfg.model.dtype)
     try:
@@ -190,13 +215,20 @@ def lora_config(cfg: TrainerConfig, model):
                       bias=lora.bias, modules_to_save=lora.modules_to_save or None, task_type="CAUSAL_LM")
 
 
+def packed_4bit_values(stored_elements: int, element_size: int) -> int:
+    """The 4-bit weights a packed tensor holds: bitsandbytes packs two per byte, then views the bytes as
+    bnb_4bit_quant_storage's dtype (uint8 by default; this trainer stores them in the compute dtype, so a bfloat16
+    element holds four weights and a float32 one eight)."""
+    return stored_elements * element_size * 2
+
+
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameters; 4-bit weights are counted as the parameters they stand for."""
     trainable = total = 0
     for p in model.parameters():
         n = p.numel()
         if type(p).__name__ == "Params4bit":
-            n *= 2  # two 4-bit values per stored byte
+            n = packed_4bit_values(n, p.element_size())
         total += n
         if p.requires_grad:
             trainable += n

@@ -64,7 +64,7 @@ def make_plan(cfg: TrainerConfig, gpus: int | None = None, keep_data: bool = Fal
     import datasets
 
     datasets.disable_progress_bars()
-    gpus = cfg.hardware.gpus if gpus is None else gpus
+    gpus = (cfg.hardware.gpus if cfg.hardware.gpus is not None else 1) if gpus is None else gpus
     world = cfg.distribution.nodes * max(1, gpus)  # training processes, each with its part of every batch
     tokenizer = model_mod.load_tokenizer(cfg)
     config = load_config(cfg)

@@ -144,6 +144,7 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
 
     watch = SigtermWatch()
     emit("start", runId=cfg.run.id, model=cfg.model.name, method=cfg.method)
+    model_mod.check_gpus(cfg.hardware.gpus)
     progress.update(phase="LoadingData")
     trainer, tokenizer, data = build_trainer(cfg, progress, progress_bar=progress_bar)
     state["trainer"] = trainer
