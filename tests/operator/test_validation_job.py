@@ -40,7 +40,9 @@ async def test_a_new_run_validates_on_a_cpu_before_any_gpu_job(apiserver, operat
     assert status["plan"] == PLAN and status["run"]["validated"] is True
     assert condition(status, "Validated")["status"] == "True"
     assert training_jobs(apiserver)[0]["metadata"]["name"] == f"chat-{rid}"
-    reasons = [e["reason"] for e in objs(apiserver, "v1/events") if e["involvedObject"]["name"] == "chat"]
+    # events are posted after the status write that records the transition, off the reconcile path
+    reasons = await wait_for(lambda: (r := [e["reason"] for e in objs(apiserver, "v1/events")
+                                            if e["involvedObject"]["name"] == "chat"]) and "Validated" in r and r)
     assert "Validating" in reasons and "Validated" in reasons
 
 
