@@ -5,7 +5,8 @@
     weights      frozen and trained parameters in the dtype they are stored in: 4-bit weights with their
                  quantization constants under QLoRA; PEFT keeps LoRA weights in float32, and QLoRA's
                  preparation casts every parameter that is not 4-bit (embeddings, norms, an untied LM head)
-                 to float32
+                 to float32; full fine-tuning keeps float32 master weights (and, under autocast, a 16-bit copy
+                 through the forward pass)
     gradients    one per trained parameter, in its dtype; DDP adds buckets of the same size with several GPUs
     optimizer    AdamW: two states per trained parameter in its dtype (8-bit AdamW: two bytes); the foreach
                  implementation (adamw_torch) needs one more parameter-sized buffer during the step
@@ -182,10 +183,16 @@ def estimate_memory(shape: Shape, params: Parameters, trainable: int, m: MemoryI
         assumptions.append(f"frozen weights in {m.weight_dtype}; LoRA weights, their gradients and optimizer "
                            f"states in float32 (PEFT's default)")
     else:
+        # Full fine-tuning keeps float32 master weights (sftop_trainer.model.load_model) and computes in the
+        # compute dtype under the Trainer's autocast, which keeps a 16-bit copy of each weight it casts until the
+        # forward pass ends (FSDP instead gathers its layers already cast, below).
         frozen = 0
-        trained_bytes = w
-        assumptions.append(f"every weight trained in {m.weight_dtype}, with gradients and optimizer states in the "
-                           f"same dtype (no float32 master copy)")
+        trained_bytes = 4
+        copies = a * trainable if a < 4 and m.shards == 1 else 0
+        assumptions.append(f"every weight trained in float32 (master weights), with float32 gradients and optimizer "
+                           f"states; computed in {m.compute_dtype}"
+                           + (f" under autocast, which holds a {m.compute_dtype} copy of the weights through the "
+                              f"forward pass" if copies else ""))
     weights = frozen + trainable * trained_bytes
     gradients = trainable * trained_bytes
     states, step_extra, optim_note = optimizer_bytes(m.optim, trained_bytes, trainable)
@@ -193,7 +200,8 @@ def estimate_memory(shape: Shape, params: Parameters, trainable: int, m: MemoryI
     if m.shards > 1:
         # FSDP: each process keeps 1/shards of every parameter, gradient and optimizer state, and gathers one
         # decoder layer's full parameters at a time (two, with the next one prefetched).
-        gathered = 2 * weights // max(1, m.layers)
+        # Under mixed precision FSDP gathers in the compute dtype (float32 master shards cast before the gather).
+        gathered = 2 * (params.total * a if m.method == "full" else weights) // max(1, m.layers)
         weights, gradients, states, step_extra = (weights // m.shards, gradients // m.shards, states // m.shards,
                                                   step_extra // m.shards)
         note = f"FSDP over {m.shards} processes: each keeps 1/{m.shards} of the weights, gradients and optimizer " \
@@ -223,6 +231,8 @@ def estimate_memory(shape: Shape, params: Parameters, trainable: int, m: MemoryI
         min(tokens, LM_HEAD_TILE[0]) * min(shape.vocab, LM_HEAD_TILE[1]) * (4 + a)
     if m.method == "qlora":
         transient += a * params.largest_linear  # one weight dequantized at a time
+    if m.method == "full":
+        transient += copies
     activations = kept + transient + lm_head
     assumptions.append(f"{m.batch} sequence(s) of {m.seq} tokens per step per GPU, {m.compute_dtype} activations, "
                        f"SDPA/flash attention, the loss computed in chunks of the logits")
@@ -242,10 +252,11 @@ def memory_inputs(cfg: TrainerConfig, shape: Shape, seq: int, gpus: int, lora_in
     t = cfg.training
     d = cfg.distribution
     processes = d.nodes * max(1, gpus)
-    # `auto` is bfloat16 on a GPU (float16 on older GPUs: the same size)
+    # `auto` is bfloat16 on a GPU (float16 on older GPUs: the same size); full fine-tuning stores float32 weights
     wd = "bfloat16" if cfg.model.dtype == "auto" else cfg.model.dtype
     compute = cfg.quantization.compute_dtype if cfg.method == "qlora" else wd
-    return MemoryInputs(method=cfg.method, weight_dtype=wd, compute_dtype=compute,
+    return MemoryInputs(method=cfg.method, weight_dtype="float32" if cfg.method == "full" else wd,
+                        compute_dtype=compute,
                         double_quant=bool(cfg.quantization and cfg.quantization.double_quant), optim=t.optim,
                         batch=t.per_device_train_batch_size, seq=seq, gradient_checkpointing=t.gradient_checkpointing,
                         gpus=processes, lora_dropout=cfg.lora.dropout if cfg.lora else 0.0, lora_inputs=lora_inputs,
@@ -276,7 +287,7 @@ def alternatives(cfg: TrainerConfig, shape: Shape, params: Parameters, trainable
                        f"effective batch)")
             break
     if m.method == "full":
-        mm = replace(m, method="lora")
+        mm = replace(m, method="lora", weight_dtype=m.compute_dtype)
         if fits(mm, trainable_lora):
             out.append("method: lora")
     if m.method != "qlora":
