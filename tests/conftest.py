@@ -7,6 +7,15 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: two workers per CPU. Most tests wait (on the emulated API server, a trainer process, a pip
+    install); the ones that compute get one thread each, so twice the workers keeps the CPUs busy without the
+    thread contention that slows torch processes side by side tens of times."""
+    from sftop_trainer.threads import available_cpus
+
+    return 2 * available_cpus()
+
+
 def _size_threads_for_workers() -> None:
     """Torch processes side by side on a few cores slow each other tens of times unless their threads are sized:
     under pytest-xdist each worker (and every trainer it starts) gets its share of the CPUs, before torch starts."""
