@@ -4,6 +4,7 @@ asked for GPUs can use them, what `dtype: auto` computes in, and how many weight
 import pytest
 
 from sftop_trainer.errors import EXIT_CLASSES, USER_ERROR_CODES, ExitCode
+from sftop_trainer.memory import halved_batch, out_of_memory_message
 from sftop_trainer.model import auto_dtype, packed_4bit_values
 from sftop_trainer.runtime import gpu_problem
 
@@ -58,3 +59,29 @@ def test_auto_computes_in_bfloat16_only_where_the_gpu_has_it_natively(capability
 ])
 def test_packed_4bit_tensors_count_the_weights_they_hold(stored, element_size, weights):
     assert packed_4bit_values(stored, element_size) == weights
+
+
+@pytest.mark.parametrize("batch, accumulation, smaller", [
+    (8, 1, (4, 2)), (4, 2, (2, 4)), (2, 4, (1, 8)), (1, 8, None), (3, 1, (1, 2)),
+])
+def test_auto_batch_size_halves_the_batch_and_doubles_the_accumulation(batch, accumulation, smaller):
+    assert halved_batch(batch, accumulation) == smaller
+
+
+GIB = 1024**3
+
+
+@pytest.mark.parametrize("batch, plan, gpu, peak, reduced, auto, expected, absent", [
+    (8, {"perGpu": 30.5, "wouldFit": ["method: qlora"]}, 80 * GIB, 79 * GIB, 0, False,
+     ["at step 12 with 8 sequence(s)", "the plan estimated 30.5 GiB per GPU", "the GPU has 80.0 GiB",
+      "allocated up to 79.0 GiB", "What would fit: method: qlora", "training.autoBatchSize: true"], ["halved"]),
+    (8, {"perGpu": 30.5}, None, None, 0, False,
+     ["training.perDeviceTrainBatchSize: 4 with gradientAccumulationSteps: 2"], ["the GPU has", "allocated"]),
+    (1, None, 24 * GIB, 23 * GIB, 3, True,
+     ["halved the batch 3 time(s)", "no plan was made", "a lower training.maxLength"], ["autoBatchSize: true"]),
+])
+def test_out_of_memory_says_what_the_plan_expected_and_what_would_fit(batch, plan, gpu, peak, reduced, auto,
+                                                                      expected, absent):
+    text = out_of_memory_message(12, batch, 1, plan, gpu, peak, reduced, auto)
+    assert all(part in text for part in expected), text
+    assert not any(part in text for part in absent), text

@@ -242,6 +242,11 @@ class TrainingSpec(Spec):
     gradient_accumulation_steps: int = Field(1, ge=1, le=4096,
                                              description="Steps whose gradients are summed before an update. "
                                                          "Effective batch = batch size × GPUs × this.")
+    auto_batch_size: bool = Field(
+        False, description="When CUDA runs out of memory, retry at once with half perDeviceTrainBatchSize and twice "
+                           "gradientAccumulationSteps (the same effective batch), down to 1 sequence per GPU, from the "
+                           "latest checkpoint. result.json's `batch` says what was used. Single-process runs only "
+                           "(one GPU per run); with several, running out of memory fails the run (CUDAOutOfMemory).")
     max_length: int = Field(1024, ge=16, le=1_048_576, description="Maximum tokens per sample (or per packed "
                                                                    "sequence).")
     long_samples: Literal["truncate", "drop"] = Field(

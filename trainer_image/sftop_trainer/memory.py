@@ -305,3 +305,40 @@ def alternatives(cfg: TrainerConfig, shape: Shape, params: Parameters, trainable
                    f"checkpointing needs about {gib(need):.1f} GiB), or more GPUs with distribution.strategy FSDP, "
                    f"which shards the model over them")
     return out
+
+
+def halved_batch(batch: int, accumulation: int) -> tuple[int, int] | None:
+    """training.autoBatchSize's next try after running out of memory: half the sequences per GPU and twice the
+    gradient accumulation, the same effective batch (an odd batch rounds down, so it shrinks slightly); None at 1."""
+    if batch <= 1:
+        return None
+    return batch // 2, accumulation * 2
+
+
+def out_of_memory_message(step: int, batch: int, accumulation: int, plan_memory: dict[str, Any] | None,
+                          gpu_memory: int | None, peak: int | None, reduced: int, auto: bool) -> str:
+    """What a user needs when CUDA ran out of memory: the plan's estimate, the GPU's memory, the peak torch reached,
+    and what would fit. `reduced`: how often training.autoBatchSize halved the batch before this."""
+    facts = [f"CUDA ran out of memory at step {step} with {batch} sequence(s) per GPU and "
+             f"gradientAccumulationSteps {accumulation}"]
+    if reduced:
+        facts.append(f"after training.autoBatchSize halved the batch {reduced} time(s)")
+    if plan_memory and plan_memory.get("perGpu") is not None:
+        facts.append(f"the plan estimated {plan_memory['perGpu']} GiB per GPU")
+    else:
+        facts.append("no plan was made (spec.validation off)")
+    if gpu_memory:
+        facts.append(f"the GPU has {gib(gpu_memory)} GiB")
+    if peak:
+        facts.append(f"torch had allocated up to {gib(peak)} GiB")
+    smaller = halved_batch(batch, accumulation)
+    fit = list((plan_memory or {}).get("wouldFit") or [])
+    if not fit and smaller:
+        fit.append(f"training.perDeviceTrainBatchSize: {smaller[0]} with gradientAccumulationSteps: {smaller[1]} "
+                   f"(the same effective batch)")
+    if smaller and not auto:
+        fit.append("training.autoBatchSize: true, which halves the batch on running out of memory")
+    if not smaller:
+        fit.append("a lower training.maxLength, training.gradientCheckpointing: true, method qlora, or more or "
+                   "larger GPUs (distribution.strategy FSDP shards the model)")
+    return "; ".join(facts) + ". What would fit: " + "; or ".join(fit)

@@ -162,6 +162,7 @@ def write_failed_result(cfg: TrainerConfig, out: Path, error: TrainerError, star
                                        if trainer is not None else None)
     if record is not None:
         details["evaluation"] = record.summary()
+    details["batch"] = state.get("batch")  # what training.autoBatchSize tried last
     details = {k: v for k, v in details.items() if v not in (None, [])}
     result = {**failure(error.code, EXIT_CLASSES[int(error.code)].reason, error.message), "runId": cfg.run.id,
               **details, "data": report.as_dict() if report is not None else None,

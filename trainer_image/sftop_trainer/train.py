@@ -14,6 +14,7 @@ Output layout under `output.dir`:
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sftop_trainer import memory
 from sftop_trainer import model as model_mod
 from sftop_trainer import progress as progress_mod
 from sftop_trainer import provenance, tracking
@@ -44,8 +46,9 @@ from sftop_trainer.trainer import make_trainer_class
 log = logging.getLogger(__name__)
 
 
-def build_trainer(cfg: TrainerConfig, progress: Progress, *, progress_bar: bool = False):
-    """Tokenizer, data, model and SFTTrainer, ready to train. Returns (trainer, tokenizer, prepared data)."""
+def build_trainer(cfg: TrainerConfig, progress: Progress, *, progress_bar: bool = False, data=None):
+    """Tokenizer, data, model and SFTTrainer, ready to train. Returns (trainer, tokenizer, prepared data). `data`:
+    the data prepared already (a retry with a smaller batch)."""
     if cfg.distribution.strategy == "FSDP":
         if not model_mod.has_gpu():
             # accelerate applies its FSDP plugin only on accelerators: on CPUs it would train data parallel
@@ -57,11 +60,12 @@ def build_trainer(cfg: TrainerConfig, progress: Progress, *, progress_bar: bool 
     tokenizer = model_mod.load_tokenizer(cfg)
     args = build_sft_config(cfg, Path(cfg.output.dir), has_eval=False, assistant_only_loss=False,
                             progress_bar=progress_bar)
-    data = load_prepared(Path(cfg.output.dir) / PREPARED, config_fingerprint(cfg))
-    if data is not None:
-        log.info("training on the data the Validating phase prepared: %d samples", len(data.train))
-    else:
-        data = prepare_data(cfg, tokenizer, args)
+    if data is None:
+        data = load_prepared(Path(cfg.output.dir) / PREPARED, config_fingerprint(cfg))
+        if data is not None:
+            log.info("training on the data the Validating phase prepared: %d samples", len(data.train))
+        else:
+            data = prepare_data(cfg, tokenizer, args)
     if data.eval is not None:
         args = build_sft_config(cfg, Path(cfg.output.dir), has_eval=True, assistant_only_loss=False,
                                 progress_bar=progress_bar)
@@ -138,8 +142,6 @@ def run(cfg: TrainerConfig, *, progress_bar: bool = False) -> dict[str, Any]:
 
 def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool, started: float,
            state: dict[str, Any]) -> dict[str, Any]:
-    import torch
-
     from sftop_trainer.evaluate import AnswerEval, EvaluationRecord
 
     watch = SigtermWatch()
@@ -148,6 +150,8 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
     progress.update(phase="LoadingData")
     trainer, tokenizer, data = build_trainer(cfg, progress, progress_bar=progress_bar)
     state["trainer"] = trainer
+    state["batch"] = {"perDevice": cfg.training.per_device_train_batch_size,
+                      "accumulation": cfg.training.gradient_accumulation_steps, "reducedAfterOOM": 0}
     # what the Trainer actually does, not what was asked: accelerate wrapped the model in FSDP, or DDP, or neither
     strategy = "FSDP" if trainer.is_fsdp_enabled else ("DataParallel" if world_size() > 1 else "SingleProcess")
     report, eval_rows = data.report, data.eval_rows
@@ -157,9 +161,7 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
         if ev.answers and eval_rows is not None else None
     record = EvaluationRecord(out, answers) if eval_rows is not None else None
     state["record"] = record
-    trainer.evaluation_record = record
-    if record is not None:
-        trainer.add_callback(evaluation_callback(record))
+    _attach_record(trainer, record)
     trainable, total = model_mod.count_parameters(trainer.model)
     learning_rate = trainer.args.learning_rate
     resume = latest_complete_checkpoint(out / CHECKPOINTS)
@@ -189,12 +191,8 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
         train_runtime = max((h["train_runtime"] for h in trainer.state.log_history if "train_runtime" in h),
                             default=None)
     else:
-        try:
-            output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        except torch.OutOfMemoryError as e:
-            raise OutOfMemory(f"CUDA ran out of memory at step {trainer.state.global_step}: lower "
-                              f"training.perDeviceTrainBatchSize or training.maxLength, use qlora, or give the run "
-                              f"more or larger GPUs ({str(e).splitlines()[0]})") from e
+        trainer, output = _train_within_memory(cfg, out, trainer, resume, data, progress, progress_bar, watch,
+                                               state)
         train_runtime = output.metrics.get("train_runtime")  # this attempt's training loop
         interrupted = watch.received or getattr(trainer, "group_interrupted", False)
         if interrupted and trainer.state.global_step < trainer.state.max_steps:
@@ -259,6 +257,7 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
         "totalParameters": total,
         "trainedTokens": tokens,
         "distribution": {"nodes": cfg.distribution.nodes, "processes": world_size(), "strategy": strategy},
+        "batch": state["batch"],
         "data": report.as_dict(),
         "configSha256": config_fingerprint(cfg),
         "versions": library_versions(),
@@ -274,6 +273,63 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
     progress.update(phase="Succeeded", percent=100, eta="0s")
     emit("result", **result)
     return result
+
+
+def _attach_record(trainer, record) -> None:
+    """The evaluation record the trainer's evaluations write to (None without an eval split)."""
+    trainer.evaluation_record = record
+    if record is not None:
+        trainer.add_callback(evaluation_callback(record))
+
+
+def _train_within_memory(cfg: TrainerConfig, out: Path, trainer, resume: Path | None, data, progress: Progress,
+                         progress_bar: bool, watch: SigtermWatch, state: dict[str, Any]):
+    """trainer.train(); on running out of CUDA memory with training.autoBatchSize, again with half the batch and
+    twice the accumulation from the latest checkpoint, in a trainer built afresh once the old one's memory is freed.
+    Returns (the trainer that finished, its train() output)."""
+    import torch
+
+    t = cfg.training
+    batch, accumulation, reduced = t.per_device_train_batch_size, t.gradient_accumulation_steps, 0
+    while True:
+        try:
+            return trainer, trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        except torch.OutOfMemoryError as e:
+            smaller = memory.halved_batch(batch, accumulation) if t.auto_batch_size and world_size() == 1 else None
+            peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+            gpu_memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory \
+                if torch.cuda.is_available() else None
+            message = memory.out_of_memory_message(trainer.state.global_step, batch, accumulation, _plan_memory(out),
+                                                   gpu_memory, peak, reduced, t.auto_batch_size)
+            if smaller is None:
+                raise OutOfMemory(f"{message} ({str(e).splitlines()[0]})") from e
+        log.warning("%s; training.autoBatchSize: retrying with %d sequence(s) per GPU and gradientAccumulationSteps "
+                    "%d", message.split(". What would fit")[0], *smaller)
+        (batch, accumulation), reduced = smaller, reduced + 1
+        state["batch"] = {"perDevice": batch, "accumulation": accumulation, "reducedAfterOOM": reduced}
+        # Free the failed attempt's model, optimizer and activations before the next one allocates its own.
+        trainer.accelerator.free_memory()
+        state.pop("trainer", None)
+        del trainer
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        smaller_cfg = cfg.model_copy(update={"training": t.model_copy(update={
+            "per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation})})
+        trainer, _, _ = build_trainer(smaller_cfg, progress, progress_bar=progress_bar, data=data)
+        state["trainer"] = trainer
+        _attach_record(trainer, state.get("record"))
+        watch.chain()  # the new trainer installed its own SIGTERM handler
+        resume = latest_complete_checkpoint(out / CHECKPOINTS)
+
+
+def _plan_memory(out: Path) -> dict[str, Any] | None:
+    """The memory part of the plan the Validating phase left in output.dir (none when validation was off)."""
+    try:
+        return json.loads((out / "plan.json").read_text()).get("memory")
+    except (OSError, ValueError):
+        return None
 
 
 def merge_adapter(cfg: TrainerConfig, adapter_dir: Path, merged_dir: Path) -> Path:
