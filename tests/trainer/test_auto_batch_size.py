@@ -4,9 +4,8 @@ accumulation from the latest checkpoint, and result.json says what it used."""
 
 import pytest
 import torch
-from trl import SFTTrainer
-
 from sftop_trainer.__main__ import main
+from trl import SFTTrainer
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ bnb_4bit_quant_storage's dtype, so each stored element stands for 2 × its size 
 of the tiny model on the CPU counts exactly what the unquantized model has."""
 
 import pytest
-
 from sftop_trainer import model as model_mod
 from sftop_trainer.config import TrainerConfig
 

@@ -97,7 +97,7 @@ def test_parameters_counted_from_the_config_alone_match_the_published_counts(mod
 
 @pytest.mark.parametrize("model_id", sorted(RULE_OF_THUMB))
 def test_the_estimate_agrees_with_the_rule_of_thumb_where_its_assumptions_hold(model_id):
-    nominal, qlora_gb = RULE_OF_THUMB[model_id]
+    _, qlora_gb = RULE_OF_THUMB[model_id]
     params, _, qlora = estimate(model_id, "qlora")
     _, _, full = estimate(model_id, "full", optim="adamw_torch_fused")
     _, _, lora = estimate(model_id, "lora")

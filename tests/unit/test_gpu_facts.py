@@ -2,7 +2,6 @@
 asked for GPUs can use them, what `dtype: auto` computes in, and how many weights a packed 4-bit tensor holds."""
 
 import pytest
-
 from sftop_trainer.errors import EXIT_CLASSES, USER_ERROR_CODES, ExitCode
 from sftop_trainer.memory import halved_batch, out_of_memory_message
 from sftop_trainer.model import auto_dtype, packed_4bit_values

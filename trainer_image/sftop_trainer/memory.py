@@ -319,8 +319,8 @@ def out_of_memory_message(step: int, batch: int, accumulation: int, plan_memory:
                           gpu_memory: int | None, peak: int | None, reduced: int, auto: bool) -> str:
     """What a user needs when CUDA ran out of memory: the plan's estimate, the GPU's memory, the peak torch reached,
     and what would fit. `reduced`: how often training.autoBatchSize halved the batch before this."""
-    facts = [f"CUDA ran out of memory at step {step} with {batch} sequence(s) per GPU and "
-             f"gradientAccumulationSteps {accumulation}"]
+    facts = [(f"CUDA ran out of memory at step {step} with {batch} sequence(s) per GPU and "
+              f"gradientAccumulationSteps {accumulation}")]
     if reduced:
         facts.append(f"after training.autoBatchSize halved the batch {reduced} time(s)")
     if plan_memory and plan_memory.get("perGpu") is not None:

@@ -43,7 +43,7 @@ def nvidia_driver() -> str | None:
         pynvml.nvmlInit()
         version = pynvml.nvmlSystemGetDriverVersion()
         return version.decode() if isinstance(version, bytes) else str(version)
-    except Exception:  # NVML raises its own error classes when no driver answers
+    except pynvml.NVMLError:  # no driver answers
         return None
 
 
