@@ -72,3 +72,15 @@ def test_dockerfiles_pass_hadolint():
     out = subprocess.run([hadolint, "--no-color", "--failure-threshold", "info", *map(str, files)],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_trainer_image_installs_torch_of_one_cuda_build_and_documents_its_driver():
+    """torch comes from PyTorch's index for one CUDA build, at the version CI pins; docs/trainer.md names that build's
+    minimum driver and GPU generations."""
+    text = (ROOT / "trainer_image" / "Dockerfile").read_text()
+    build = re.search(r"^ARG TORCH_CUDA=(cu\d+)$", text, re.M).group(1)
+    assert 'https://download.pytorch.org/whl/${TORCH_CUDA}' in text
+    assert "torch.version.cuda" in text, "the build checks it got a CUDA build"
+    docs = (ROOT / "docs" / "trainer.md").read_text()
+    version = f"{build[2:-1]}.{build[-1]}"  # cu128 -> 12.8
+    assert f"whl/{build}" in docs and f"CUDA {version}" in docs and "minimum NVIDIA driver" in docs
