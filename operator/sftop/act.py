@@ -25,6 +25,7 @@ from sftop.settings import Settings
 from sftop.workqueue import Key
 
 log = logging.getLogger(__name__)
+CREATES = ("ensure_claim", "ensure_config_map", "ensure_service", "ensure_job")
 CLAIM_MEMORY = 300.0  # seconds an output claim the operator ensured is taken to still exist
 
 
@@ -49,6 +50,10 @@ class Actor:
     async def act(self, key: Key, seen: Observed, decision: Decision) -> float | None:
         """Carry out a decision: the writes, then the status within the write budget, then its events."""
         requeue = decision.requeue
+        if key in self.cache.in_doubt or any(a.verb in CREATES for a in decision.actions):
+            self.cache.in_doubt.discard(key)
+            if not await self._still_there(key, seen):
+                return None
         for action in decision.actions:
             created = await self._act(action)
             if created is not None:
@@ -78,6 +83,9 @@ class Actor:
         change = patch.merge_patch(old, new)
         assert change is not None
         stored = await self.call(self.kube.patch_status, seen.namespace, seen.name, change)
+        if stored is None:
+            self._gone(key, seen)
+            return None
         self.last_write[key] = time.monotonic()
         self.metrics.status_written(seen.namespace, old, new, live)
         if key in self.cache.sftjobs:
@@ -96,6 +104,25 @@ class Actor:
             task.add_done_callback(self.posting.discard)
             self.metrics.events.inc()
         return requeue
+
+    async def _still_there(self, key: Key, seen: Observed) -> bool:
+        """Whether the SFTJob the cache holds is still stored, read before its children are created and after one of
+        its Jobs was deleted. A deletion during a watch gap sends no DELETED event (the list after 410 Gone simply
+        lacks the object), so the cache can hold an SFTJob that is gone: reconciled at every resync for ever, and
+        children created for it would name a dead owner, the garbage collector would delete them, their DELETED
+        events queue it again, and round it would go. A name taken again by a new SFTJob (another uid) replaces the
+        cached one."""
+        stored = await self.call(self.kube.read_sftjob, seen.namespace, seen.name)
+        if stored is not None and stored["metadata"].get("uid") == seen.body["metadata"].get("uid"):
+            return True
+        self._gone(key, seen)
+        if stored is not None:
+            self.cache.observe_sftjob("ADDED", stored)
+        return False
+
+    def _gone(self, key: Key, seen: Observed) -> None:
+        log.info("SFTJob %s/%s is gone though no watch said so (a watch gap): forgotten", *key)
+        self.cache.observe_sftjob("DELETED", seen.body)
 
     async def _act(self, action: Action) -> dict[str, Any] | None:
         """One write; returns the Job it created (or found), for the cache."""

@@ -109,19 +109,23 @@ class WatchCache:
         self.pods: dict[Key, dict[str, Any]] = {}
         self.continuing: dict[Key, set[Key]] = collections.defaultdict(set)  # SFTJob -> those warm-starting from it
         self.pods_of_run: dict[tuple, set[Key]] = collections.defaultdict(set)  # (namespace, sftjob, run) -> pods
+        # SFTJobs one of whose Jobs was deleted: the garbage collector does so once the SFTJob is gone, and a watch gap
+        # can have hidden that deletion from us. Read once from the API server before acting on (sftop.act).
+        self.in_doubt: set[Key] = set()
 
     def observe_sftjob(self, event_type: str | None, obj: dict[str, Any], requeue: bool = True) -> None:
         key = (obj["metadata"].get("namespace"), obj["metadata"]["name"])
         cached = self.sftjobs.get(key)
         if event_type != "DELETED" and cached is not None and older(obj, cached):
             return  # an event from before a write of ours already in the cache (watches lag behind writes)
-        if requeue and cached is not None and same_version(obj, cached):
+        if requeue and event_type != "DELETED" and cached is not None and same_version(obj, cached):
             return  # the watch event of our own status write: nothing new to act on
         source = ((((cached or obj).get("spec") or {}).get("warmStart") or {}).get("sftJob"))
         if source:
             self.continuing[(key[0], source)].discard(key)
         if event_type == "DELETED":
             self.sftjobs.pop(key, None)
+            self.in_doubt.discard(key)
             self.queue.forget(key)
             self.forget(key)
             return
@@ -153,6 +157,9 @@ class WatchCache:
             self.queue.add((meta.get("namespace"), parent))
 
     def observe_job(self, event_type: str | None, obj: dict[str, Any]) -> None:
+        parent = (obj["metadata"].get("labels") or {}).get(names.SFTJOB_LABEL)
+        if event_type == "DELETED" and parent:
+            self.in_doubt.add((obj["metadata"].get("namespace"), parent))
         self._observe_child(self.jobs, event_type, obj)
 
     def observe_pod(self, event_type: str | None, obj: dict[str, Any]) -> None:

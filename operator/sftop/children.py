@@ -9,14 +9,20 @@ from typing import Any
 
 from sftop import api, names, render
 from sftop.conditions import conditions_of, holds
-from sftop.kueue import PRIORITY_LABEL
+from sftop.kueue import PRIORITY_LABEL, QUEUE_LABEL
 from sftop.records import Action, Decision, Observed
+
+SPEC_LABELS = (QUEUE_LABEL, PRIORITY_LABEL)  # Kueue's, on a Job only from the spec
 
 
 def adopt(child: dict[str, Any], owner: dict[str, Any], template: bool = False) -> None:
     """Make `owner` the controller of a rendered `child`, so that deleting the SFTJob deletes it; the owner's labels
-    go onto the child (and, for a Job, its pod template) where the child has none of that key. What kopf.adopt does
-    for a child already named and in its owner's namespace, without kopf."""
+    go onto the child (and, for a Job, its pod template) where the child has none of that key, except Kueue's queue
+    and priority: a `kueue.x-k8s.io/queue-name` on the SFTJob's metadata would queue a Job the operator treats as
+    unqueued (they come from `spec.queueName` and `spec.workloadPriorityClassName` only). What kopf.adopt does for a
+    child already named and in its owner's namespace, without kopf. `blockOwnerDeletion` keeps a foreground
+    deletion of the SFTJob (Argo CD's default) waiting until its Jobs are gone; sftop.rbac grants what the
+    OwnerReferencesPermissionEnforcement admission plugin asks for it."""
     meta = owner.get("metadata", {})
     reference = {"controller": True, "blockOwnerDeletion": True, "apiVersion": owner.get("apiVersion"),
                  "kind": owner.get("kind"), "name": meta.get("name"), "uid": meta.get("uid")}
@@ -24,7 +30,8 @@ def adopt(child: dict[str, Any], owner: dict[str, Any], template: bool = False) 
     for obj in [child, child["spec"]["template"]] if template else [child]:
         labels = obj["metadata"].setdefault("labels", {})
         for key, value in (meta.get("labels") or {}).items():
-            labels.setdefault(key, value)
+            if key not in SPEC_LABELS:
+                labels.setdefault(key, value)
 
 
 def children(seen: Observed, spec: api.SFTJobSpec, rid: str, out: Decision, validation: bool = False,

@@ -131,14 +131,22 @@ class Kube:
         return self._create_or_read(lambda: self.core.create_namespaced_persistent_volume_claim(ns, body),
                                     lambda: self.core.read_namespaced_persistent_volume_claim(name, ns))
 
-    def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+    def _read(self, read: Callable[[], Any]) -> dict[str, Any] | None:
+        """An object as stored, or None when there is none (404)."""
         try:
-            obj = retrying(lambda: self.batch.read_namespaced_job(name, namespace))
+            obj = retrying(read)
         except ApiException as e:
             if e.status == 404:
                 return None
             raise
         return self.client.sanitize_for_serialization(obj)
+
+    def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._read(lambda: self.batch.read_namespaced_job(name, namespace))
+
+    def read_sftjob(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._read(lambda: self.custom.get_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.PLURAL, name))
 
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         pods = retrying(lambda: self.core.list_namespaced_pod(namespace, label_selector=selector))
@@ -231,19 +239,14 @@ class Kube:
         read = {"Secret": self.core.read_namespaced_secret,
                 "ConfigMap": self.core.read_namespaced_config_map,
                 "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim}[kind]
-        try:
-            obj = retrying(lambda: read(name, namespace))
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-        return self.client.sanitize_for_serialization(obj)
+        return self._read(lambda: read(name, namespace))
 
     # ------------------------------------------------------------------------------ SFTJob status
 
-    def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        """Patch an SFTJob's status; returns the SFTJob as stored (with its new resourceVersion)."""
-        return retrying(lambda: self.custom.patch_namespaced_custom_object_status(
+    def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any] | None:
+        """Patch an SFTJob's status; returns the SFTJob as stored (with its new resourceVersion), or None when it is
+        gone."""
+        return self._read(lambda: self.custom.patch_namespaced_custom_object_status(
             api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": patch}))
 
     def post_event(self, owner: dict[str, Any], kind: str, reason: str, message: str) -> None:

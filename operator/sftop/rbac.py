@@ -16,6 +16,10 @@ RULES: list[dict[str, Any]] = [
     # watch SFTJobs, write only their status
     {"apiGroups": [api.GROUP], "resources": [api.PLURAL], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [api.GROUP], "resources": [f"{api.PLURAL}/status"], "verbs": ["get", "patch"]},
+    # children's owner references block their SFTJob's foreground deletion (blockOwnerDeletion), which the
+    # OwnerReferencesPermissionEnforcement admission plugin (OpenShift's default) allows only to who may update the
+    # owner's finalizers; SFTJobs serve no finalizers subresource, so this grants nothing else (docs/security.md)
+    {"apiGroups": [api.GROUP], "resources": [f"{api.PLURAL}/finalizers"], "verbs": ["update"]},
     # the runs' Jobs: create, suspend/resume, stop a superseded run
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
     # the trainer pods: state, termination message, IP for progress

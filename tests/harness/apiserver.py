@@ -17,8 +17,9 @@ checks each one.
 | chunked lists | pages LIST with `limit` and `continue` (k8s.io/apiserver pkg/storage/etcd3/store.go `GetList`): every page but the last carries `metadata.continue`, all pages the first page's resourceVersion (docs: "Retrieving large results sets in chunks") |
 | tables | answers `Accept: ...;as=Table` (kubectl get) for SFTJobs with the CRD's printer columns |
 | discovery | core group version `v1` (kmock says `/v1`); subresources without short names or categories; /version says 1.32 |
-| garbage collector | deletes the objects whose ownerReferences name a deleted object (background propagation) |
-| faults | can answer chosen requests with an error (`fail_next`; 429 with Retry-After, as API Priority and Fairness does), delay every request (`latency`), end every watch stream (`cut_watches`) and then answer watches that resume from an older resourceVersion with 410 Gone (`compact`, as after etcd compaction), and run a hook right after a chosen write is stored (`after_write`: a SIGKILL of the operator) |
+| owner references | OwnerReferencesPermissionEnforcement, on (OpenShift's default): a request of the operator (by User-Agent, authorized by `owner_rules`, sftop.rbac.RULES) that sets an ownerReference with `blockOwnerDeletion: true` (new, or turned true) is answered 403 Forbidden unless those rules allow `update` on the owner's `<plural>/finalizers` in its group; an update that changes ownerReferences also needs `delete` on the object (kubernetes plugin/pkg/admission/gc/gc_admission.go: `newBlockingOwnerDeletionRefs`, `ownerRefToDeleteAttributeRecords`; docs: admission controllers, "OwnerReferencesPermissionEnforcement") |
+| garbage collector | deletes the objects whose ownerReferences name a deleted object (background propagation), and an object created with ownerReferences none of whose owners exists (a dangling owner: kubernetes pkg/controller/garbagecollector/garbagecollector.go `attemptToDeleteItem` deletes a dependent whose owners are all absent, `classifyReferences`) |
+| faults | can answer chosen requests with an error (`fail_next`; 429 with Retry-After, as API Priority and Fairness does), delay every request (`latency`), end every watch stream (`cut_watches`), hold one resource's watches unanswered until released (`hold_watches`, `release_watches`: a watch gap; what changed meanwhile is never sent as events, and a resumed watch gets 410 once compacted), and then answer watches that resume from an older resourceVersion with 410 Gone (`compact`, as after etcd compaction), and run a hook right after a chosen write is stored (`after_write`: a SIGKILL of the operator) |
 
 kmock matches each request against its whole request history, which makes a long test or a benchmark
 quadratic; this server matches against the requests in flight only, and records every request in `log`.
@@ -47,6 +48,7 @@ from kmock._internal.k8s import KubernetesError
 
 from sftop import api
 from sftop.patch import merge_patch
+from sftop.rbac import RULES, allows
 from sftop.crd import open_api_schema
 from sftop.validate import apply_defaults, schema_problems
 
@@ -127,7 +129,11 @@ class ApiServer(kmock.KubernetesEmulator):
         self.hooks: list[tuple[str, str, Callable[[Any], None]]] = []  # (method, path fragment, after the write)
         self.compacted = 0  # watches resuming from a resourceVersion below this get 410 Gone
         self.watch_cut = asyncio.Event()
+        self.held: set[str] = set()  # plurals whose watches wait for `released`
+        self.plural_cuts: dict[str, asyncio.Event] = {}  # set to end the watches of one resource
+        self.released = asyncio.Event()
         self.inflight: dict[int, Any] = {}
+        self.owner_rules: list[dict[str, Any]] | None = list(RULES)  # None: no OwnerReferencesPermissionEnforcement
         self.status_resources = set(STATUS_RESOURCES)
         self.visibility: Any = None  # Kueue's visibility API, once a Kueue (harness.kueue) is installed
         self.sent: collections.Counter[tuple[str, str | None]] = collections.Counter()  # (resource, namespace)
@@ -165,10 +171,25 @@ class ApiServer(kmock.KubernetesEmulator):
         """Run `hook(request)` once, right after the next matching write is stored and before it is answered."""
         self.hooks.append((method.upper(), path_part, hook))
 
-    def cut_watches(self) -> None:
-        """End every open watch stream, as an API server restart or a load balancer's idle timeout does."""
-        self.watch_cut.set()
-        self.watch_cut = asyncio.Event()
+    def cut_watches(self, plural: str | None = None) -> None:
+        """End every open watch stream (or those of one resource), as an API server restart or a load balancer's idle
+        timeout does."""
+        if plural is None:
+            self.watch_cut.set()
+            self.watch_cut = asyncio.Event()
+        else:
+            self.plural_cuts.pop(plural, asyncio.Event()).set()
+
+    def hold_watches(self, plural: str) -> None:
+        """Cut the watches of `plural` and hold every new one unanswered until `release_watches`: events meanwhile are
+        lost to the operator, as in a network partition between it and the API server."""
+        self.held.add(plural)
+        self.released = asyncio.Event()
+        self.cut_watches(plural)
+
+    def release_watches(self) -> None:
+        self.held.clear()
+        self.released.set()
 
     async def restart(self, server: kmock.Server, down: float = 1.0) -> kmock.Server:
         """Stop `server` (its connections refused, its watches cut) and serve the same state on the same port again
@@ -211,6 +232,8 @@ class ApiServer(kmock.KubernetesEmulator):
             self.inflight.pop(id(request), None)
 
     async def _serve_watch(self, request: Any):
+        while request.resource.plural in self.held:
+            await self.released.wait()
         since = request.params.get("resourceVersion")
         if since and since.isdigit() and int(since) < self.compacted:
             yield b""
@@ -218,9 +241,10 @@ class ApiServer(kmock.KubernetesEmulator):
                                                "status": "Failure", "reason": "Expired", "code": 410,
                                                "message": f"too old resource version: {since} ({self.compacted})"}}
             return
-        cut = self.watch_cut
+        cuts = (self.watch_cut, self.plural_cuts.setdefault(request.resource.plural, asyncio.Event()))
         stream = self._selected(request, super()._serve_watch(request)).__aiter__()
-        stop = asyncio.ensure_future(cut.wait())
+        waits = [asyncio.ensure_future(c.wait()) for c in cuts]
+        stop = asyncio.ensure_future(asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED))
         following: asyncio.Future | None = None
         try:
             while True:
@@ -235,7 +259,8 @@ class ApiServer(kmock.KubernetesEmulator):
                 following = None
                 yield event
         finally:
-            stop.cancel()
+            for wait in (stop, *waits):
+                wait.cancel()
             if following is not None and not following.done():
                 following.cancel()
                 await asyncio.gather(following, return_exceptions=True)
@@ -274,6 +299,9 @@ class ApiServer(kmock.KubernetesEmulator):
             except KubernetesError as e:
                 return await self._render_error(e)
         response = await super()._handle(request)
+        if request.resource is not None and request.action == enums.action.CREATE and \
+                getattr(response, "status", 500) < 300 and isinstance(request.data, dict):
+            await self._collect_if_dangling(request)
         if request.resource is not None and request.action == enums.action.DELETE and request.name:
             key = (request.resource, request.namespace, request.name)
             last = self.objects[key].last if key in self.objects else None
@@ -300,6 +328,7 @@ class ApiServer(kmock.KubernetesEmulator):
                 data.pop("status", None)
             if res == SFTJOBS:
                 self._check_sftjob(request, data)
+            self._check_owner_references(request, meta.get("ownerReferences") or [], None)
         elif request.action == enums.action.UPDATE and isinstance(data, (dict, list)):
             key = (request.resource, request.namespace, request.name)
             if key not in self.objects or self.objects[key].deleted:
@@ -308,6 +337,9 @@ class ApiServer(kmock.KubernetesEmulator):
             if isinstance(data, list):  # a JSON patch: turn it into the merge patch of its effect
                 data = merge_patch(old, dict(dicts.patch_dict(old, data))) or {}
                 object.__setattr__(request, "data", data)  # kmock's Request is frozen; the patch is ours to shape
+            if "ownerReferences" in (data.get("metadata") or {}):
+                self._check_owner_references(request, data["metadata"]["ownerReferences"] or [],
+                                             old.get("metadata", {}).get("ownerReferences") or [])
             if res in self.status_resources:
                 if request.subresource == "status":
                     for k in [k for k in data if k != "status"]:
@@ -327,6 +359,29 @@ class ApiServer(kmock.KubernetesEmulator):
                 data.update({k: v for k, v in new.items() if k != "status"})
                 for gone in old.keys() - new.keys():
                     data[gone] = None
+
+    def _check_owner_references(self, request: Any, refs: list[dict[str, Any]], old: list[dict[str, Any]] | None) \
+            -> None:
+        """OwnerReferencesPermissionEnforcement for the operator's requests: `old` is None on create."""
+        agent = request.headers.get("User-Agent") or ""
+        if self.owner_rules is None or not agent.startswith(OPERATOR_AGENTS) or refs == (old or []):
+            return
+        if old is not None and not allows(self.owner_rules, request.resource.group, request.resource.plural,
+                                          "delete"):
+            raise KubernetesError(status=403, reason="Forbidden", message="cannot set an ownerRef on a resource "
+                                  "you can't delete")
+        was_blocking = {r.get("uid") for r in old or [] if r.get("blockOwnerDeletion")}
+        for ref in refs:
+            if not ref.get("blockOwnerDeletion") or ref.get("uid") in was_blocking:
+                continue
+            group = ref.get("apiVersion", "").rpartition("/")[0]
+            plurals = [r.plural for r in self.resources if r.group == group and self.resources[r].kind == ref.get("kind")]
+            if not plurals or not all(allows(self.owner_rules, group, f"{p}/finalizers", "update") for p in plurals):
+                raise KubernetesError(
+                    status=403, reason="Forbidden",
+                    message=f"{_res(request.resource)} \"{request.data.get('metadata', {}).get('name')}\" is "
+                            f"forbidden: cannot set blockOwnerDeletion if an ownerReference refers to a resource you "
+                            f"can't set finalizers on: no RBAC rule allows update on {group}/{plurals}/finalizers")
 
     def _check_sftjob(self, request: Any, obj: dict[str, Any]) -> None:
         pruned, dropped = prune(self.schema, obj)
@@ -354,13 +409,29 @@ class ApiServer(kmock.KubernetesEmulator):
 
     async def _collect_garbage(self, uid: str) -> None:
         """Background cascading deletion: dependents go after their owner, theirs after them."""
+        await self._collect(lambda meta: any(o.get("uid") == uid for o in meta.get("ownerReferences") or []))
+
+    async def _collect_if_dangling(self, request: Any) -> None:
+        """A new object whose owners are all absent is collected at once (the real collector does so within moments
+        of seeing it)."""
+        meta = request.data.get("metadata") or {}
+        owners = {o.get("uid") for o in meta.get("ownerReferences") or []}
+        if not owners:
+            return
+        alive = {o.get("metadata", {}).get("uid") for o in self.objects.values() if not o.deleted}
+        if not owners & alive:
+            uid = meta.get("uid")
+            await self._collect(lambda m: m.get("uid") == uid)
+
+    async def _collect(self, collected: Callable[[dict], bool]) -> None:
+        """Delete the objects whose metadata `collected` picks, then their dependents."""
         doomed = []
         async with self._lock:
             for key, obj in list(self.objects.items()):
                 if obj.deleted:
                     continue
-                owners = obj.get("metadata", {}).get("ownerReferences") or []
-                if any(o.get("uid") == uid for o in owners):
+                meta = obj.get("metadata", {})
+                if collected(meta):
                     raw = obj.raw
                     obj.delete()
                     await self._buses[key[0]].put({"type": "DELETED", "object": raw})
@@ -514,8 +585,6 @@ def verb(request: Any) -> str:
 
 def forbidden_requests(emu: ApiServer, rules: list[dict[str, Any]]) -> list[str]:
     """The operator's requests (by User-Agent) that `rules` would not allow; discovery is open to everyone."""
-    from sftop.rbac import allows
-
     out = []
     for r in emu.log:
         if not (r.headers.get("User-Agent") or "").startswith(OPERATOR_AGENTS) or r.resource is None \

@@ -180,3 +180,26 @@ async def test_field_selector_and_core_discovery(apiserver):
     sft = await (await apiserver.get("/apis/sftop.dev/v1alpha1")).json()
     status = next(r for r in sft["resources"] if r["name"] == "sftjobs/status")
     assert status["shortNames"] == [] and status["categories"] == []
+
+
+async def test_owner_reference_enforcement_needs_update_on_the_owners_finalizers(apiserver):
+    owner = await (await apply(apiserver, sftjob())).json()
+    ref = {"apiVersion": "sftop.dev/v1alpha1", "kind": "SFTJob", "name": "chat", "uid": owner["metadata"]["uid"],
+           "blockOwnerDeletion": True, "controller": True}
+    as_operator = {"User-Agent": "sftop-operator/test"}
+    apiserver.owner_rules = [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}]
+    resp = await apiserver.post(f"/api/v1/namespaces/{NS}/configmaps", headers=as_operator, json={
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "ownerReferences": [ref]}})
+    assert resp.status == 403 and "blockOwnerDeletion" in (await resp.json())["message"]
+    apiserver.owner_rules.append({"apiGroups": ["sftop.dev"], "resources": ["sftjobs/finalizers"],
+                                  "verbs": ["update"]})
+    resp = await apiserver.post(f"/api/v1/namespaces/{NS}/configmaps", headers=as_operator, json={
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "ownerReferences": [ref]}})
+    assert resp.status == 201
+
+
+async def test_garbage_collector_deletes_an_object_whose_owners_are_all_gone(apiserver):
+    ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "gone", "uid": "no-such-uid"}
+    resp = await create_cm(apiserver, {"apiVersion": "v1", "kind": "ConfigMap",
+                                       "metadata": {"name": "orphan", "ownerReferences": [ref]}})
+    assert resp.status == 201 and obj(apiserver, "v1/configmaps", "orphan") is None

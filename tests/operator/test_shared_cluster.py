@@ -1,7 +1,11 @@
 """The operator in a shared cluster, as a real API server and Kueue behave there: other teams' Pods and Jobs, watch
 gaps that lose deletions, admission plugins that check owner references, Kueue's own controllers."""
 
-from harness.cluster import apply, objs, requests, sftjob, status_of, wait_for
+import asyncio
+
+import pytest
+
+from harness.cluster import NS, apply, objs, requests, sftjob, status_of, wait_for
 from test_platform_faults import run_to_success, succeed
 
 OTHER = "team-b"
@@ -41,3 +45,49 @@ async def test_other_teams_pods_and_jobs_never_reach_the_operator(apiserver, ope
             assert r.params.get("watch") == "true" or r.params.get("limit"), f"an unpaged list: {r.url}"
     assert len(objs(apiserver, "v1/pods", OTHER)) == 10
     assert status_of(apiserver)["phase"] == "Succeeded"
+
+
+@pytest.mark.parametrize("phase", ["Validating", "Running"])
+async def test_a_deletion_lost_in_a_watch_gap_brings_no_child_back(apiserver, operator, phase):
+    if phase == "Validating":  # the collected validation Job is what the operator would create again
+        await apply(apiserver, sftjob(validation={"enabled": True}))
+        await wait_for(lambda: status_of(apiserver).get("phase") == "Validating", timeout=15)
+    else:
+        await apply(apiserver, sftjob())
+        await run_to_success(apiserver)
+    apiserver.hold_watches("sftjobs")  # the SFTJob's DELETED event will never reach the operator
+    since = len(apiserver.log)
+    resp = await apiserver.delete(f"/apis/sftop.dev/v1alpha1/namespaces/{NS}/sftjobs/chat")
+    assert resp.status < 300
+    # The collector deletes its Job; that DELETED event does reach the operator, which still holds the SFTJob.
+    await wait_for(lambda: (NS, "chat") not in operator.controller.sftjobs, timeout=15,
+                   explain=lambda: f"{len(requests_since(apiserver, since, 'POST'))} creates since the deletion")
+    apiserver.compact()
+    apiserver.release_watches()  # the watch resumes into 410 Gone, and the list no longer has the SFTJob
+    await asyncio.sleep(2)
+    assert requests_since(apiserver, since, "POST") == [], "children created for an SFTJob that is gone"
+    assert objs(apiserver, "batch/v1/jobs") == [] and objs(apiserver, "v1/configmaps") == []
+
+
+def requests_since(emu, since, method):
+    return [r.url.path for r in emu.log[since:] if r.method.value.upper() == method and "/events" not in r.url.path]
+
+
+async def test_children_block_their_owners_deletion_under_owner_reference_enforcement(apiserver, operator):
+    assert apiserver.owner_rules is not None, "the emulator enforces OwnerReferencesPermissionEnforcement"
+    await apply(apiserver, sftjob())
+    await run_to_success(apiserver)
+    owned = objs(apiserver, "batch/v1/jobs") + objs(apiserver, "v1/configmaps")
+    assert len(owned) == 2
+    for child in owned:
+        assert [r["blockOwnerDeletion"] for r in child["metadata"]["ownerReferences"]] == [True]
+
+
+async def test_a_queue_label_on_the_sftjob_never_queues_its_job(apiserver, operator):
+    manifest = sftjob()
+    manifest["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a", "team": "a"}
+    await apply(apiserver, manifest)
+    job, _ = await run_to_success(apiserver)
+    for labels in (job["metadata"]["labels"], job["spec"]["template"]["metadata"]["labels"]):
+        assert "kueue.x-k8s.io/queue-name" not in labels and labels["team"] == "a"
+    assert job["spec"].get("suspend") is not True
