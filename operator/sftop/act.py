@@ -146,6 +146,8 @@ class Actor:
             await self.call(kube.stop_job, action.namespace, action.name)
         elif action.verb == "suspend_job":
             return await self.call(kube.set_job_suspended, action.namespace, action.name, action.value)
+        elif action.verb == "set_workload_active":
+            await self.call(kube.set_workload_active, action.namespace, action.name, action.value)
         elif action.verb == "label_job":
             return await self.call(kube.set_job_label, action.namespace, action.name, *action.value)
         else:

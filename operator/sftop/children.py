@@ -53,13 +53,23 @@ def children(seen: Observed, spec: api.SFTJobSpec, rid: str, out: Decision, vali
     return job
 
 
-def apply_suspend(job: dict[str, Any], spec: api.SFTJobSpec, out: Decision) -> dict[str, Any]:
-    """spec.suspend drives the Job's suspend; with a queue, only Kueue lets a Job start."""
+def apply_suspend(job: dict[str, Any], spec: api.SFTJobSpec, workload: dict[str, Any] | None,
+                  out: Decision) -> dict[str, Any]:
+    """spec.suspend drives the Job's suspend. With a queue it drives the Workload's `spec.active` instead, and the Job
+    is Kueue's alone: Kueue starts an admitted Workload's suspended Job again (its jobframework reconciler), so a
+    suspend of ours would be undone at once, while a deactivated Workload is evicted, its Job suspended by Kueue and
+    kept so until it is active again. Before Kueue made the Workload, the Job waits suspended anyway; the next look
+    deactivates it."""
     suspended = bool((job.get("spec") or {}).get("suspend"))
     conditions = conditions_of(job)
     if holds(conditions, "Complete") or holds(conditions, "Failed"):
         return job
-    want = spec.suspend if not spec.queue_name else (spec.suspend or suspended)
+    if spec.queue_name:
+        if workload is not None and (workload.get("spec") or {}).get("active", True) == spec.suspend:
+            meta = workload["metadata"]
+            out.actions.append(Action("set_workload_active", meta["namespace"], meta["name"], value=not spec.suspend))
+        return job
+    want = spec.suspend
     if want != suspended:
         meta = job["metadata"]
         out.actions.append(Action("suspend_job", meta["namespace"], meta["name"], value=want))

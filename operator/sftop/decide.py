@@ -55,7 +55,7 @@ def decide(seen: Observed) -> Decision:
                 out.requeue = None if status.get("phase") in lifecycle.TERMINAL else WAIT_RETRY
                 return out
         job = children(seen, spec, rid, out, warm_start=warm_start)
-    job = apply_suspend(job, spec, out)
+    job = apply_suspend(job, spec, seen.queue.workload if seen.queue is not None else None, out)
     apply_priority(job, spec, out)
 
     observation = lifecycle.observe(spec.suspend, bool(spec.queue_name), job, seen.pods, spec.distribution.nodes)

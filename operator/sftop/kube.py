@@ -200,6 +200,11 @@ class Kube:
         items = self._kueue(find)
         return max(items, key=lambda w: w["metadata"].get("creationTimestamp") or "") if items else None
 
+    def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
+        """Deactivate (or reactivate) a Workload: Kueue's own way to stop an admitted Job and keep it stopped."""
+        self._kueue(lambda v: self.custom.patch_namespaced_custom_object(KUEUE_GROUP, v, namespace, "workloads",
+                                                                         name, {"spec": {"active": active}}))
+
     def local_queue(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             return self._kueue(lambda v: self.custom.get_namespaced_custom_object(KUEUE_GROUP, v, namespace,

@@ -78,6 +78,14 @@ def held(job: dict[str, Any], queue: str | None, suspend: bool) -> bool:
         not any(conditions.holds(conds, c) for c in ("Complete", "SuccessCriteriaMet", "Failed"))
 
 
+def worth_reading(job: dict[str, Any], queue: str | None, suspend: bool) -> bool:
+    """Whether the run's Workload is worth reading: Kueue holds its Job (why it waits), or spec.suspend asks for a
+    queued run that has not finished to stop (its Workload is deactivated: children.apply_suspend)."""
+    conds = conditions.conditions_of(job)
+    return held(job, queue, suspend) or (bool(queue) and suspend and not any(
+        conditions.holds(conds, c) for c in ("Complete", "SuccessCriteriaMet", "Failed")))
+
+
 def in_line(workload: dict[str, Any]) -> bool:
     """Whether the Workload waits its turn, so that Kueue's visibility API knows its position."""
     return not holds(workload, "Evicted") and not holds(workload, "QuotaReserved")

@@ -102,8 +102,9 @@ class Observer:
         return None
 
     async def _queue_view(self, job: dict[str, Any], queue: str | None, suspend: bool) -> QueueView | None:
-        """Kueue's view of a Job it holds suspended: its Workload, ClusterQueue, place in the queue, preemptor."""
-        if not kueue.held(job, queue, suspend):
+        """Kueue's view of a Job it holds suspended (or of one spec.suspend stops): its Workload, ClusterQueue, place
+        in the queue, preemptor."""
+        if not kueue.worth_reading(job, queue, suspend):
             return None
         namespace = job["metadata"]["namespace"]
         view = QueueView()

@@ -6,7 +6,7 @@ test_kueue_stand_in.py checks each rule below.
 | Kueue part | what it does here |
 |---|---|
 | API | serves kueue.x-k8s.io/v1beta2 Workloads, LocalQueues, ClusterQueues, ResourceFlavors and WorkloadPriorityClasses, and the visibility API's pendingworkloads of a LocalQueue (positions from 0) |
-| job reconciler | a Job labelled `kueue.x-k8s.io/queue-name` gets a Workload named `job-<job>-<5 hex>`, owned by the Job (controller reference), labelled `kueue.x-k8s.io/job-uid`, with one pod set `main` (count = parallelism, the pod template), the priority of the Job's `kueue.x-k8s.io/priority-class` WorkloadPriorityClass (0 without); an admitted Workload's Job is unsuspended; an evicted Workload's Job is suspended, and once it has no active pod the admission is cleared (QuotaReserved False with the eviction's message, Requeued True); a finished Job's Workload gets Finished True |
+| job reconciler | a Job labelled `kueue.x-k8s.io/queue-name` gets a Workload named `job-<job>-<5 hex>`, owned by the Job (controller reference), labelled `kueue.x-k8s.io/job-uid`, with one pod set `main` (count = parallelism, the pod template), the priority of the Job's `kueue.x-k8s.io/priority-class` WorkloadPriorityClass (0 without); an admitted Workload's suspended Job is unsuspended, whoever suspended it (pkg/controller/jobframework/reconciler.go `ReconcileGenericJob`: "Job admitted, unsuspending"); a deactivated Workload (`spec.active: false`) that holds quota is evicted, Evicted True, reason `Deactivated`, "The workload is deactivated", and waits in no queue; reactivated, it gets Requeued True, reason `Reactivated`, "The workload was reactivated", and queues again (pkg/controller/core/workload_controller.go); an evicted Workload's Job is suspended, and once it has no active pod the admission is cleared (QuotaReserved False with the eviction's message, Requeued True); a finished Job's Workload gets Finished True |
 | workload controller | a Workload whose LocalQueue does not exist: QuotaReserved False, reason Inadmissible, "LocalQueue <name> doesn't exist" |
 | scheduler | pending Workloads by priority, then creation (BestEffortFIFO); one is admitted when its requests fit the ClusterQueue's nominal quota of one flavor less the usage of admitted Workloads: `status.admission` (clusterQueue, podSetAssignments with flavors and resourceUsage), QuotaReserved True "Quota reserved in ClusterQueue <cq>", Admitted True, and Evicted and Preempted turned False with "Previously: ..."; otherwise QuotaReserved False, reason Pending, "couldn't assign flavors to pod set main: insufficient unused quota for <resource> in flavor <flavor>, <n> more needed" (or "insufficient quota ..., request > maximum capacity (<r> > <q>)") |
 | preemption | with `preemption.withinClusterQueue: LowerPriority`, a pending Workload that does not fit evicts admitted lower-priority Workloads of its ClusterQueue (lowest priority first, then the most recently admitted) until it would fit: Evicted True, reason Preempted, and Preempted True, reason InClusterQueue, both with "Preempted to accommodate a workload (UID: <uid>, JobUID: <job uid>) due to prioritization in the ClusterQueue; preemptor path: /<cq>; preemptee path: /<cq>" |
@@ -164,7 +164,7 @@ class Kueue:
                                                 w["metadata"]["name"]))
 
     def _is_pending(self, w: dict[str, Any]) -> bool:
-        return not holds(w, "QuotaReserved") and not holds(w, "Finished")
+        return not holds(w, "QuotaReserved") and not holds(w, "Finished") and w["spec"].get("active", True)
 
     def pending(self, namespace: str, local_queue: str) -> list[dict[str, Any]]:
         """The visibility API's answer for a LocalQueue: its pending Workloads, with positions from 0."""
@@ -231,6 +231,14 @@ class Kueue:
                 meta = w["metadata"]
                 spec = {"priority": priority[0], "priorityClassName": priority[1]}
                 await self._patch(f"{API}/namespaces/{meta['namespace']}/workloads/{meta['name']}", {"spec": spec})
+            activated = w["spec"].get("active", True)
+            if not activated and holds(w, "QuotaReserved") and not holds(w, "Evicted"):
+                set_condition(w, "Evicted", "True", "Deactivated", "The workload is deactivated")
+                await self._write_status(w)
+            elif activated and holds(w, "Evicted") and condition(w, "Evicted")["reason"] == "Deactivated" and \
+                    not holds(w, "QuotaReserved") and (condition(w, "Requeued") or {}).get("reason") != "Reactivated":
+                set_condition(w, "Requeued", "True", "Reactivated", "The workload was reactivated")
+                await self._write_status(w)
             if holds(w, "Evicted"):
                 await self._suspend(job, True)
                 active = [p for p in self._objects(PODS) if p["metadata"].get("labels", {}).get("job-name")

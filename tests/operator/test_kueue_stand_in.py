@@ -139,3 +139,26 @@ async def test_equal_priority_never_preempts(apiserver, kueue):
     second = await submit(apiserver, job("second", gpus=2))
     await wait_for(lambda: cond(apiserver, second, "QuotaReserved"))
     assert cond(apiserver, first, "Evicted") is None and suspended(apiserver, second)
+
+
+async def test_an_admitted_job_suspended_by_someone_else_is_started_again_and_deactivation_stops_it(apiserver,
+                                                                                                   kueue):
+    await gpu_queue(kueue)
+    j = await submit(apiserver, job("a"))
+    await wait_for(lambda: not suspended(apiserver, j))
+    path = f"/apis/batch/v1/namespaces/{NS}/jobs/a"
+    await apiserver.patch(path, json={"spec": {"suspend": True}},
+                          headers={"Content-Type": "application/merge-patch+json"})
+    await wait_for(lambda: not suspended(apiserver, j))  # the jobframework reconciler starts it again
+    w = workload_of(apiserver, j)
+    await apiserver.patch(f"/apis/{KUEUE_GROUP}/{KUEUE_VERSION}/namespaces/{NS}/workloads/{w['metadata']['name']}",
+                          json={"spec": {"active": False}}, headers={"Content-Type": "application/merge-patch+json"})
+    await wait_for(lambda: suspended(apiserver, j))
+    assert (cond(apiserver, j, "Evicted")["reason"], cond(apiserver, j, "Evicted")["message"]) == \
+        ("Deactivated", "The workload is deactivated")
+    await job_status(apiserver, j, {"active": 0})
+    await wait_for(lambda: cond(apiserver, j, "QuotaReserved")["status"] == "False")
+    await apiserver.patch(f"/apis/{KUEUE_GROUP}/{KUEUE_VERSION}/namespaces/{NS}/workloads/{w['metadata']['name']}",
+                          json={"spec": {"active": True}}, headers={"Content-Type": "application/merge-patch+json"})
+    await wait_for(lambda: not suspended(apiserver, j))
+    assert cond(apiserver, j, "Requeued")["reason"] == "Reactivated"

@@ -5,8 +5,10 @@ import asyncio
 
 import pytest
 
-from harness.cluster import NS, apply, objs, requests, sftjob, status_of, wait_for
+from harness.cluster import (NS, apply, job_status, make_pod, objs, patch, pod_status, requests, running, sftjob,
+                             status_of, wait_for)
 from test_platform_faults import run_to_success, succeed
+from test_queues import PATH, WORKLOADS, queued, training_job
 
 OTHER = "team-b"
 
@@ -91,3 +93,32 @@ async def test_a_queue_label_on_the_sftjob_never_queues_its_job(apiserver, opera
     for labels in (job["metadata"]["labels"], job["spec"]["template"]["metadata"]["labels"]):
         assert "kueue.x-k8s.io/queue-name" not in labels and labels["team"] == "a"
     assert job["spec"].get("suspend") is not True
+
+
+async def test_suspending_an_admitted_run_deactivates_its_workload_and_kueue_keeps_it_stopped(apiserver, kueue,
+                                                                                              operator):
+    await kueue.queue("gpus", {"a100": {"cpu": "64", "memory": "512Gi", "nvidia.com/gpu": "1"}}, [(NS, "team-a")])
+    await apply(apiserver, queued())
+    job = await wait_for(lambda: (j := training_job(apiserver)) and not j["spec"]["suspend"] and j, timeout=20)
+    await job_status(apiserver, job, {"active": 1, "startTime": "2026-11-22T10:00:00Z"})
+    pod = await make_pod(apiserver, job)
+    await pod_status(apiserver, pod, running())
+    await wait_for(lambda: status_of(apiserver).get("phase") == "Running", timeout=20)
+
+    await patch(apiserver, f"{PATH}/chat", {"spec": {"suspend": True}})
+    await wait_for(lambda: objs(apiserver, WORKLOADS)[0]["spec"]["active"] is False, timeout=20)
+    await wait_for(lambda: training_job(apiserver)["spec"]["suspend"], timeout=20)
+    await apiserver.delete(f"/api/v1/namespaces/{NS}/pods/{pod['metadata']['name']}")  # the Job controller's part
+    await job_status(apiserver, job, {"active": 0})
+    flips = []
+    for _ in range(20):  # two seconds: Kueue and the operator no longer take turns with the Job
+        flips.append(training_job(apiserver)["spec"]["suspend"])
+        await asyncio.sleep(0.1)
+    assert all(flips), f"the Job was started again while suspended: {flips}"
+    assert status_of(apiserver)["phase"] == "Suspended"
+    assert not [r for r in requests(apiserver, "PATCH", "/jobs/") if r.data and "suspend" in (r.data.get("spec") or {})
+                and (r.headers.get("User-Agent") or "").startswith("sftop-operator/")], "the operator suspended a queued Job"
+
+    await patch(apiserver, f"{PATH}/chat", {"spec": {"suspend": False}})
+    await wait_for(lambda: objs(apiserver, WORKLOADS)[0]["spec"]["active"] is True, timeout=20)
+    await wait_for(lambda: not training_job(apiserver)["spec"]["suspend"], timeout=20)

@@ -226,3 +226,14 @@ async def test_new_and_changed_specs_are_reconciled_before_routine_looks():
     order = [await queue.get() for _ in range(4)]
     assert order == [("ns", "new"), ("ns", "resync-2"), ("ns", "resync-0"), ("ns", "resync-1")]
     assert len(queue) == 0
+
+
+def test_spec_suspend_of_a_queued_run_deactivates_its_workload_and_leaves_the_job_to_kueue():
+    workload = {"metadata": {"name": "job-chat-1a2b3", "namespace": "team-a"}, "spec": {"active": True}}
+    suspended = spec_of(queueName="team-a", suspend=True)
+    decision = decide(seen(suspended, recorded(suspended, "Running"), job=job_of(suspended, {"active": 1}),
+                           pods=[pod_of(suspended, RUNNING_POD)], queue=QueueView(workload=workload)))
+    assert [(a.verb, a.name, a.value) for a in decision.actions] == [("set_workload_active", "job-chat-1a2b3", False)]
+    resumed = decide(seen(QUEUED, recorded(QUEUED, "Suspended"), job=job_of(QUEUED, suspend=True),
+                          queue=QueueView(workload={**workload, "spec": {"active": False}})))
+    assert [(a.verb, a.value) for a in resumed.actions] == [("set_workload_active", True)]
