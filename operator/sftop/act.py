@@ -89,9 +89,12 @@ class Actor:
         self.last_write[key] = time.monotonic()
         self.metrics.status_written(seen.namespace, old, new, live)
         if key in self.cache.sftjobs:
-            # The cache sees our own write before its watch event arrives, and no older event replaces it.
+            # The cache sees our own write before its watch event arrives, and no older event replaces it. A spec
+            # changed since this reconcile read it comes back with our write, and its own event will be dropped as
+            # older: it is queued now (urgent, its generation not yet observed), not at the next resync.
             if isinstance(stored, dict) and stored.get("metadata"):
-                self.cache.observe_sftjob("MODIFIED", stored, requeue=False)
+                changed = stored["metadata"].get("generation") != body["metadata"].get("generation")
+                self.cache.observe_sftjob("MODIFIED", stored, requeue=changed)
             else:
                 self.cache.sftjobs[key] = {**self.cache.sftjobs[key], "status": new}
         for kind, reason, message in decision.events:

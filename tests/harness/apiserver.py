@@ -19,7 +19,7 @@ checks each one.
 | discovery | core group version `v1` (kmock says `/v1`); subresources without short names or categories; /version says 1.32 |
 | owner references | OwnerReferencesPermissionEnforcement, on (OpenShift's default): a request of the operator (by User-Agent, authorized by `owner_rules`, sftop.rbac.RULES) that sets an ownerReference with `blockOwnerDeletion: true` (new, or turned true) is answered 403 Forbidden unless those rules allow `update` on the owner's `<plural>/finalizers` in its group; an update that changes ownerReferences also needs `delete` on the object (kubernetes plugin/pkg/admission/gc/gc_admission.go: `newBlockingOwnerDeletionRefs`, `ownerRefToDeleteAttributeRecords`; docs: admission controllers, "OwnerReferencesPermissionEnforcement") |
 | garbage collector | deletes the objects whose ownerReferences name a deleted object (background propagation), and an object created with ownerReferences none of whose owners exists (a dangling owner: kubernetes pkg/controller/garbagecollector/garbagecollector.go `attemptToDeleteItem` deletes a dependent whose owners are all absent, `classifyReferences`) |
-| faults | can answer chosen requests with an error (`fail_next`; 429 with Retry-After, as API Priority and Fairness does), delay every request (`latency`), end every watch stream (`cut_watches`), hold one resource's watches unanswered until released (`hold_watches`, `release_watches`: a watch gap; what changed meanwhile is never sent as events, and a resumed watch gets 410 once compacted), and then answer watches that resume from an older resourceVersion with 410 Gone (`compact`, as after etcd compaction), and run a hook right after a chosen write is stored (`after_write`: a SIGKILL of the operator) |
+| faults | can answer chosen requests with an error (`fail_next`; 429 with Retry-After, as API Priority and Fairness does), delay every request (`latency`), end every watch stream (`cut_watches`), hold one resource's watches unanswered until released (`hold_watches`, `release_watches`: a watch gap; what changed meanwhile is never sent as events, and a resumed watch gets 410 once compacted), delay one resource's watch events (`watch_delay`: the watch cache feeds watchers after the write was answered, k8s.io/apiserver pkg/storage/cacher, so a client's own write's response can be newer than the events still on their way), and then answer watches that resume from an older resourceVersion with 410 Gone (`compact`, as after etcd compaction), and run a hook right after a chosen write is stored (`after_write`: a SIGKILL of the operator) |
 
 kmock matches each request against its whole request history, which makes a long test or a benchmark
 quadratic; this server matches against the requests in flight only, and records every request in `log`.
@@ -130,6 +130,7 @@ class ApiServer(kmock.KubernetesEmulator):
         self.compacted = 0  # watches resuming from a resourceVersion below this get 410 Gone
         self.watch_cut = asyncio.Event()
         self.held: set[str] = set()  # plurals whose watches wait for `released`
+        self.watch_delay: dict[str, float] = {}  # plural -> seconds each of its watch events is held back
         self.plural_cuts: dict[str, asyncio.Event] = {}  # set to end the watches of one resource
         self.released = asyncio.Event()
         self.inflight: dict[int, Any] = {}
@@ -277,6 +278,8 @@ class ApiServer(kmock.KubernetesEmulator):
                         (fields and not field_matches(event["object"], fields)):
                     continue
                 self.sent[(_res(request.resource), meta.get("namespace"))] += 1
+                if self.watch_delay.get(request.resource.plural):
+                    await asyncio.sleep(self.watch_delay[request.resource.plural])
             yield event
 
     async def _serve(self, request: Any):

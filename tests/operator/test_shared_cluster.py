@@ -5,9 +5,9 @@ import asyncio
 
 import pytest
 
-from harness.cluster import (NS, apply, job_status, make_pod, objs, patch, pod_status, requests, running, sftjob,
-                             status_of, wait_for)
-from test_platform_faults import run_to_success, succeed
+from harness.cluster import (NS, Operator, apply, job_status, make_pod, objs, patch, pod_status, requests, running,
+                             sftjob, status_of, wait_for)
+from test_platform_faults import run_to_success, succeed, trainer_jobs
 from test_queues import PATH, WORKLOADS, queued, training_job
 
 OTHER = "team-b"
@@ -122,3 +122,27 @@ async def test_suspending_an_admitted_run_deactivates_its_workload_and_kueue_kee
     await patch(apiserver, f"{PATH}/chat", {"spec": {"suspend": False}})
     await wait_for(lambda: objs(apiserver, WORKLOADS)[0]["spec"]["active"] is True, timeout=20)
     await wait_for(lambda: not training_job(apiserver)["spec"]["suspend"], timeout=20)
+
+
+async def test_a_spec_change_that_comes_back_with_a_status_write_is_acted_on_at_once(apiserver, monkeypatch):
+    monkeypatch.setenv("SFTOP_K8S_SERVER", str(apiserver.url).rstrip("/"))
+    monkeypatch.setenv("SFTOP_RESYNC_INTERVAL", "120")  # only the change itself may start the new run
+    monkeypatch.setenv("SFTOP_METRICS_PORT", "0")
+    op = Operator(apiserver)
+    await op.start()
+    try:
+        await apply(apiserver, sftjob())
+        job = (await wait_for(lambda: trainer_jobs(apiserver), timeout=15))[0]
+        pod = await make_pod(apiserver, job)
+        await wait_for(lambda: status_of(apiserver).get("phase") == "Pending", timeout=15)
+        await asyncio.sleep(1)  # quiet: no reconcile under way or queued
+        apiserver.watch_delay["sftjobs"] = 1.0  # the spec change's event arrives after the status write below
+        await patch(apiserver, f"{PATH}/chat", {"spec": {"training": {"maxSteps": 20}}})
+        await pod_status(apiserver, pod, running())  # one reconcile writes Running; its response has the new spec
+        first = job["metadata"]["name"]
+        await wait_for(lambda: [j for j in trainer_jobs(apiserver) if j["metadata"]["name"] != first], timeout=8,
+                       explain=lambda: f"status: {status_of(apiserver).get('phase')}, "
+                                       f"observedGeneration {status_of(apiserver).get('observedGeneration')}")
+    finally:
+        apiserver.watch_delay.clear()
+        await op.stop()
