@@ -94,7 +94,7 @@ class Actor:
             # older: it is queued now (urgent, its generation not yet observed), not at the next resync.
             if isinstance(stored, dict) and stored.get("metadata"):
                 changed = stored["metadata"].get("generation") != body["metadata"].get("generation")
-                self.cache.observe_sftjob("MODIFIED", stored, requeue=changed)
+                self.cache.wrote(stored, requeue=changed)
             else:
                 self.cache.sftjobs[key] = {**self.cache.sftjobs[key], "status": new}
         for kind, reason, message in decision.events:

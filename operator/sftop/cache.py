@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import json
+import time
 from typing import Any, Callable
 
 from sftop import lifecycle, names
@@ -15,9 +16,14 @@ from sftop.workqueue import Key, WorkQueue
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 
+ECHO_WAIT = 30.0  # seconds an event may be taken to be from before our own write (see WatchCache.before_our_write)
+
+
 def older(obj: dict[str, Any], than: dict[str, Any]) -> bool:
-    """Whether `obj` is an older version of `than` by resourceVersion. Kubernetes calls resourceVersions opaque, but
-    they are etcd revisions, which only grow; anything but two integers is never taken to be older."""
+    """Whether `obj` is an older version of `than` by resourceVersion. Kubernetes calls resourceVersions opaque; they
+    are etcd revisions, which grow, except across an etcd restore from a backup, which sets them back: so this is
+    asked only of the events between our own write and its echo (WatchCache.before_our_write). Anything but two
+    integers is never taken to be older."""
     a, b = obj["metadata"].get("resourceVersion"), than["metadata"].get("resourceVersion")
     if (obj["metadata"].get("uid") or "") != (than["metadata"].get("uid") or ""):
         return False
@@ -112,11 +118,13 @@ class WatchCache:
         # SFTJobs one of whose Jobs was deleted: the garbage collector does so once the SFTJob is gone, and a watch gap
         # can have hidden that deletion from us. Read once from the API server before acting on (sftop.act).
         self.in_doubt: set[Key] = set()
+        # Our last status write of each SFTJob (its stored object's metadata) and when, until its watch event arrives.
+        self.written: dict[Key, tuple[dict[str, Any], float]] = {}
 
     def observe_sftjob(self, event_type: str | None, obj: dict[str, Any], requeue: bool = True) -> None:
         key = (obj["metadata"].get("namespace"), obj["metadata"]["name"])
         cached = self.sftjobs.get(key)
-        if event_type != "DELETED" and cached is not None and older(obj, cached):
+        if event_type != "DELETED" and cached is not None and self.before_our_write(key, obj):
             return  # an event from before a write of ours already in the cache (watches lag behind writes)
         if requeue and event_type != "DELETED" and cached is not None and same_version(obj, cached):
             return  # the watch event of our own status write: nothing new to act on
@@ -126,6 +134,7 @@ class WatchCache:
         if event_type == "DELETED":
             self.sftjobs.pop(key, None)
             self.in_doubt.discard(key)
+            self.written.pop(key, None)
             self.queue.forget(key)
             self.forget(key)
             return
@@ -144,6 +153,28 @@ class WatchCache:
         for other in self.continuing.get(key, ()):
             if ((self.sftjobs.get(other) or {}).get("status") or {}).get("phase") in (None, "Pending"):
                 self.queue.add(other)
+
+    def wrote(self, stored: dict[str, Any], requeue: bool) -> None:
+        """Our own status write's response: into the cache at once (its watch event comes later), and the events
+        still on their way from before it are ignored until it arrives."""
+        meta = stored["metadata"]
+        self.observe_sftjob("MODIFIED", stored, requeue=requeue)
+        self.written[(meta.get("namespace"), meta["name"])] = (
+            {"metadata": {"resourceVersion": meta.get("resourceVersion"), "uid": meta.get("uid")}}, time.monotonic())
+
+    def before_our_write(self, key: Key, obj: dict[str, Any]) -> bool:
+        """Whether a watch event is from before our last write of the SFTJob, whose response the cache holds: only
+        while that write's own event has not arrived, and for at most ECHO_WAIT seconds. resourceVersions are
+        compared as numbers only then, so after an etcd restore (which sets them back) no event is dropped for
+        being "older" than what the cache held before it."""
+        written = self.written.get(key)
+        if written is None:
+            return False
+        ours, since = written
+        if time.monotonic() - since > ECHO_WAIT or not older(obj, ours):
+            del self.written[key]  # our write's echo (dropped next, as the cached version), or anything newer
+            return False
+        return True
 
     def _observe_child(self, cache: dict[Key, dict[str, Any]], event_type: str | None, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]

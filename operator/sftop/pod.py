@@ -145,7 +145,10 @@ def trainer_pod(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, setti
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": settings.termination_grace_seconds,
         "securityContext": {"runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TRAINER_UID,
-                            "fsGroup": TRAINER_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+                            "fsGroup": TRAINER_UID, "seccompProfile": {"type": "RuntimeDefault"},
+                            # kubelet otherwise chowns every file of every volume at each pod start: on an output
+                            # claim full of checkpoints (and a data claim) that takes minutes, at every retry
+                            "fsGroupChangePolicy": "OnRootMismatch"},
         "containers": [container],
         "volumes": volumes,
     }

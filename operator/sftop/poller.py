@@ -82,7 +82,7 @@ class Poller:
     async def _read(self, session: aiohttp.ClientSession, key: Key, reading: Reading) -> None:
         data, error = None, None
         try:
-            async with session.get(f"http://{reading.ip}:{self.port}/progress") as response:
+            async with session.get(progress_url(reading.ip, self.port)) as response:
                 if response.status != 200:
                     error = f"HTTP {response.status}"
                 else:
@@ -113,6 +113,13 @@ class Poller:
         self._schedule(key, delay)
         if changed:
             self.on_change(key)
+
+
+def progress_url(ip: str, port: int) -> str:
+    """The trainer's progress endpoint at a pod IP; an IPv6 address (a single-stack IPv6 or dual-stack cluster's
+    `status.podIP`) goes in brackets, as a URL's host must (RFC 3986, section 3.2.2)."""
+    host = f"[{ip}]" if ":" in ip else ip
+    return f"http://{host}:{port}/progress"
 
 
 def _differs(old: dict[str, Any], new: dict[str, Any]) -> bool:

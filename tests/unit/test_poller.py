@@ -6,7 +6,7 @@ import time
 
 from aiohttp import web
 
-from sftop.poller import Poller
+from sftop.poller import Poller, progress_url
 
 
 async def test_a_silent_endpoint_is_read_with_backoff_and_reported_once():
@@ -66,6 +66,31 @@ async def test_an_answering_endpoint_is_read_at_the_interval_and_news_only_is_pa
         count = len(reads)
         await asyncio.sleep(0.6)
         assert len(reads) <= count + 1, "a forgotten pod is no longer read"
+    finally:
+        task.cancel()
+        await runner.cleanup()
+
+
+async def test_a_pod_with_an_ipv6_address_is_read():
+    async def progress(_):
+        return web.json_response({"step": 3, "totalSteps": 10})
+
+    app = web.Application()
+    app.router.add_get("/progress", progress)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "::1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    changes = []
+    poller = Poller(port, interval=0.2, on_change=changes.append, timeout=1.0)
+    task = asyncio.create_task(poller.run())
+    try:
+        poller.track(("ns", "v6"), "::1")
+        await asyncio.sleep(0.6)
+        assert (poller.readings[("ns", "v6")].data or {}).get("step") == 3, poller.readings[("ns", "v6")].error
+        assert progress_url("fd00:10:244::7", 8080) == "http://[fd00:10:244::7]:8080/progress"
+        assert progress_url("10.0.0.7", 8080) == "http://10.0.0.7:8080/progress"
     finally:
         task.cancel()
         await runner.cleanup()

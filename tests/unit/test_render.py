@@ -7,6 +7,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from harness.cluster import sftjob
 from harness.pss import restricted_violations
 from sftop import api, render
 from sftop.settings import Settings, SettingsError
@@ -160,3 +161,10 @@ def test_the_plan_knows_the_gpu_memory_from_the_spec_or_the_gpu_feature_discover
     changed = api.SFTJobSpec.model_validate({**base, "resources": {"gpuMemory": "40Gi"},
                                              "validation": {"enabled": False}})
     assert render.run_id(plain) == render.run_id(changed)
+
+
+def test_volume_ownership_is_changed_only_when_the_volume_root_does_not_match():
+    spec = api.SFTJobSpec.model_validate(sftjob()["spec"])
+    job = render.job("chat", "team-a", spec, render.run_id(spec), Settings())
+    context = job["spec"]["template"]["spec"]["securityContext"]
+    assert context["fsGroup"] == 1000 and context["fsGroupChangePolicy"] == "OnRootMismatch"

@@ -1,0 +1,36 @@
+"""The watch cache's bookkeeping of SFTJob events: what is dropped as our own write's past, what always gets through."""
+
+from sftop.cache import WatchCache
+from sftop.workqueue import WorkQueue
+
+
+def sftjob(rv, generation=1, observed=1, uid="u1"):
+    return {"metadata": {"name": "chat", "namespace": "ns", "uid": uid, "resourceVersion": str(rv),
+                         "generation": generation},
+            "spec": {"training": {"maxSteps": generation}}, "status": {"observedGeneration": observed}}
+
+
+def cache():
+    return WatchCache(WorkQueue(), lambda key: None)
+
+
+def test_events_from_before_our_write_are_dropped_until_its_echo():
+    watch = cache()
+    watch.observe_sftjob("ADDED", sftjob(10))
+    watch.wrote(sftjob(12), requeue=False)
+    watch.observe_sftjob("MODIFIED", sftjob(11))  # from before our write: the cache keeps what the write returned
+    assert watch.sftjobs[("ns", "chat")]["metadata"]["resourceVersion"] == "12"
+    watch.observe_sftjob("MODIFIED", sftjob(12))  # its echo
+    assert watch.sftjobs[("ns", "chat")]["metadata"]["resourceVersion"] == "12" and not watch.written
+
+
+def test_after_an_etcd_restore_lower_resource_versions_are_taken_as_news():
+    watch = cache()
+    watch.observe_sftjob("ADDED", sftjob(5000))
+    watch.wrote(sftjob(5001), requeue=False)
+    watch.observe_sftjob("MODIFIED", sftjob(5001))
+    # etcd restored from an older backup: the same SFTJob, resourceVersions lower than any the cache held
+    watch.observe_sftjob(None, sftjob(4000, generation=2))
+    assert watch.sftjobs[("ns", "chat")]["metadata"]["generation"] == 2
+    watch.observe_sftjob("MODIFIED", sftjob(4001, generation=3))
+    assert watch.sftjobs[("ns", "chat")]["metadata"]["generation"] == 3
