@@ -241,8 +241,7 @@ class Kube:
     # --------------------------------------------------------------------------------- references
 
     def exists(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        read = {"Secret": self.core.read_namespaced_secret,
-                "ConfigMap": self.core.read_namespaced_config_map,
+        read = {"ConfigMap": self.core.read_namespaced_config_map,
                 "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim}[kind]
         return self._read(lambda: read(name, namespace))
 

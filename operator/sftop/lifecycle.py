@@ -16,6 +16,7 @@ A run's final phase never changes again: a late or re-delivered event about a fi
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,10 @@ CONDITION_TYPES = ("Ready", "Reconciling", "Stalled", "Accepted", "Validated", "
                    "ProgressReported", "Suspended", "Succeeded", "Failed")
 IN_PROGRESS = frozenset({"Pending", "Validating", "Queued", "Running"})
 # Container waiting reasons that mean the pod cannot start without someone acting.
+# kubelet's errors for a container's secretKeyRef (pkg/kubelet/kubelet_pods.go makeEnvironmentVariables; the
+# secret manager's NotFound for resource "secret"): its CreateContainerConfigError message.
+SECRET_MISSING = re.compile(r'\bsecrets? "(?P<name>[^"]+)" not found')
+SECRET_KEY_MISSING = re.compile(r"couldn't find key (?P<key>\S+) in Secret (?P<namespace>[^/\s]+)/(?P<name>\S+)")
 STUCK_WAITING = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
                  "CreateContainerError", "CrashLoopBackOff", "RunContainerError"}
 
@@ -146,6 +151,21 @@ def _group(pods: list[dict[str, Any]], nodes: int, retry_note: str, base: dict[s
                                                    f"all have joined" + retry_note, **base)
 
 
+def secret_problem(message: str, namespace: str | None) -> tuple[str, str] | None:
+    """The hub token Secret a pod's CreateContainerConfigError says is missing, or lacks its key, in the words of
+    the SFTJob: (reason, message). The operator never reads Secrets itself (docs/security.md): kubelet, which has to,
+    says so, and retries until the Secret is there."""
+    found = SECRET_MISSING.search(message)
+    if found:
+        return "SecretNotFound", f"spec.hubTokenSecret: Secret {found['name']} does not exist in namespace " \
+                                 f"{namespace}; the run starts when it does"
+    found = SECRET_KEY_MISSING.search(message)
+    if found:
+        return "SecretKeyNotFound", f"spec.hubTokenSecret: Secret {found['name']} has no key {found['key']!r}; the " \
+                                    f"run starts when it does"
+    return None
+
+
 def _pending_reason(pod: dict[str, Any]) -> tuple[str, str, bool]:
     """Why a pod that is not running yet is waiting: (reason, message, whether a user must act)."""
     status = pod.get("status") or {}
@@ -153,6 +173,10 @@ def _pending_reason(pod: dict[str, Any]) -> tuple[str, str, bool]:
         waiting = (cs.get("state") or {}).get("waiting")
         if waiting and waiting.get("reason"):
             reason = waiting["reason"]
+            if reason == "CreateContainerConfigError":
+                problem = secret_problem(waiting.get("message") or "", pod["metadata"].get("namespace"))
+                if problem is not None:
+                    return problem[0], problem[1], True
             return reason, waiting.get("message") or reason, reason in STUCK_WAITING
     scheduled = conditions_of(pod).get("PodScheduled")
     if scheduled and scheduled.get("status") == "False":

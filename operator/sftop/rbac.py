@@ -30,8 +30,6 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create"]},
     # output claims (created when asked) and input claims (checked to exist)
     {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "create"]},
-    # a hub token Secret is checked to exist and to have its key; never listed or watched
-    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     # Kueue: why a queued run waits (its Workload, its LocalQueue's ClusterQueue, its position in the queue); a
     # queued run's spec.suspend deactivates its Workload (spec.active), Kueue's way to stop an admitted Job
     {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"], "verbs": ["list", "patch"]},

@@ -1,4 +1,4 @@
-"""What the spec refers to: the Secrets, ConfigMaps and claims it names (a missing one keeps the run Pending), and
+"""What the spec refers to: the ConfigMaps and claims it names (a missing one keeps the run Pending), and
 spec.warmStart resolved to a folder on a claim (a run that may still come makes it wait, one that never can fails
 it). Pure: sftop.observe reads the objects, these say what they mean.
 """
@@ -11,16 +11,15 @@ from sftop import api, lifecycle, names, render
 from sftop.records import Decision, Observed
 from sftop.report import base_status
 
-REFERENCE_RETRY = 20.0  # seconds between checks of a missing Secret, ConfigMap or claim
+REFERENCE_RETRY = 20.0  # seconds between checks of a missing ConfigMap or claim
 SHARED_ACCESS = "ReadWriteMany"  # what the output claim of a multi-node run must allow
 
 
 def references(spec: api.SFTJobSpec) -> list[tuple[str, str, str | None, str]]:
-    """The Secrets, ConfigMaps and claims the spec names: (kind, name, key, field). A missing one makes the run
-    wait: in GitOps the Secret may arrive after the SFTJob."""
+    """The ConfigMaps and claims the spec names: (kind, name, key, field). A missing one makes the run wait: in
+    GitOps it may arrive after the SFTJob. Not the hub token Secret: the operator may not read Secrets, and the
+    pod's kubelet reports a missing one (lifecycle.secret_problem) and waits for it just the same."""
     checks: list[tuple[str, str, str | None, str]] = []
-    if spec.hub_token_secret is not None:
-        checks.append(("Secret", spec.hub_token_secret.name, spec.hub_token_secret.key, "spec.hubTokenSecret"))
     if spec.dataset.config_map is not None:
         checks.append(("ConfigMap", spec.dataset.config_map.name, spec.dataset.config_map.key,
                        "spec.dataset.configMap"))

@@ -65,7 +65,6 @@ VALIDATING = spec_of(validation={"enabled": True})
 FIT = {**PLAN, "memory": {**PLAN["memory"], "gpuMemory": 80.0, "fits": True}}
 TOO_BIG = {**PLAN, "memory": {**PLAN["memory"], "gpuMemory": 8.0, "gpuMemorySource": "resources.gpuMemory",
                               "fits": False, "wouldFit": ["method qlora"]}}
-SECRET = spec_of(hubTokenSecret={"name": "hf", "key": "token"})
 BASE, OTHER = spec_of(), spec_of(training={"maxSteps": 20})
 QUEUED = spec_of(queueName="team-a")
 RUNNING_POD = running("10.0.0.7")
@@ -74,9 +73,9 @@ CASES = [
     # (what happens, observed, writes, phase, reason, events, next look)
     ("a new SFTJob gets its claim, ConfigMap and Job", seen(),
      ["ensure_claim", "ensure_config_map", "ensure_job"], "Pending", "WaitingForPod", ["WaitingForPod"], 30.0),
-    ("a missing Secret: nothing is created, the run waits and says which", seen(
-        SECRET, missing=("SecretNotFound", "spec.hubTokenSecret: Secret hf does not exist")),
-     [], "Pending", "SecretNotFound", ["SecretNotFound"], 20.0),
+    ("a missing ConfigMap: nothing is created, the run waits and says which", seen(
+        BASE, missing=("ConfigMapNotFound", "spec.dataset.configMap: ConfigMap data does not exist")),
+     [], "Pending", "ConfigMapNotFound", ["ConfigMapNotFound"], 20.0),
     ("a changed spec stops the unfinished run and starts a new one", seen(
         OTHER, recorded(BASE, "Running")),
      ["stop_job", "ensure_claim", "ensure_config_map", "ensure_job"], "Pending", "WaitingForPod",

@@ -2,7 +2,7 @@
 
 import json
 
-from sftop.lifecycle import observe, phase_conditions, set_condition
+from sftop.lifecycle import observe, phase_conditions, secret_problem, set_condition
 
 JOB = {"metadata": {"name": "chat-abc", "labels": {}}, "spec": {"suspend": False}, "status": {}}
 
@@ -60,3 +60,11 @@ def test_a_pod_that_succeeded_before_its_job_completes_is_completing_not_waiting
         "exitCode": 0, "message": json.dumps({"status": "Succeeded"})}}}]})
     seen = observe(False, False, {**JOB, "status": {"active": 0, "succeeded": 1}}, [done])
     assert (seen.phase, seen.reason) == ("Running", "Completing") and seen.pod_ip is None
+
+
+def test_kubelets_secret_errors_become_the_sftjobs_words():
+    assert secret_problem('secret "hf" not found', "team-a") == (
+        "SecretNotFound", "spec.hubTokenSecret: Secret hf does not exist in namespace team-a; the run starts when it does")
+    assert secret_problem("couldn't find key token in Secret team-a/hf", "team-a") == (
+        "SecretKeyNotFound", "spec.hubTokenSecret: Secret hf has no key 'token'; the run starts when it does")
+    assert secret_problem('configmap "data" not found', "team-a") is None
