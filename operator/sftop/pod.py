@@ -154,15 +154,18 @@ def trainer_pod(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, setti
     }
     if validation:
         del container["ports"]
-    elif res.node_selector:  # GPU placement: the validation pod needs none of it
+    # The validation pod goes where the training pod will (not its GPUs or priority): it is the first consumer of
+    # a WaitForFirstConsumer claim the run creates, which binds in the zone of the node it lands on, and a claim
+    # bound in a zone without the run's GPUs would keep the training pod from ever being scheduled.
+    if res.node_selector:
         pod_spec["nodeSelector"] = dict(res.node_selector)
     if nodes > 1:
         container["ports"].append({"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"})
         pod_spec["subdomain"] = service_name(name, rid)
-    if res.tolerations and not validation:
+    if res.tolerations:
         pod_spec["tolerations"] = [t.model_dump(mode="json", by_alias=True, exclude_none=True)
                                    for t in res.tolerations]
-    if res.affinity and not validation:
+    if res.affinity:
         pod_spec["affinity"] = res.affinity
     if res.priority_class_name and not validation:
         pod_spec["priorityClassName"] = res.priority_class_name

@@ -13,6 +13,7 @@ from sftop.report import base_status
 
 REFERENCE_RETRY = 20.0  # seconds between checks of a missing ConfigMap or claim
 SHARED_ACCESS = "ReadWriteMany"  # what the output claim of a multi-node run must allow
+SHARED_READ = "ReadOnlyMany,ReadWriteMany"  # what an input claim of a multi-node run must allow (one of them)
 
 
 def references(spec: api.SFTJobSpec) -> list[tuple[str, str, str | None, str]]:
@@ -26,14 +27,18 @@ def references(spec: api.SFTJobSpec) -> list[tuple[str, str, str | None, str]]:
         if spec.dataset.eval_split is not None and spec.dataset.eval_split.file is not None:
             checks.append(("ConfigMap", spec.dataset.config_map.name, spec.dataset.eval_split.file,
                            "spec.dataset.evalSplit.file"))
+    # Every pod of a multi-node run mounts the claims, on its own node: a claim's key is the access modes that allow
+    # it (any one of them), the output's read-write, the inputs' read-only (they are mounted readOnly).
+    several = spec.distribution.nodes > 1
     if spec.model.pvc is not None:
-        checks.append(("PersistentVolumeClaim", spec.model.pvc.claim_name, None, "spec.model.pvc.claimName"))
+        checks.append(("PersistentVolumeClaim", spec.model.pvc.claim_name, SHARED_READ if several else None,
+                       "spec.model.pvc.claimName"))
     if spec.dataset.pvc is not None:
-        checks.append(("PersistentVolumeClaim", spec.dataset.pvc.claim_name, None, "spec.dataset.pvc.claimName"))
+        checks.append(("PersistentVolumeClaim", spec.dataset.pvc.claim_name, SHARED_READ if several else None,
+                       "spec.dataset.pvc.claimName"))
     if spec.output.pvc.create is None:
-        # every pod of a multi-node run mounts the output claim read-write: its key is the access mode it needs
-        shared = SHARED_ACCESS if spec.distribution.nodes > 1 else None
-        checks.append(("PersistentVolumeClaim", spec.output.pvc.claim_name, shared, "spec.output.pvc.claimName"))
+        checks.append(("PersistentVolumeClaim", spec.output.pvc.claim_name, SHARED_ACCESS if several else None,
+                       "spec.output.pvc.claimName"))
     return checks
 
 
@@ -47,11 +52,13 @@ def missing_reference(namespace: str, check: tuple[str, str, str | None, str],
                                    f"when it does"
     if kind == "PersistentVolumeClaim" and key is not None:
         modes = (obj.get("spec") or {}).get("accessModes") or []
-        if key not in modes:
+        allowed = key.split(",")
+        if not set(allowed) & set(modes):
             held = ", ".join(modes) or "without access modes"
+            use = "write to" if allowed == [SHARED_ACCESS] else "read"
             return "PVCNotShared", f"{where}: PersistentVolumeClaim {name} is {held}, and the run's pods on several " \
-                                   f"nodes (spec.distribution.nodes) all write to it: it must be {key}; the run " \
-                                   f"starts when it is"
+                                   f"nodes (spec.distribution.nodes) all {use} it: it must be {' or '.join(allowed)}; " \
+                                   f"the run starts when it is"
         return None
     if key is not None and key not in (obj.get("data") or {}) and key not in (obj.get("stringData") or {}):
         return f"{short}KeyNotFound", f"{where}: {kind} {name} has no key {key!r}; the run starts when it does"

@@ -82,6 +82,27 @@ async def test_a_multi_node_run_waits_for_an_output_claim_its_pods_can_share(api
     await wait_for(lambda: objs(apiserver, "batch/v1/jobs"), timeout=30)
 
 
+async def test_a_multi_node_run_waits_for_input_claims_its_pods_can_all_read(apiserver, operator):
+    for name, modes in (("models", ["ReadWriteOnce"]), ("data", ["ReadOnlyMany"])):
+        await apiserver.post(f"/api/v1/namespaces/{NS}/persistentvolumeclaims", json={
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name, "namespace": NS},
+            "spec": {"accessModes": modes, "resources": {"requests": {"storage": "1Gi"}}}})
+    await apply(apiserver, sftjob(model={"pvc": {"claimName": "models", "path": "qwen"}},
+                                  dataset={"pvc": {"claimName": "data", "path": "train.jsonl"}},
+                                  output={"pvc": {"claimName": "adapters", "create": {
+                                      "size": "1Gi", "accessModes": ["ReadWriteMany"]}}},
+                                  distribution={"nodes": 2}))
+    status = await wait_for(lambda: condition(status_of(apiserver), "Accepted") and status_of(apiserver),
+                            explain=lambda: status_of(apiserver))
+    accepted = condition(status, "Accepted")
+    assert accepted["reason"] == "PVCNotShared" and accepted["message"].startswith("spec.model.pvc.claimName: ")
+    assert "models is ReadWriteOnce" in accepted["message"] and "ReadOnlyMany or ReadWriteMany" in accepted["message"]
+    assert not objs(apiserver, "batch/v1/jobs")
+    await patch(apiserver, f"/api/v1/namespaces/{NS}/persistentvolumeclaims/models",
+                {"spec": {"accessModes": ["ReadWriteMany"]}})
+    await wait_for(lambda: objs(apiserver, "batch/v1/jobs"), timeout=40)
+
+
 async def test_spec_change_starts_a_new_run_and_keeps_the_old_output(apiserver, operator):
     await apply(apiserver, sftjob())
     first = (await wait_for(lambda: objs(apiserver, "batch/v1/jobs")))[0]

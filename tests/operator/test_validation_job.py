@@ -28,7 +28,9 @@ async def test_a_new_run_validates_on_a_cpu_before_any_gpu_job(apiserver, operat
     container = pod["containers"][0]
     assert container["args"][-1] == "--validate"
     assert container["resources"]["limits"] == {"cpu": "2", "memory": "8Gi"}, "no GPU for validation"
-    assert "nodeSelector" not in pod and "tolerations" not in pod, "no GPU placement for validation"
+    # the training pod's placement (a WaitForFirstConsumer claim binds where the validation pod lands), no priority
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "H100"} and pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert "priorityClassName" not in pod
     assert job["spec"]["suspend"] is False and render.QUEUE_LABEL not in job["metadata"]["labels"]
     status = await wait_for(lambda: status_of(apiserver).get("phase") == "Validating" and status_of(apiserver))
     assert condition(status, "Validated")["status"] == "Unknown"

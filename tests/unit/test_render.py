@@ -120,7 +120,10 @@ def test_every_example_renders_a_restricted_cpu_only_validation_job(doc):
     container = pod["containers"][0]
     assert container["args"] == ["--config", "/etc/sftop/config.json", "--validate"]
     assert set(container["resources"]["limits"]) == {"cpu", "memory"}, "validation asks for no GPU"
-    assert not {"nodeSelector", "tolerations", "affinity", "priorityClassName"} & set(pod)
+    placement = training["spec"]["template"]["spec"]
+    for key in ("nodeSelector", "tolerations", "affinity"):  # where the GPU pod goes: a claim binds in that zone
+        assert pod.get(key) == placement.get(key), key
+    assert "priorityClassName" not in pod
     assert render.QUEUE_LABEL not in job["metadata"]["labels"] and job["spec"]["suspend"] is False
     # the same volumes as the training pod: it reads the same data and model, and writes to the same run folder
     assert pod["volumes"] == training["spec"]["template"]["spec"]["volumes"]
