@@ -113,8 +113,20 @@ async def kueue(apiserver):
 SLOW_FOLDERS = {"trainer", "e2e", "install"}  # every test there trains, starts a trainer or builds an environment
 
 
+# Longest first: the workers start the tests that take minutes (building environments, training the real model,
+# whole runs through the emulated cluster) while the many short ones fill the gaps, instead of one worker running
+# them alone at the end.
+LONGEST_FIRST = ("install", "e2e", "trainer/test_real_model.py", "trainer/test_local_run.py", "trainer", "helm")
+
+
 def pytest_collection_modifyitems(config, items):
     tests = Path(__file__).parent
+
+    def rank(item) -> int:
+        where = Path(item.path).relative_to(tests).as_posix()
+        return next((i for i, prefix in enumerate(LONGEST_FIRST) if where.startswith(prefix)), len(LONGEST_FIRST))
+
     for item in items:
         if Path(item.path).relative_to(tests).parts[0] in SLOW_FOLDERS:
             item.add_marker(pytest.mark.slow)
+    items.sort(key=rank)

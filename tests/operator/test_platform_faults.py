@@ -204,7 +204,7 @@ async def test_a_silent_progress_endpoint_is_said_and_holds_up_no_one(apiserver,
         assert "NetworkPolicy" in quiet["message"] and status_of(apiserver, "quiet")["phase"] == "Running"
         await apply(apiserver, sftjob("new"))
         await wait_for(lambda: trainer_jobs(apiserver, "new"), timeout=3)
-        events = [e for e in objs(apiserver, "v1/events") if e["reason"] == "ProgressUnavailable"]
+        events = await wait_for(lambda: [e for e in objs(apiserver, "v1/events") if e["reason"] == "ProgressUnavailable"])
         assert [e["involvedObject"]["name"] for e in events] == ["quiet"]
     finally:
         answering.shutdown()

@@ -137,8 +137,9 @@ async def test_preemption_is_queued_preempted_counted_and_resumes(apiserver, kue
                             and status_of(apiserver, "nightly"))
     assert status["message"] == "the trainer is running (resumed from its checkpoint after 1 preemption(s) by Kueue)"
     assert status["run"]["attempts"] == 2 and status["run"]["preemptions"] == 1
-    events = [e["reason"] for e in objs(apiserver, "v1/events") if e["involvedObject"]["name"] == "nightly"]
-    assert "Preempted" in events
+    # the event is posted after the status write that records the transition
+    await wait_for(lambda: "Preempted" in [e["reason"] for e in objs(apiserver, "v1/events")
+                                           if e["involvedObject"]["name"] == "nightly"])
 
 
 async def test_a_kueue_read_that_fails_leaves_the_run_queued_with_the_plain_reason(apiserver, kueue, operator):

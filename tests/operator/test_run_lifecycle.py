@@ -62,7 +62,10 @@ async def test_run_walks_pending_running_succeeded_with_the_result(apiserver, op
     assert status["run"]["completionTime"] == "2026-11-22T10:05:00Z" and status["run"]["attempts"] == 1
     assert status["progress"]["percent"] == 100
     assert condition(status, "Succeeded")["status"] == "True" and condition(status, "Running")["status"] == "False"
-    events = [e for e in objs(apiserver, "v1/events") if e["involvedObject"]["name"] == "chat"]
+    # events are posted after the status write that records the transition, off the reconcile path
+    events = await wait_for(lambda: (found := [e for e in objs(apiserver, "v1/events")
+                                               if e["involvedObject"]["name"] == "chat"])
+                            and "Succeeded" in [e["reason"] for e in found] and found)
     reasons = [e["reason"] for e in events]
     assert "Unschedulable" in reasons and "Training" in reasons and "Succeeded" in reasons
 

@@ -123,7 +123,7 @@ async def test_spec_change_starts_a_new_run_and_keeps_the_old_output(apiserver, 
     # the unfinished first run was stopped; its output (on the claim) is not touched
     await wait_for(lambda: obj(apiserver, "batch/v1/jobs", first["metadata"]["name"]) is None)
     assert second_job and obj(apiserver, "v1/persistentvolumeclaims", "adapters")
-    assert any(e["reason"] == "NewRun" for e in objs(apiserver, "v1/events"))
+    await wait_for(lambda: any(e["reason"] == "NewRun" for e in objs(apiserver, "v1/events")))
 
 
 async def test_suspend_and_resume(apiserver, operator):
