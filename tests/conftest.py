@@ -7,13 +7,17 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+WORKER_MEMORY = 3 << 30  # bytes a worker may need at its peak: a real model training in it, or in a trainer it runs
+
+
 def pytest_xdist_auto_num_workers(config) -> int:
-    """`-n auto`: two workers per CPU. Most tests wait (on the emulated API server, a trainer process, a pip
-    install); the ones that compute get one thread each, so twice the workers keeps the CPUs busy without the
-    thread contention that slows torch processes side by side tens of times."""
+    """`-n auto`: two workers per CPU, as many as the memory holds. Most tests wait (on the emulated API server, a
+    trainer process, a pip install); the ones that compute get one thread each, so twice the workers keeps the CPUs
+    busy without the thread contention that slows torch processes side by side tens of times."""
     from sftop_trainer.threads import available_cpus
 
-    return 2 * available_cpus()
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(1, min(2 * available_cpus(), memory // WORKER_MEMORY))
 
 
 def _size_threads_for_workers() -> None:

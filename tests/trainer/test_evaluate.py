@@ -56,6 +56,9 @@ def test_an_answer_is_given_up_only_once_no_token_can_change_its_scores():
     assert can_still_score(call, "tr")  # may become `true`: valid JSON, counted by validJson
     assert not can_still_score(call, "I'm ready to help")  # no JSON value starts with "I"
     assert not can_still_score(call, '{"action": "create"} and then')  # json.loads would say "Extra data"
+    assert can_still_score("12.5", "12.") and can_still_score("1e3", "1e")  # a number under way
+    assert can_still_score('"positive"', '"pos')  # a JSON string
+    assert not can_still_score("12.5", "12 apples")
     assert can_still_score("Paris", " Par")
     assert can_still_score("Paris", "Paris \n")
     assert not can_still_score("Paris", "Paris is")

@@ -138,6 +138,7 @@ def _encode(tokenizer, prompt: list[dict[str, Any]] | str) -> list[int]:
 
 # A sample answer that can no longer score still shows how it began: at least this many tokens.
 MIN_TOKENS = 16
+LITERALS = ("true", "false", "null", "NaN", "Infinity")  # the JSON values json.loads reads that are words
 
 
 def can_still_score(expected: str, answer: str) -> bool:
@@ -153,12 +154,17 @@ def can_still_score(expected: str, answer: str) -> bool:
     if not text:
         return True
     if _json(expected)[0]:
-        if text[0] not in '{["-0123456789tfn':
+        if text[0] not in '{["-0123456789tfnNI':
+            return False
+        if text[0] in "tfnNI" and not any(word.startswith(text) or text.startswith(word) for word in LITERALS):
             return False
         try:
-            _, end = json.JSONDecoder().raw_decode(text)
+            value, end = json.JSONDecoder().raw_decode(text)
         except ValueError:
             return True  # incomplete so far (or broken: left to the token limit, as before)
+        if end == len(text) or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                and text[end] in ".eE"):
+            return True  # a number may go on: "12." before "12.5", "1e" before "1e3"
         return not text[end:].strip()
     wanted = expected.strip()
     return wanted.startswith(text) or text.rstrip() == wanted
@@ -179,8 +185,10 @@ def serving_form(model):
         yield model
         return
     layers = [m for m in model.modules() if hasattr(m, "lora_B") and hasattr(m, "merge") and not m.merged]
-    adapters = [b.weight for m in layers for b in m.lora_B.values()]
-    if not layers or any(type(w).__name__ != "Parameter" for w in adapters):  # sharded (FSDP) or unusual: as it is
+    # the B matrices (zero until trained): Linear layers keep them in lora_B, Embedding layers in lora_embedding_B
+    adapters = [b.weight for m in layers for b in m.lora_B.values()] + \
+        [b for m in layers for b in getattr(m, "lora_embedding_B", {}).values()]
+    if not adapters or any(type(w).__name__ != "Parameter" for w in adapters):  # sharded (FSDP) or unusual: as is
         yield model
         return
     if all(float(w.detach().abs().max()) == 0.0 for w in adapters):

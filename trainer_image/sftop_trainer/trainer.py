@@ -74,7 +74,9 @@ def make_trainer_class():
             output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
                                              metric_key_prefix)
             record = getattr(self, "evaluation_record", None)  # an evaluate.EvaluationRecord
-            if record is not None and record.answers and self.is_world_process_zero():
+            # Under FSDP every forward gathers the shards from all processes: one process generating alone would
+            # wait for the others forever. Held-out answers are left out there (the eval loss still runs).
+            if record is not None and record.answers and self.is_world_process_zero() and not self.is_fsdp_enabled:
                 with self.answer_context():
                     scores = record.answers.run(self.accelerator.unwrap_model(self.model), self.state.global_step)
                 for key, name in (("exactMatch", "exact_match"), ("validJson", "valid_json")):
@@ -83,13 +85,15 @@ def make_trainer_class():
             return output
 
         def answer_context(self):
-            """Generation in the dtype training computes in (bf16 autocast on CPUs that have it)."""
+            """Generation in the dtype training computes in: the Trainer's mixed precision (bf16, or fp16 on GPUs
+            without bf16) on any device, so answers come from the model as it is served, not from float32 master
+            weights (full fine-tuning) at twice the cost."""
             import contextlib
 
             import torch
 
-            if self.args.bf16 and self.args.device.type == "cpu":
-                return torch.autocast("cpu", dtype=torch.bfloat16)
+            if self.args.bf16 or self.args.fp16:
+                return torch.autocast(self.args.device.type, dtype=torch.bfloat16 if self.args.bf16 else torch.float16)
             return contextlib.nullcontext()
 
         def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
