@@ -1,12 +1,15 @@
 """The operator's footprint with many SFTJobs, most of them finished.
 
     python bench/operator_size.py [--finished 9900] [--running 100] [--window 60]
+        [--foreign-pods 20000 --foreign-jobs 2000]
 
 An emulated API server (tests/harness) in this process holds `--finished` SFTJobs whose runs Succeeded (their Jobs
 gone, as ttlSecondsAfterFinished leaves them) and `--running` ones whose pods train and answer on their progress
 endpoint. The operator runs as its own process (`sftop operator`, resync every SFTOP_RESYNC_INTERVAL seconds).
 Reported: the operator's resident memory once it has seen everything, the seconds its first pass took, and its
-API requests per minute in steady state (the resync's cost), by verb.
+API requests per minute in steady state (the resync's cost), by verb. With `--foreign-pods` / `--foreign-jobs`, other
+teams' Pods and Jobs (unlabelled, in 50 other namespaces) are in the cluster too, and the report counts the Pods and
+Jobs the API server sent the operator (lists and watches), its own and the foreign ones.
 """
 
 from __future__ import annotations
@@ -58,6 +61,26 @@ async def seed_finished(emu: ApiServer, names: list[str]) -> None:
     await asyncio.gather(*(one(n) for n in names))
 
 
+def seed_foreign(emu: ApiServer, pods: int, jobs: int) -> None:
+    """Other teams' workloads, stored directly (the emulator's create path would take minutes for 22,000)."""
+    container = {"name": "web", "image": "registry.example.com/team/web:1.4.2",
+                 "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+                 "env": [{"name": f"SETTING_{k}", "value": "x" * 20} for k in range(10)]}
+    for kind_, count, resource in (("pod", pods, "v1/pods"), ("job", jobs, "batch/v1/jobs")):
+        for i in range(count):
+            ns = f"other-{i % 50:02d}"
+            meta = {"name": f"{kind_}-{i:05d}", "namespace": ns, "uid": f"{kind_}-{i}", "resourceVersion": "1",
+                    "labels": {"app": "web", "team": ns}}
+            if kind_ == "pod":
+                body = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": {"containers": [container]},
+                        "status": {"phase": "Running", "podIP": f"10.1.{i // 250}.{i % 250}"}}
+            else:
+                body = {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
+                        "spec": {"template": {"spec": {"containers": [container], "restartPolicy": "Never"}}},
+                        "status": {"succeeded": 1}}
+            emu.objects[kmock.resource(resource), ns, meta["name"]] = body
+
+
 async def main_async(args: argparse.Namespace) -> dict:
     finished = [f"done-{i:05d}" for i in range(args.finished)]
     running = [f"live-{i:04d}" for i in range(args.running)]
@@ -66,6 +89,7 @@ async def main_async(args: argparse.Namespace) -> dict:
         started = time.monotonic()
         await seed_finished(emu, finished)
         await seed(emu, running, {n: ANSWERING_IP for n in running})
+        seed_foreign(emu, args.foreign_pods, args.foreign_jobs)
         print(f"seeded {len(finished)} finished and {len(running)} running SFTJobs in "
               f"{time.monotonic() - started:.0f} s", file=sys.stderr)
         before = len(emu.log)
@@ -89,12 +113,16 @@ async def main_async(args: argparse.Namespace) -> dict:
             window = time.monotonic() - w0
             requests = emu.log[mark:]
             stats = proc_stats(proc.pid)
+            children = {k: n for k, n in emu.sent.items() if k[0] in ("v1/pods", "batch/v1/jobs")}
             by = collections.Counter(f"{r.method.value} {kind(r.url.path)}" for r in requests
                                      if r.params.get("watch") != "true")
             return {"sftjobs": len(finished) + len(running), "finished": len(finished), "running": len(running),
                     "first_pass": first_pass, "first_requests": first_requests, "rss": stats.get("VmRSS"),
                     "peak_rss": stats.get("VmHWM"), "per_minute": len(requests) / window * 60,
-                    "by_verb": {k: v / window * 60 for k, v in by.most_common()}, "resync": args.resync}
+                    "by_verb": {k: v / window * 60 for k, v in by.most_common()}, "resync": args.resync,
+                    "foreign": args.foreign_pods + args.foreign_jobs,
+                    "sent_own": sum(n for k, n in children.items() if k[1] == NS),
+                    "sent_foreign": sum(n for k, n in children.items() if k[1] != NS)}
         finally:
             stop_operator(proc)
             await runner.cleanup()
@@ -107,15 +135,19 @@ def main() -> None:
     parser.add_argument("--resync", type=float, default=300.0)
     parser.add_argument("--settle", type=float, default=30.0)
     parser.add_argument("--window", type=float, default=120.0)
+    parser.add_argument("--foreign-pods", type=int, default=0)
+    parser.add_argument("--foreign-jobs", type=int, default=0)
     args = parser.parse_args()
     r = asyncio.run(main_async(args))
     print(r, file=sys.stderr)
     verbs = ", ".join(f"{k} {v:.0f}" for k, v in r["by_verb"].items())
-    print("| SFTJobs (finished + running) | first pass (s) | operator RSS / peak (MiB) | API requests / min in steady "
-          "state (resync every {:.0f} s) |".format(r["resync"]))
-    print("|---|---|---|---|")
-    print(f"| {r['sftjobs']} ({r['finished']} + {r['running']}) | {r['first_pass']:.0f} | {r['rss']:.0f} / "
-          f"{r['peak_rss']:.0f} | {r['per_minute']:.0f} ({verbs}) |")
+    print("| SFTJobs (finished + running) | foreign Pods and Jobs | Pods and Jobs sent to the operator (own, foreign) "
+          "| first pass (s) | operator RSS / peak (MiB) | API requests / min in steady state (resync every {:.0f} s) "
+          "|".format(r["resync"]))
+    print("|---|---|---|---|---|---|")
+    print(f"| {r['sftjobs']} ({r['finished']} + {r['running']}) | {r['foreign']} | {r['sent_own']}, "
+          f"{r['sent_foreign']} | {r['first_pass']:.0f} | {r['rss']:.0f} / {r['peak_rss']:.0f} | "
+          f"{r['per_minute']:.0f} ({verbs}) |")
 
 
 if __name__ == "__main__":
