@@ -2,6 +2,9 @@
 would fit; with training.autoBatchSize the run retries in the same process with half the batch and twice the
 accumulation from the latest checkpoint, and result.json says what it used."""
 
+import gc
+import weakref
+
 import pytest
 import torch
 from sftop_trainer.__main__ import main
@@ -13,6 +16,7 @@ def out_of_memory(monkeypatch):
     """Make every training step at or after `step` run out of memory while the batch is larger than `below`."""
 
     attempts = []  # (per-device batch, accumulation, the checkpoint each train() resumed from)
+    trainers, alive = [], []  # a weak reference to each attempt's trainer; how many were alive at each start
 
     def inject(step: int, below: int):
         real_step, real_train = SFTTrainer.training_step, SFTTrainer.train
@@ -25,11 +29,14 @@ def out_of_memory(monkeypatch):
         def train(self, resume_from_checkpoint=None, **kw):
             attempts.append((self.args.per_device_train_batch_size, self.args.gradient_accumulation_steps,
                              resume_from_checkpoint and resume_from_checkpoint.rsplit("/", 1)[-1]))
+            gc.collect()
+            alive.append(sum(t() is not None for t in trainers))  # earlier attempts' trainers still in memory
+            trainers.append(weakref.ref(self))
             return real_train(self, resume_from_checkpoint=resume_from_checkpoint, **kw)
 
         monkeypatch.setattr(SFTTrainer, "training_step", training_step)
         monkeypatch.setattr(SFTTrainer, "train", train)
-        return attempts
+        return attempts, alive
 
     return inject
 
@@ -48,7 +55,7 @@ def test_running_out_of_memory_says_what_the_plan_expected_and_what_would_fit(tr
 
 
 def test_auto_batch_size_halves_the_batch_and_resumes_from_the_latest_checkpoint(train_config, train, out_of_memory):
-    attempts = out_of_memory(step=5, below=1)  # only 1 sequence per GPU fits from step 5 on
+    attempts, alive = out_of_memory(step=5, below=1)  # only 1 sequence per GPU fits from step 5 on
     run = train(train_config(training={"perDeviceTrainBatchSize": 4, "gradientAccumulationSteps": 1,
                                        "autoBatchSize": True, "maxSteps": 8, "saveSteps": 4}))
     assert run.code == 0, run.message
@@ -57,6 +64,7 @@ def test_auto_batch_size_halves_the_batch_and_resumes_from_the_latest_checkpoint
     assert result["batch"] == {"perDevice": 1, "accumulation": 4, "reducedAfterOOM": 2}
     # the same effective batch each time, and each retry went on from checkpoint 4 (saved before step 5)
     assert attempts == [(4, 1, None), (2, 2, "checkpoint-4"), (1, 4, "checkpoint-4")]
+    assert alive == [0, 0, 0], "a failed attempt's trainer (model, optimizer, gradients) is freed before the next"
     assert result["checkpoints"][-1]["step"] == 8
 
 

@@ -191,8 +191,9 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
         train_runtime = max((h["train_runtime"] for h in trainer.state.log_history if "train_runtime" in h),
                             default=None)
     else:
-        trainer, output = _train_within_memory(cfg, out, trainer, resume, data, progress, progress_bar, watch,
-                                               state)
+        # handed over, not kept here: a retry after running out of memory must be able to free the first trainer
+        held, trainer = [trainer], None
+        trainer, output = _train_within_memory(cfg, out, held, resume, data, progress, progress_bar, watch, state)
         train_runtime = output.metrics.get("train_runtime")  # this attempt's training loop
         interrupted = watch.received or getattr(trainer, "group_interrupted", False)
         if interrupted and trainer.state.global_step < trainer.state.max_steps:
@@ -282,13 +283,15 @@ def _attach_record(trainer, record) -> None:
         trainer.add_callback(evaluation_callback(record))
 
 
-def _train_within_memory(cfg: TrainerConfig, out: Path, trainer, resume: Path | None, data, progress: Progress,
+def _train_within_memory(cfg: TrainerConfig, out: Path, held: list, resume: Path | None, data, progress: Progress,
                          progress_bar: bool, watch: SigtermWatch, state: dict[str, Any]):
     """trainer.train(); on running out of CUDA memory with training.autoBatchSize, again with half the batch and
     twice the accumulation from the latest checkpoint, in a trainer built afresh once the old one's memory is freed.
-    Returns (the trainer that finished, its train() output)."""
+    `held` holds the trainer and nothing else does (the caller, `state` and the SIGTERM chain let go of it before a
+    retry). Returns (the trainer that finished, its train() output)."""
     import torch
 
+    trainer = held.pop()
     t = cfg.training
     batch, accumulation, reduced = t.per_device_train_batch_size, t.gradient_accumulation_steps, 0
     while True:
@@ -310,6 +313,7 @@ def _train_within_memory(cfg: TrainerConfig, out: Path, trainer, resume: Path | 
         # Free the failed attempt's model, optimizer and activations before the next one allocates its own.
         trainer.accelerator.free_memory()
         state.pop("trainer", None)
+        watch._next = None  # the old trainer's SIGTERM handler holds the old trainer; the new one installs its own
         del trainer
         gc.collect()
         if torch.cuda.is_available():
