@@ -43,6 +43,24 @@ def test_full_fine_tuning_trains_every_weight_and_saves_the_model(train_config, 
     assert made["method"] == "full" and made["metrics"]["steps"] == 10 and made["baseModel"]["path"] == str(tiny_model)
 
 
+def test_full_fine_tuning_trains_float32_master_weights_and_delivers_the_compute_dtype(train_config, train):
+    """bfloat16 compute: the weights train in float32 (small AdamW updates are not lost), checkpoints keep them so a
+    resumed run continues exactly, and the delivered model is bfloat16, as servers load it."""
+    from safetensors import safe_open
+
+    run = train(train_config(method="full", model={"dtype": "bfloat16"},
+                             training={"maxSteps": 4, "saveSteps": 4, "learningRate": 1e-3}))
+    assert run.code == 0, run.message
+
+    def dtypes(folder):
+        with safe_open(str(next(folder.glob("*.safetensors"))), "pt") as f:
+            return {f.get_tensor(k).dtype for k in f.keys()}
+
+    assert dtypes(run.out / "model") == {torch.bfloat16}
+    assert dtypes(run.out / "checkpoints" / "checkpoint-4") == {torch.float32}
+    assert json.loads((run.out / "model" / "config.json").read_text())["dtype"] == "bfloat16"
+
+
 def test_merge_adapter_writes_a_model_that_equals_base_plus_adapter(train_config, train, tiny_model):
     run = train(train_config(output={"mergeAdapter": True}, training={"maxSteps": 6}))
     assert run.code == 0, run.message

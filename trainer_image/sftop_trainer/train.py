@@ -219,6 +219,10 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
     final_dir = out / ("model" if cfg.method == "full" else "adapter")
+    if cfg.method == "full" and not trainer.is_fsdp_enabled:
+        # Trained in float32 master weights; delivered in the dtype it computed in, as its base came and as servers
+        # load it (half the size). Checkpoints keep float32: a resumed run needs the master weights.
+        trainer.model.to(model_mod.resolve_dtype(cfg.model.dtype))
     trainer.save_model(str(final_dir))
     if is_main_process():
         tokenizer.save_pretrained(str(final_dir))
