@@ -140,3 +140,28 @@ def test_fsdp_on_cpus_stops_before_training_instead_of_training_data_parallel(tr
     proc, message = run(train_config(distribution={"strategy": "FSDP"}), tmp_path)
     assert proc.returncode == ExitCode.INVALID_CONFIG
     assert message["reason"] == "InvalidConfig" and "FSDP needs GPUs" in message["message"]
+
+
+def test_a_process_killed_by_a_signal_fails_its_pod_as_a_counted_failure(train_config, tmp_path):
+    """One of two processes SIGKILLed mid-run (the node's OOM killer, a segfault): it leaves no word, the other is
+    stopped with it, and the pod fails with TrainerError (counted against backoffLimit), not a retryable
+    interruption that would loop forever."""
+    config = train_config(training={"maxSteps": 400, "saveSteps": 1000, "loggingSteps": 1})
+    env = {**os.environ, "SFTOP_PROCESSES": "2", "SFTOP_TERMINATION_LOG": str(tmp_path / "term")}
+    cmd = [sys.executable, "-m", "sftop_trainer", "--config", str(config), "--no-progress-bar"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        for line in proc.stdout:
+            if '"event": "progress"' in line and '"step": 3,' in line:
+                break
+        term = f"SFTOP_TERMINATION_LOG={tmp_path / 'term'}".encode()
+        second = [int(e.parent.name) for e in Path("/proc").glob("[0-9]*/environ") if readable(e)
+                  and term in e.read_bytes().split(b"\0") and b"LOCAL_RANK=1" in e.read_bytes().split(b"\0")]
+        assert len(second) == 1
+        os.kill(second[0], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        kill_tree(proc.pid)
+    assert proc.returncode == ExitCode.UNEXPECTED, out[-3000:]
+    message = json.loads((tmp_path / "term").read_text())
+    assert message["reason"] == "TrainerError" and "local rank 1 ended without a word" in message["message"]

@@ -158,3 +158,28 @@ def test_a_group_whose_pod_0_finished_first_is_completing_not_waiting():
             pod("b", 1, "Running", "10.0.0.9")]
     seen = lifecycle.observe(False, False, JOB, pods, 2)
     assert (seen.phase, seen.reason) == ("Running", "Completing")
+
+
+def test_a_process_that_dies_without_a_word_makes_its_pod_fail_as_a_counted_failure():
+    """A rank killed by a signal writes no status; the survivors stopped by torchrun say Interrupted or PeerLost,
+    which podFailurePolicy ignores: without this a crash that repeats would retry forever."""
+    from sftop_trainer.launch import died_silently, pod_outcome
+
+    survivor = [{"exitCode": ExitCode.PEER_LOST, "localRank": 0, "round": 0, "time": 1.0}]
+    assert "local rank 1 ended without a word" in died_silently(survivor, 2, signalled=False)
+    assert died_silently(survivor, 2, signalled=True) is None, "the pod was told to stop: an interruption"
+    both = survivor + [{"exitCode": ExitCode.PEER_LOST, "localRank": 1, "round": 0, "time": 2.0}]
+    assert died_silently(both, 2, signalled=False) is None, "every process spoke: another pod was lost"
+    own = [{"exitCode": ExitCode.INVALID_DATA, "localRank": 0, "round": 0, "time": 1.0}]
+    assert died_silently(own, 2, signalled=False) is None and pod_outcome(own)[0] == ExitCode.INVALID_DATA
+    assert died_silently([], 2, signalled=False) is None
+
+
+def test_only_the_latest_torchrun_round_counts(tmp_path):
+    import json
+
+    from sftop_trainer.launch import read_statuses
+
+    (tmp_path / "rank-0.json").write_text(json.dumps({"exitCode": 0, "localRank": 0, "round": 2, "time": 5}))
+    (tmp_path / "rank-1.json").write_text(json.dumps({"exitCode": 71, "localRank": 1, "round": 1, "time": 3}))
+    assert [s["localRank"] for s in read_statuses(tmp_path)] == [0]

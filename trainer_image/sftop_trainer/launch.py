@@ -94,6 +94,8 @@ def write_status(status_file: str, code: int, result: dict[str, Any]) -> None:
     temporary name and renamed, so the launcher never reads half a file."""
     path = Path(f"{status_file}-{os.environ.get('LOCAL_RANK', '0')}.json")
     text = json.dumps({"exitCode": code, "time": time.time(), "rank": int(os.environ.get("RANK", "0")),
+                       "localRank": int(os.environ.get("LOCAL_RANK", "0")),
+                       "round": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
                        "failure": result if code else None})
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
@@ -101,7 +103,8 @@ def write_status(status_file: str, code: int, result: dict[str, Any]) -> None:
 
 
 def read_statuses(folder: Path) -> list[dict[str, Any]]:
-    """The statuses the pod's processes left, oldest first."""
+    """The statuses the pod's processes left in torchrun's latest round (an elastic restart starts a new one; an
+    earlier round's files are stale), oldest first."""
     out = []
     for f in folder.glob("rank-*.json"):
         try:
@@ -110,7 +113,27 @@ def read_statuses(folder: Path) -> list[dict[str, Any]]:
         except (ValueError, KeyError, OSError):
             continue
         out.append(status)
-    return sorted(out, key=lambda s: s.get("time", 0))
+    latest = max((s.get("round", 0) for s in out), default=0)
+    return sorted((s for s in out if s.get("round", 0) == latest), key=lambda s: s.get("time", 0))
+
+
+# What the surviving processes say when torchrun stopped them because another one died.
+STOPPED_WITH_THE_OTHERS = {int(ExitCode.INTERRUPTED), int(ExitCode.PEER_LOST)}
+
+
+def died_silently(statuses: list[dict[str, Any]], processes: int, signalled: bool) -> str | None:
+    """A process that died without a status (killed by a signal: the node's OOM killer, a segfault, an NCCL abort)
+    while the pod itself was not told to stop: the survivors only say they were interrupted or lost a peer, which
+    the Job does not count, so a crash that repeats would retry forever. Returns the message that makes it count."""
+    if signalled or not statuses:  # no process spoke at all: torchrun's own failure, said below
+        return None
+    seen = {s.get("localRank") for s in statuses}
+    missing = sorted(set(range(processes)) - seen)
+    codes = {s["exitCode"] for s in statuses}
+    if missing and codes <= STOPPED_WITH_THE_OTHERS:
+        return (f"training process(es) of local rank {', '.join(map(str, missing))} ended without a word (killed by a "
+                f"signal: out of host memory, a segfault, a NCCL abort?); the others stopped with them")
+    return None
 
 
 def pod_outcome(statuses: list[dict[str, Any]]) -> tuple[int, dict[str, Any] | None]:
@@ -148,7 +171,12 @@ def launch(processes: int, config: str, group: Group | None = None) -> int:
 
             env["OMP_NUM_THREADS"] = str(max(1, available_cpus() // processes))
         child = subprocess.Popen(cmd, start_new_session=True, env=env)
-        forward = lambda signum, frame: os.killpg(child.pid, signum)  # noqa: E731
+        signalled = []  # the pod was told to stop (preemption, eviction, suspend): interruptions are expected
+
+        def forward(signum, frame):
+            signalled.append(signum)
+            os.killpg(child.pid, signum)
+
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
         while True:
@@ -171,6 +199,11 @@ def launch(processes: int, config: str, group: Group | None = None) -> int:
         statuses = read_statuses(status)
         if code == 0:
             return 0
+        silent = died_silently(statuses, processes, bool(signalled))
+        if silent:
+            log.error("%s", silent)
+            write_termination_message(failure(ExitCode.UNEXPECTED, EXIT_CLASSES[ExitCode.UNEXPECTED].reason, silent))
+            return int(ExitCode.UNEXPECTED)
         if statuses:
             pod_code, reported = pod_outcome(statuses)
             if pod_code:
