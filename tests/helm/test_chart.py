@@ -89,7 +89,8 @@ VARIANTS = {
     "default": {},
     "two-namespaces": {"watchNamespaces": ["team-a", "team-b"]},
     "service-monitor": {"metrics": {"enabled": True, "serviceMonitor": {"enabled": True, "labels": {"release": "kps"}}}},
-    "network-policy": {"networkPolicy": {"enabled": True, "apiServer": {"cidrs": ["172.18.0.2/32"]}},
+    "network-policy": {"networkPolicy": {"enabled": True, "apiServer": {"cidrs": ["172.18.0.2/32"]},
+                                         "dns": {"cidrs": ["169.254.20.10/32"]}},
                        "watchNamespaces": ["team-a"]},
 }
 
@@ -177,6 +178,8 @@ def network_policies_let_through_only_what_sftop_needs(policies, deployment):
     stranger = Pod("team-a", {"app": "notebook"})
     assert allowed(policies, operator, External("172.18.0.2"), 6443), "the operator reaches the API server"
     assert allowed(policies, operator, dns, 53, "UDP") and allowed(policies, operator, dns, 53, "TCP")
+    assert allowed(policies, operator, External("169.254.20.10"), 53, "UDP"), "a node-local DNS cache"
+    assert not allowed(policies, operator, External("169.254.20.10"), 80)
     assert allowed(policies, operator, trainer, 8080), "the operator reads a trainer's progress"
     assert not allowed(policies, operator, trainer, 22)
     assert not allowed(policies, operator, External("172.18.0.3"), 6443), "no other address"
