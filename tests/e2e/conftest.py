@@ -34,10 +34,11 @@ async def cluster(apiserver, tmp_path, tiny_model, monkeypatch):
     train, test = taskapi.split(96, 8)
     taskapi.write_jsonl(train, node.volume("data") / "tasks.jsonl")
     taskapi.write_jsonl(test, node.volume("data") / "tasks-test.jsonl")
+    # the shared inputs, as a platform provides them to runs on several nodes: readable from many nodes at once
     for claim in ("models", "data"):
         await apiserver.post("/api/v1/namespaces/team-a/persistentvolumeclaims", json={
             "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+            "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}}})
     operator = Operator(apiserver)
     async with node:
         await operator.start()

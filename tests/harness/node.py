@@ -11,12 +11,12 @@ How a pod's world maps onto this machine:
 - volumes: a PersistentVolumeClaim is the folder `<root>/volumes/<claimName>`; a ConfigMap volume is written
   to a folder per pod; emptyDirs are folders per pod. Each container path (mountPath) is rewritten to its local
   folder in the container's args, env values and the ConfigMap files it mounts.
-- network: each pod gets its own loopback address 127.<w>.0.<n> as its podIP and is told to listen there
+- network: each pod gets its own loopback address 127.0.<w>.<n> as its podIP and is told to listen there
   (SFTOP_PROGRESS_HOST), as a pod's network namespace would make it.
 - Indexed Jobs (completionMode Indexed): a pod per index, each with the completion-index annotation and label,
   JOB_COMPLETION_INDEX, hostname <job>-<index> and the template's subdomain; a failed index gets a new pod
   under the same index; the Job completes when every index has succeeded. Each index keeps one loopback address
-  (127.<w>.<job>.<10 + index>) across its pods, and DNS is a test-only substitution: the pods' stable names
+  (127.0.<w + job>.<10 + index>) across its pods, and DNS is a test-only substitution: the pods' stable names
   `<hostname>.<subdomain>.<namespace>.svc` in env values are replaced by those addresses, as the headless Service's
   DNS records would resolve them. Pods of index i are bound to node_names[i % len(node_names)].
 - env: values may use $(VAR) of earlier variables, and fieldRef reads the pod's metadata, as kubelet does.
@@ -52,10 +52,12 @@ CONFIGMAPS = kmock.resource("v1/configmaps")
 
 
 def worker_network() -> int:
-    """The second octet of this test process's loopback addresses: test workers running side by side (pytest-xdist)
-    each have a network of their own, as separate clusters would, so their pods never share an address and port."""
+    """This test process's share of the loopback addresses: test workers running side by side (pytest-xdist) each
+    have addresses of their own, as separate clusters would, so their pods never share an address and port. The
+    shares stay inside 127.0.0.0/16 (torch's rendezvous and gloo were only ever shown to work there): third octets
+    from 64 * worker on."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    return int(worker[2:]) if worker[2:].isdigit() else 0
+    return 64 * (int(worker[2:]) % 4) if worker[2:].isdigit() else 0
 
 
 @dataclass
@@ -83,7 +85,7 @@ class Node:
         self.containers: dict[tuple[str, str], Container] = {}
         self.finished: set[tuple[str, str]] = set()  # pods whose container ran to its end
         self.net = worker_network()
-        self.addresses = (f"127.{self.net}.0.{i}" for i in itertools.count(2))
+        self.addresses = (f"127.0.{self.net}.{i}" for i in itertools.count(2))
         self.names = itertools.count(1)
         self.task: asyncio.Task | None = None
 
@@ -210,7 +212,7 @@ class Node:
     def _index_address(self, namespace: str, job: str, index: int) -> str:
         block = self.job_blocks.setdefault((namespace, job), next(self.job_numbers))
         # Same length for indexes 0..89: the addresses sort as the indexes do, like the pods' DNS names.
-        return self.index_addresses.setdefault((namespace, job, index), f"127.{self.net}.{block}.{10 + index}")
+        return self.index_addresses.setdefault((namespace, job, index), f"127.0.{self.net + block}.{10 + index}")
 
     async def _start_pod(self, job: dict[str, Any], index: int | None = None) -> None:
         meta, template = job["metadata"], job["spec"]["template"]
