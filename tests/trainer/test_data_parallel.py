@@ -83,11 +83,7 @@ def test_sigterm_stops_two_processes_at_one_step_with_one_checkpoint_and_the_rer
                 break
         time.sleep(1)
         # the second process alone: the extreme of the signal reaching the processes (or pods) at different moments
-        term = f"SFTOP_TERMINATION_LOG={tmp_path / 'term'}".encode()
-        second = [int(e.parent.name) for e in Path("/proc").glob("[0-9]*/environ") if readable(e)
-                  and term in e.read_bytes().split(b"\0") and b"LOCAL_RANK=1" in e.read_bytes().split(b"\0")]
-        assert len(second) == 1
-        os.kill(second[0], signal.SIGTERM)
+        os.kill(second_process(tmp_path), signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
     finally:
         kill_tree(proc.pid)  # a hung group must not outlive the test
@@ -103,6 +99,15 @@ def test_sigterm_stops_two_processes_at_one_step_with_one_checkpoint_and_the_rer
     assert again.returncode == 0, again.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["resumedFromStep"] == step and result["steps"] == step + 4
+
+
+def second_process(tmp_path) -> int:
+    """The pid of the training process of local rank 1 of the run whose termination log is under `tmp_path`."""
+    term = f"SFTOP_TERMINATION_LOG={tmp_path / 'term'}".encode()
+    found = [int(e.parent.name) for e in Path("/proc").glob("[0-9]*/environ") if readable(e)
+             and term in e.read_bytes().split(b"\0") and b"LOCAL_RANK=1" in e.read_bytes().split(b"\0")]
+    assert len(found) == 1
+    return found[0]
 
 
 def readable(path: Path) -> bool:
@@ -154,11 +159,7 @@ def test_a_process_killed_by_a_signal_fails_its_pod_as_a_counted_failure(train_c
         for line in proc.stdout:
             if '"event": "progress"' in line and '"step": 3,' in line:
                 break
-        term = f"SFTOP_TERMINATION_LOG={tmp_path / 'term'}".encode()
-        second = [int(e.parent.name) for e in Path("/proc").glob("[0-9]*/environ") if readable(e)
-                  and term in e.read_bytes().split(b"\0") and b"LOCAL_RANK=1" in e.read_bytes().split(b"\0")]
-        assert len(second) == 1
-        os.kill(second[0], signal.SIGKILL)
+        os.kill(second_process(tmp_path), signal.SIGKILL)
         out, _ = proc.communicate(timeout=180)
     finally:
         kill_tree(proc.pid)
