@@ -731,6 +731,9 @@ class Plan(Spec):
     method: str = Field(description="lora, qlora or full.")
     trainable_parameters: int = Field(description="Parameters trained.")
     total_parameters: int = Field(description="Parameters of the model.")
+    download_bytes: int = Field(0, description="Bytes the training pod downloads into its cache (a Hub model's "
+                                               "weights, estimated; 0 for a model on a claim): the cache volume's "
+                                               "size limit and ephemeral-storage request come from it.")
     memory: PlanMemory
 
 

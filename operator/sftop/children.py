@@ -35,8 +35,9 @@ def adopt(child: dict[str, Any], owner: dict[str, Any], template: bool = False) 
 
 
 def children(seen: Observed, spec: api.SFTJobSpec, rid: str, out: Decision, validation: bool = False,
-             warm_start: names.ClaimPath | None = None) -> dict[str, Any]:
-    """The actions that create a run's claim, ConfigMap and Job (or its validation Job); returns the Job as rendered."""
+             warm_start: names.ClaimPath | None = None, plan: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The actions that create a run's claim, ConfigMap and Job (or its validation Job); returns the Job as rendered
+    (sized by the run's `plan` where there is one)."""
     claim = render.output_claim(seen.namespace, spec)
     if claim is not None:  # not adopted: output outlives the SFTJob
         out.actions.append(Action("ensure_claim", seen.namespace, claim["metadata"]["name"], claim))
@@ -47,7 +48,8 @@ def children(seen: Observed, spec: api.SFTJobSpec, rid: str, out: Decision, vali
         service = render.service(seen.name, seen.namespace, rid)
         adopt(service, seen.body)
         out.actions.append(Action("ensure_service", seen.namespace, service["metadata"]["name"], service))
-    job = render.job(seen.name, seen.namespace, spec, rid, seen.settings, validation=validation, warm_start=warm_start)
+    job = render.job(seen.name, seen.namespace, spec, rid, seen.settings, validation=validation, warm_start=warm_start,
+                     plan=plan)
     adopt(job, seen.body, template=True)
     out.actions.append(Action("ensure_job", seen.namespace, job["metadata"]["name"], job))
     return job

@@ -54,11 +54,14 @@ def decide(seen: Observed) -> Decision:
                 out.status = status
                 out.requeue = None if status.get("phase") in lifecycle.TERMINAL else WAIT_RETRY
                 return out
-        job = children(seen, spec, rid, out, warm_start=warm_start)
+        job = children(seen, spec, rid, out, warm_start=warm_start, plan=status.get("plan"))
     job = apply_suspend(job, spec, seen.queue.workload if seen.queue is not None else None, out)
     apply_priority(job, spec, out)
 
-    observation = lifecycle.observe(spec.suspend, bool(spec.queue_name), job, seen.pods, spec.distribution.nodes)
+    observation = lifecycle.observe(spec.suspend, bool(spec.queue_name), job, seen.pods, spec.distribution.nodes,
+                                    spec.run_policy.backoff_limit)
+    if observation.extra.get("stop"):  # failed beyond its retries while the Job would go on: its pods are stopped
+        out.actions.append(Action("stop_job", seen.namespace, job["metadata"]["name"]))
     stamp = seen.now
     new = report.base_status(status, spec, rid, seen, warm_start)
     run = new["run"]

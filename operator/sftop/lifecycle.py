@@ -33,6 +33,13 @@ IN_PROGRESS = frozenset({"Pending", "Validating", "Queued", "Running"})
 # secret manager's NotFound for resource "secret"): its CreateContainerConfigError message.
 SECRET_MISSING = re.compile(r'\bsecrets? "(?P<name>[^"]+)" not found')
 SECRET_KEY_MISSING = re.compile(r"couldn't find key (?P<key>\S+) in Secret (?P<namespace>[^/\s]+)/(?P<name>\S+)")
+# kubelet's eviction manager (pkg/kubelet/eviction/eviction_manager.go) fails an evicted pod with status.reason
+# "Evicted" and its message: "Usage of EmptyDir volume "cache" exceeds the limit "12Gi"." for an emptyDir over its
+# sizeLimit (no DisruptionTarget condition: the Job controller counts it against backoffLimit), "The node was low on
+# resource: ephemeral-storage. ..." for node pressure (with a DisruptionTarget condition, reason TerminationByKubelet,
+# which the Job's podFailurePolicy ignores like any disruption: sftop bounds those itself, `kubelet_evictions`).
+EVICTED = "Evicted"
+DISK_WORDS = ("ephemeral-storage", "EmptyDir", "ephemeral local storage")
 STUCK_WAITING = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
                  "CreateContainerError", "CrashLoopBackOff", "RunContainerError"}
 
@@ -67,6 +74,9 @@ def termination_message(pod: dict[str, Any]) -> tuple[dict[str, Any] | None, dic
 
 def failure_of(pod: dict[str, Any]) -> tuple[str, str] | None:
     """(reason, message) of a pod whose trainer failed, in the trainer's own terms where it left them."""
+    eviction = evicted(pod)
+    if eviction is not None:
+        return eviction
     terminated, message = termination_message(pod)
     if terminated is None:
         if (pod.get("status") or {}).get("phase") == "Failed":
@@ -87,6 +97,30 @@ def failure_of(pod: dict[str, Any]) -> tuple[str, str] | None:
         return "Killed", f"the trainer was killed (exit code {code})"
     text = (message or {}).get("message") or (terminated.get("message") or "").strip()[-1000:]
     return "TrainerError", f"exit code {code}" + (f": {text}" if text else "")
+
+
+def evicted(pod: dict[str, Any]) -> tuple[str, str] | None:
+    """(reason, message) of a pod kubelet evicted: `EvictedForDisk` when it ran out of local storage (its cache
+    emptyDir over its sizeLimit, or the node's disk), `Evicted` otherwise (node memory pressure)."""
+    status = pod.get("status") or {}
+    if status.get("reason") != EVICTED:
+        return None
+    said = (status.get("message") or "").strip()
+    if any(word in said for word in DISK_WORDS):
+        return "EvictedForDisk", (f"kubelet evicted the trainer pod for local storage: {said} The pod's cache holds "
+                                  "the model's weights downloaded from the Hub (sized from the plan, "
+                                  "status.plan.downloadBytes); a node with more free disk, or the model on a "
+                                  "claim, avoids it")
+    return EVICTED, f"kubelet evicted the trainer pod: {said or 'node pressure'}"
+
+
+def kubelet_evictions(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pods kubelet evicted under node pressure (a DisruptionTarget condition with reason TerminationByKubelet,
+    k8s.io/api/core/v1 PodReasonTerminationByKubelet). The run's podFailurePolicy ignores every DisruptionTarget
+    pod, as it must for preemptions and drains (the condition's reason cannot be matched there), so the Job would
+    retry these without end; the operator counts them against runPolicy.backoffLimit instead."""
+    return [p for p in pods if (conditions_of(p).get("DisruptionTarget") or {}).get("reason") == "TerminationByKubelet"
+            and (conditions_of(p).get("DisruptionTarget") or {}).get("status") == "True"]
 
 
 def _by_start(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -186,9 +220,10 @@ def _pending_reason(pod: dict[str, Any]) -> tuple[str, str, bool]:
 
 
 def observe(suspend: bool, queued: bool, job: dict[str, Any] | None, pods: list[dict[str, Any]],
-            nodes: int = 1) -> Observation:
+            nodes: int = 1, backoff_limit: int | None = None) -> Observation:
     """What a run's Job and pods say about it. `nodes`: pods per attempt (an Indexed Job's completions); the
-    result and progress come from pod 0, which holds the run's rank 0."""
+    result and progress come from pod 0, which holds the run's rank 0. More kubelet evictions than `backoff_limit`
+    fail the run (Observation.extra["stop"]: the Job must be stopped, the Job controller would go on)."""
     if job is None:
         return Observation("Pending", "CreatingJob", "creating the run's Job")
     status = job.get("status") or {}
@@ -227,6 +262,12 @@ def observe(suspend: bool, queued: bool, job: dict[str, Any] | None, pods: list[
             reason, message = job_reason, failed.get("message") or "the Job failed"
         return Observation("Failed", reason, message, completion_time=failed.get("lastTransitionTime"),
                            warning=True, result=reached, **base)
+
+    evictions = kubelet_evictions(pods)
+    if backoff_limit is not None and len(evictions) > backoff_limit:
+        reason, message = failure_of(evictions[-1]) or (EVICTED, "kubelet evicted the trainer pod")
+        return Observation("Failed", reason, f"{message} (evicted {len(evictions)} time(s); runPolicy.backoffLimit "
+                                             f"{backoff_limit} reached)", warning=True, extra={"stop": True}, **base)
 
     if job.get("spec", {}).get("suspend"):
         active = [p for p in pods if (p.get("status") or {}).get("phase") in ("Pending", "Running")]

@@ -62,10 +62,26 @@ def claims_read(spec: api.SFTJobSpec, warm_start: ClaimPath | None = None) -> li
     return claims
 
 
+GIB = 1 << 30
+CACHE_HEADROOM = 2 * GIB  # tokenizer and config files, the Hub client's metadata, a partial file being replaced
+
+
+def cache_size(plan: dict[str, Any] | None) -> str | None:
+    """The training pod's cache volume (HF_HOME), sized from the plan: the weights it downloads plus a tenth and a
+    headroom, in whole GiB. None without a plan (validation off): the volume is then unbounded."""
+    if not plan:
+        return None
+    need = int(plan.get("downloadBytes") or 0) * 1.1 + CACHE_HEADROOM
+    return f"{-(-int(need) // GIB)}Gi"
+
+
 def trainer_pod(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings, validation: bool = False,
-                warm_start: ClaimPath | None = None) -> dict[str, Any]:
+                warm_start: ClaimPath | None = None, plan: dict[str, Any] | None = None) -> dict[str, Any]:
     """The pod that runs the trainer (or, with `validation`, checks the run on CPUs only), hardened to the restricted
-    Pod Security Standard, with no Kubernetes API credentials."""
+    Pod Security Standard, with no Kubernetes API credentials. With the run's `plan`, its cache volume gets a size
+    limit and the pod an ephemeral-storage request of that size, so that the scheduler picks a node with the disk
+    for the model's weights and a cache that outgrows it is evicted with a reason (sftop.lifecycle.evicted) rather
+    than filling the node's disk."""
     res = spec.resources
     if validation:
         v = spec.validation
@@ -109,6 +125,9 @@ def trainer_pod(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, setti
         {"name": "cache", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {}},
     ]
+    cache = None if validation else cache_size(plan)
+    if cache is not None:
+        volumes[3]["emptyDir"]["sizeLimit"] = cache
     for i, claim in enumerate(claims_read(spec, warm_start)):
         mounts.append({"name": f"input-{i}", "mountPath": POD_LAYOUT.claim(claim), "readOnly": True})
         volumes.append({"name": f"input-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
@@ -154,6 +173,10 @@ def trainer_pod(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, setti
     }
     if validation:
         del container["ports"]
+    # Kueue admits no Workload that requests a resource its ClusterQueue does not cover, and few cover
+    # ephemeral-storage: a queued run asks for it only where the platform says its queues do.
+    if cache is not None and (not spec.queue_name or settings.queued_storage_requests):
+        container["resources"]["requests"]["ephemeral-storage"] = cache
     # The validation pod goes where the training pod will (not its GPUs or priority): it is the first consumer of
     # a WaitForFirstConsumer claim the run creates, which binds in the zone of the node it lands on, and a claim
     # bound in a zone without the run's GPUs would keep the training pod from ever being scheduled.

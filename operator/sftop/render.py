@@ -218,7 +218,7 @@ def validation_job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, se
 
 
 def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings, validation: bool = False,
-        warm_start: ClaimPath | None = None) -> dict[str, Any]:
+        warm_start: ClaimPath | None = None, plan: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run's batch/v1 Job: one pod that runs the trainer (an Indexed pod per node with distribution.nodes > 1),
     hardened to the restricted Pod Security Standard, with no Kubernetes API credentials."""
     if validation:
@@ -246,7 +246,7 @@ def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings, val
         "podFailurePolicy": pod_failure_policy(),
         "template": {"metadata": {"labels": labels,
                                   "annotations": {OUTPUT_ANNOTATION: output_path(spec, namespace, name, rid)}},
-                     "spec": trainer_pod(name, namespace, spec, rid, settings, validation, warm_start)},
+                     "spec": trainer_pod(name, namespace, spec, rid, settings, validation, warm_start, plan)},
     }
     if nodes > 1:
         job_spec["completionMode"] = "Indexed"

@@ -223,3 +223,17 @@ def test_schema_covers_every_value():
     jsonschema.validate(values, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**values, "replicaCount": "two"}, schema)
+
+
+def test_the_chart_readme_lists_every_value_with_its_default():
+    """helm/sftop/README.md's values table is generated from values.yaml (`python tests/helm/chart_readme.py`):
+    a value added, renamed or given another default without regenerating it fails here."""
+    import chart_readme
+
+    readme = (CHART / "README.md").read_text()
+    values = (CHART / "values.yaml").read_text()
+    assert readme == chart_readme.render(readme, values), "run: python tests/helm/chart_readme.py"
+    assert "| trainer.queuedStorageRequests | bool | `false` |" in readme
+    assert len(chart_readme.documented_values(values)) > 40
+    changed = values.replace("defaultCpu: \"4\"", "defaultCpu: \"8\"")
+    assert chart_readme.render(readme, changed) != readme

@@ -68,6 +68,18 @@ TOO_BIG = {**PLAN, "memory": {**PLAN["memory"], "gpuMemory": 8.0, "gpuMemorySour
 BASE, OTHER = spec_of(), spec_of(training={"maxSteps": 20})
 QUEUED = spec_of(queueName="team-a")
 RUNNING_POD = running("10.0.0.7")
+ONE_RETRY = spec_of(runPolicy={"backoffLimit": 1})
+
+
+def evicted_for_disk(name):
+    """A trainer pod kubelet's eviction manager evicted for the node's disk (pkg/kubelet/eviction): Failed, reason
+    Evicted, with the DisruptionTarget condition the Job's podFailurePolicy ignores."""
+    said = "The node was low on resource: ephemeral-storage. Threshold quantity: 10Gi, available: 1Gi. "
+    return pod_of(ONE_RETRY, {"phase": "Failed", "reason": "Evicted", "message": said, "conditions": [
+        {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet", "message": said}],
+        "containerStatuses": [{"name": "trainer", "state": {"terminated": {"exitCode": 137, "reason": "Error"}}}]},
+        name=name)
+
 
 CASES = [
     # (what happens, observed, writes, phase, reason, events, next look)
@@ -115,6 +127,15 @@ CASES = [
         pods=[pod_of(BASE, terminated(0, json.dumps({"status": "Succeeded", "steps": 10, "adapterPath": "adapter",
                                                      "trainedTokens": 900})))]),
      [], "Succeeded", "Succeeded", ["Succeeded"], None),
+    ("a pod evicted for the node's disk is retried, and says why", seen(
+        ONE_RETRY, recorded(ONE_RETRY, "Running"), job=job_of(ONE_RETRY, {"active": 0}),
+        pods=[evicted_for_disk("chat-pod-1")]),
+     [], "Pending", "Retrying", ["Retrying"], 30.0),
+    ("evicted more times than runPolicy.backoffLimit: the run fails with the eviction's reason and its Job stops, "
+     "which the Job controller would retry without end", seen(
+        ONE_RETRY, recorded(ONE_RETRY, "Running"), job=job_of(ONE_RETRY, {"active": 0}),
+        pods=[evicted_for_disk("chat-pod-1"), evicted_for_disk("chat-pod-2")]),
+     ["stop_job"], "Failed", "EvictedForDisk", ["EvictedForDisk"], None),
 ]
 
 

@@ -171,3 +171,43 @@ def test_volume_ownership_is_changed_only_when_the_volume_root_does_not_match():
     job = render.job("chat", "team-a", spec, render.run_id(spec), Settings())
     context = job["spec"]["template"]["spec"]["securityContext"]
     assert context["fsGroup"] == 1000 and context["fsGroupChangePolicy"] == "OnRootMismatch"
+
+
+def test_the_cache_is_sized_from_the_plan_and_requested_where_kueue_allows():
+    """A Hub model's weights land in the pod's cache: the plan's downloadBytes size the emptyDir (evicted with a
+    reason if outgrown, instead of filling the node's disk) and the pod's ephemeral-storage request (the scheduler
+    picks a node with that disk free). Kueue refuses a Workload asking for a resource its ClusterQueue does not
+    cover, so queued runs ask only where the platform says its queues cover ephemeral-storage."""
+    plan = {"downloadBytes": 16 * 2**30}  # an 8B model in bfloat16
+
+    def cache_of(spec, settings=Settings(), plan=plan, validation=False):
+        pod = render.job("chat", "team-a", spec, render.run_id(spec), settings, validation=validation,
+                         plan=plan)["spec"]["template"]["spec"]
+        cache = next(v for v in pod["volumes"] if v["name"] == "cache")["emptyDir"]
+        return cache.get("sizeLimit"), pod["containers"][0]["resources"]["requests"].get("ephemeral-storage")
+
+    spec = parse(sftjob("chat"))[2]
+    assert cache_of(spec) == ("20Gi", "20Gi")  # 16 GiB × 1.1 + 2 GiB, rounded up
+    assert cache_of(spec, plan={"downloadBytes": 0}) == ("2Gi", "2Gi")  # a model on a claim
+    assert cache_of(spec, plan=None) == (None, None)  # no plan (validation off): nothing to size it by
+    queued = parse(sftjob("chat", queueName="gpus"))[2]
+    assert cache_of(queued) == ("20Gi", None)
+    assert cache_of(queued, Settings(queued_storage_requests=True)) == ("20Gi", "20Gi")
+    job = render.job("chat", "team-a", spec, render.run_id(spec), Settings(), plan=plan)
+    kubernetes_validate.validate(job, "1.32.0", strict=True)
+    assert Settings.from_env({"SFTOP_QUEUED_STORAGE_REQUESTS": "true"}).queued_storage_requests is True
+    with pytest.raises(SettingsError, match="true or false"):
+        Settings.from_env({"SFTOP_QUEUED_STORAGE_REQUESTS": "yes"})
+
+
+def test_the_plan_counts_the_weights_a_hub_model_downloads():
+    from transformers import LlamaConfig
+
+    from sftop_trainer.plan import download_bytes
+
+    hub = TrainerConfig.model_validate({"model": {"name": "meta-llama/Llama-3.1-8B"}, "dataset": {"path": "d.jsonl"},
+                                        "output": {"dir": "/out"}})
+    assert download_bytes(hub, LlamaConfig(dtype="bfloat16"), 8_030_000_000) == 16_060_000_000
+    assert download_bytes(hub, LlamaConfig(), 1_000) == 4_000  # no dtype in the config: float32
+    local = hub.model_copy(update={"model": hub.model.model_copy(update={"name": "/models/llama"})})
+    assert download_bytes(local, LlamaConfig(dtype="bfloat16"), 8_030_000_000) == 0

@@ -58,6 +58,21 @@ def lora_model(cfg: TrainerConfig, model):
         raise ConfigError(f"lora: {str(e).splitlines()[0]}") from e
 
 
+def download_bytes(cfg: TrainerConfig, config, parameters: int) -> int:
+    """What the training pod downloads into its cache: a Hub model's weights, as stored (the checkpoint's dtype,
+    float32 when its config names none; QLoRA downloads the 16-bit weights and quantizes them while loading), or
+    nothing for a model on a claim. An estimate from the parameter count (the Hub's file listing would be exact):
+    it sizes the cache volume (sftop.pod)."""
+    import torch
+
+    if model_mod.is_local_path(cfg.model.name):
+        return 0
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, torch.float32)
+    return parameters * (dtype.itemsize if isinstance(dtype, torch.dtype) else 4)
+
+
 def make_plan(cfg: TrainerConfig, gpus: int | None = None, keep_data: bool = False):
     """The plan of a run: the data as training sees it, its length, its parameters and its GPU memory. With
     keep_data, returns (plan, the prepared data)."""
@@ -124,6 +139,7 @@ def make_plan(cfg: TrainerConfig, gpus: int | None = None, keep_data: bool = Fal
         "trainableParameters": trainable,
         # as the run counts them: the adapter's parameters are part of the model it trains
         "totalParameters": params.total + (trainable if cfg.method != "full" else 0),
+        "downloadBytes": download_bytes(cfg, config, params.total),
         "memory": {
             "perGpu": gib(memory["total"]),
             "parts": {k: gib(v) for k, v in memory["parts"].items()},
@@ -178,6 +194,8 @@ def describe(plan: dict[str, Any]) -> list[str]:
             lines.append(f"          would fit: {alt}")
     for note in mem["assumptions"]:
         lines.append(f"          - {note}")
+    if plan.get("downloadBytes"):
+        lines.append(f"download  ~{gib(plan['downloadBytes'])} GiB of weights from the Hub into the pod's cache")
     return lines
 
 
