@@ -62,7 +62,7 @@ def seen(spec=None, status=None, **kw):
 COMPLETE = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True",
                                             "lastTransitionTime": "2026-11-22T10:05:00Z"}]}
 VALIDATING = spec_of(validation={"enabled": True})
-FIT = {**PLAN, "memory": {**PLAN["memory"], "gpuMemory": 80.0, "fits": True}}
+FIT = {**PLAN, "downloadBytes": 15 * 2**30, "memory": {**PLAN["memory"], "gpuMemory": 80.0, "fits": True}}
 TOO_BIG = {**PLAN, "memory": {**PLAN["memory"], "gpuMemory": 8.0, "gpuMemorySource": "resources.gpuMemory",
                               "fits": False, "wouldFit": ["method qlora"]}}
 BASE, OTHER = spec_of(), spec_of(training={"maxSteps": 20})
@@ -257,3 +257,13 @@ def test_spec_suspend_of_a_queued_run_deactivates_its_workload_and_leaves_the_jo
     resumed = decide(seen(QUEUED, recorded(QUEUED, "Suspended"), job=job_of(QUEUED, suspend=True),
                           queue=QueueView(workload={**workload, "spec": {"active": False}})))
     assert [(a.verb, a.value) for a in resumed.actions] == [("set_workload_active", True)]
+
+
+def test_the_training_job_after_validation_has_a_cache_sized_by_the_plan():
+    """The plan's downloadBytes (a Hub model's weights) size the training pod's cache and its disk request."""
+    validated = decide(CASES[5][1])
+    job = next(a.body for a in validated.actions if a.verb == "ensure_job")
+    pod = job["spec"]["template"]["spec"]
+    cache = next(v for v in pod["volumes"] if v["name"] == "cache")
+    assert cache["emptyDir"]["sizeLimit"] == "19Gi"  # 15 GiB × 1.1 + 2 GiB, rounded up
+    assert pod["containers"][0]["resources"]["requests"]["ephemeral-storage"] == "19Gi"
