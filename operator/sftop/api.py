@@ -15,6 +15,7 @@ from pydantic.alias_generators import to_camel
 
 from sftop_trainer.config import (
     DataFormat,
+    DataQuality,
     DistributionSpec,
     Dtype,
     EVAL_SPLIT_RULES,
@@ -211,6 +212,16 @@ class DatasetSpec(Spec):
     max_samples: int | None = Field(None, gt=0, le=100_000_000,
                                     description="Use at most this many training rows (after shuffling with "
                                                 "training.seed).")
+    quality: DataQuality = Field(default_factory=DataQuality, description=(
+        "The data-quality checks of the Validating phase and what each does with the rows it finds: `warn` "
+        "(status.plan.data, a DataQuality condition and one Warning event), `drop` (removed and counted) or `fail` "
+        "(the run fails in Validating with reason DataQuality, never retried), when the share of rows found is above "
+        "the rule's threshold (at or below it, a warning). Why the defaults: leakage fails, because an evaluation "
+        "that measures memory misleads every decision after it; conflicts fail above 5% (a few are noise, more are a "
+        "labelling bug the model cannot learn around); noLoss and specialTokens drop (such rows train nothing, or "
+        "teach the model to write its own control tokens); duplicates, near duplicates, answer format, coverage, "
+        "truncated answers, empty turns and size warn, because each can be intended (weighting, variety, a smoke "
+        "test) and only the user knows."))
 
     @model_validator(mode="after")
     def _rules(self) -> DatasetSpec:
@@ -688,6 +699,31 @@ class SkippedRows(Spec):
     rows: list[int] = Field([], description="The first few row numbers (1-based).")
 
 
+class QualityFinding(Spec):
+    """Rows one data-quality check found, and what the policy did with them."""
+
+    check: str = Field(description="duplicates, nearDuplicates, conflicts, leakage, size, answerFormat, coverage, "
+                                   "truncated, noLoss, emptyTurns or specialTokens.")
+    file: str = Field(description="Which rows: train, or eval (with the evaluation file's name).")
+    count: int = Field(description="Rows found (for size: usable training rows).")
+    share: float = Field(description="Their share of the file's usable rows.")
+    rows: list[int] = Field([], description="The first row numbers (1-based, in their file).")
+    message: str = Field(description="What was found, in words.")
+    action: Literal["warn", "drop", "fail", "info"] = Field(description="What dataset.quality did: warn, drop or "
+                                                                         "fail; info where no rule applies.")
+
+
+class PlanData(Spec):
+    """The data-quality report (dataset.quality)."""
+
+    findings: list[QualityFinding] = Field([], description="What the checks found, failures first.")
+    dropped: dict[str, int] = Field({}, description="Rows dropped by the policy, by file (train, eval).")
+    near_duplicates: dict[str, Any] = Field({}, description="What the near-duplicate search covered: similarity, "
+                                                            "searchedRows, limited.")
+    roles: dict[str, int] = Field({}, description="Roles mapped to the standard ones (`human → user`), with the "
+                                                  "turns mapped.")
+
+
 class PlanRows(Spec):
     """Rows of the dataset."""
 
@@ -715,6 +751,7 @@ class Plan(Spec):
 
     rows: PlanRows
     skipped: list[SkippedRows] = Field([], description="Rows left out, by reason.")
+    data: PlanData | None = Field(None, description="The data-quality report.")
     samples: int = Field(description="Training samples after the data rules (packed sequences when packing).")
     overlong: int = Field(0, description="Samples longer than training.maxLength.")
     overlong_action: str | None = Field(None, description="What happens to them: truncate or drop.")

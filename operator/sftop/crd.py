@@ -70,9 +70,12 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
         for key, sub in node["properties"].items():
             sub = _structural(sub)
             # Object defaults of nested models are written as {} so the API server fills in the
-            # nested fields' own defaults instead of a frozen copy of them.
+            # nested fields' own defaults instead of a frozen copy of them, unless the field's default differs
+            # from what those give (a rule whose action the field sets): then the default is written whole.
             if sub.get("type") == "object" and "properties" in sub and isinstance(sub.get("default"), dict):
-                sub["default"] = {}
+                filled = {k: v["default"] for k, v in sub["properties"].items() if "default" in v}
+                if all(filled.get(k) == v for k, v in sub["default"].items() if v is not None):
+                    sub["default"] = {}
             if sub.get("default") is None:
                 sub.pop("default", None)
             props[key] = sub

@@ -125,7 +125,8 @@ def supersede(seen: Observed, status: dict[str, Any], rid: str, out: Decision) -
                                         and r.get("id") != old["id"]][: MAX_PREVIOUS_RUNS - 1]
     for name in ("progress", "result", "plan", "checkpoints"):
         new.pop(name, None)
-    new["conditions"] = [c for c in new.get("conditions", []) if c.get("type") not in ("Validated", "ProgressReported")]
+    new["conditions"] = [c for c in new.get("conditions", []) if c.get("type") not in ("Validated", "DataQuality",
+                                                                                      "ProgressReported")]
     new["run"] = {"id": rid}
     out.events.append(("Normal", "NewRun", f"the spec's training inputs changed: run {rid} replaces run {old['id']}, "
                                            f"whose output stays at {old.get('outputPath')}"))

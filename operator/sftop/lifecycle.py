@@ -25,7 +25,7 @@ from sftop.kueue import QUEUE_LABEL
 from sftop_trainer.errors import EXIT_CLASSES, ExitCode
 
 TERMINAL = frozenset({"Succeeded", "Failed"})
-CONDITION_TYPES = ("Ready", "Reconciling", "Stalled", "Accepted", "Validated", "Queued", "Running",
+CONDITION_TYPES = ("Ready", "Reconciling", "Stalled", "Accepted", "Validated", "DataQuality", "Queued", "Running",
                    "ProgressReported", "Suspended", "Succeeded", "Failed")
 IN_PROGRESS = frozenset({"Pending", "Validating", "Queued", "Running"})
 # Container waiting reasons that mean the pod cannot start without someone acting.

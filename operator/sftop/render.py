@@ -80,7 +80,7 @@ def trainer_config(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, la
         source["eval_path"] = posixpath.join(beside, ds.eval_split.file)
     else:
         source["eval_split"] = ds.eval_split
-    dataset = DataSource(**source, format=ds.format, max_samples=ds.max_samples)
+    dataset = DataSource(**source, format=ds.format, max_samples=ds.max_samples, quality=ds.quality)
     return TrainerConfig(
         run=RunInfo(id=rid, sftjob=name, namespace=namespace),
         model=model,

@@ -43,6 +43,10 @@ def validation(seen: Observed, status: dict[str, Any], rid: str, warm_start: nam
             new["run"]["validated"] = passed = True
             new.update(phase="Pending", message="creating the training Job")
             event = ("Normal", reason, message)
+            quality = data_quality(plan)
+            conditions = lifecycle.set_condition(conditions, "DataQuality", *quality, generation, stamp)
+            if quality[0] == "False" and new.get("phase") != status.get("phase"):
+                out.events.append(("Warning", "DataQuality", quality[2]))
         else:
             if plan is not None:
                 new["plan"] = plan
@@ -72,6 +76,21 @@ def validation(seen: Observed, status: dict[str, Any], rid: str, warm_start: nam
         out.events.append(event)
     out.reason = reason
     return new, passed
+
+
+def data_quality(plan: dict[str, Any]) -> tuple[str, str, str]:
+    """The DataQuality condition of a run that passed validation: (status, reason, message). True when the checks
+    found nothing to say; False, reason Warnings, with what they found (and what the policy dropped) otherwise.
+    Failures never get here: they fail the validation with reason DataQuality."""
+    data = plan.get("data") or {}
+    said = [f for f in data.get("findings") or [] if f.get("action") in ("warn", "drop")]
+    if not said:
+        return "True", "Passed", "the data-quality checks found nothing to warn about (status.plan.data)"
+    parts = [f"{f['check']} ({'dropped ' if f['action'] == 'drop' else ''}{f['count']} {f['file']} rows, "
+             f"{f['share']:.1%})" for f in said]
+    return "False", "Warnings", "the data-quality checks warn: " + "; ".join(parts) + " (status.plan.data has the " \
+                                                                                    "rows; dataset.quality sets the " \
+                                                                                    "policy)"
 
 
 def validation_problem(plan: dict[str, Any] | None) -> tuple[str, str] | None:

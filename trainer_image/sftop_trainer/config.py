@@ -403,6 +403,10 @@ class EvaluationSpec(Spec):
                                              "would corrupt the 4-bit weights' training.")
     samples: int = Field(3, ge=0, le=20, description="How many (prompt, expected, answer) samples the result "
                                                      "keeps.")
+    few_shot: int = Field(0, ge=0, le=64, description="Also score the base model with this many training rows as "
+                                                      "examples in its prompt (few-shot prompting), on the same "
+                                                      "held-out prompts, beside zero-shot before and fine-tuned "
+                                                      "after: whether fine-tuning was needed. 0: not measured.")
 
 
 REFERENCE_WIDTH = 4096  # the hidden size of the 7-8B models the usual learning rates were tuned on
@@ -436,6 +440,72 @@ class ModelSource(Spec):
                                              "where the CPU has bfloat16 instructions).")
 
 
+QualityAction = Literal["warn", "drop", "fail"]
+
+
+class QualityRule(Spec):
+    """What a data-quality check does when it finds rows: `warn` (reported, a DataQuality condition and a Warning
+    event), `drop` (the rows are removed and counted) or `fail` (the run fails in its Validating phase with reason
+    DataQuality). The action applies when the share of rows found is above `threshold`; at or below it the
+    finding is a warning."""
+
+    action: QualityAction = Field(description="warn, drop or fail.")
+    threshold: float = Field(0.0, ge=0, lt=1, description="Share of rows (0 to 1) above which the action applies.")
+
+
+def _rule(action: str, threshold: float = 0.0, what: str = "") -> Any:
+    return Field(QualityRule(action=action, threshold=threshold), description=what)
+
+
+class DataQuality(Spec):
+    """The data-quality checks of the Validating phase, each with its rule (docs/api.md gives the defaults'
+    reasons; docs/plan.md shows a report)."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": f"!has(self.{name}) || self.{name}.action != 'drop'",
+         "message": f"quality.{name}.action: drop removes no rows for this check; use warn or fail"}
+        for name in ("size", "coverage")]})
+
+    duplicates: QualityRule = _rule("warn", what="Training rows that repeat an earlier row exactly (whitespace "
+                                                 "normalised). drop keeps the first.")
+    near_duplicates: QualityRule = _rule("warn", what="Training rows nearly equal to an earlier one (MinHash "
+                                                      "Jaccard similarity of character 5-grams ≥ "
+                                                      "nearDuplicateSimilarity). drop keeps the first.")
+    conflicts: QualityRule = _rule("fail", 0.05, "Training rows whose prompt (every turn before the answer) "
+                                                 "recurs with a different answer: all rows of such a prompt.")
+    leakage: QualityRule = _rule("fail", what="Evaluation rows whose prompt or whole row (exactly or nearly) is "
+                                              "also a training row. drop removes them from the evaluation.")
+    size: QualityRule = _rule("warn", what="Fewer than 50 usable training rows (few-shot prompting often does as "
+                                           "well), fewer than 500. warn or fail.")
+    answer_format: QualityRule = _rule("warn", what="Where most answers share a format (JSON; for JSON objects, a "
+                                                    "key set), the answers that do not.")
+    coverage: QualityRule = _rule("warn", what="Values of a categorical answer field (a JSON key such as an action) "
+                                               "common in evaluation but rare or absent in training. warn or fail.")
+    truncated: QualityRule = _rule("warn", what="Training rows whose answer training.maxLength cuts.")
+    no_loss: QualityRule = _rule("drop", what="Training rows left with no token that carries loss (after "
+                                              "maxLength): they train nothing.")
+    empty_turns: QualityRule = _rule("warn", what="Rows with an empty or whitespace-only turn.")
+    special_tokens: QualityRule = _rule("drop", what="Rows whose text holds the tokenizer's special tokens or the "
+                                                     "chat template's markers literally (they break the template "
+                                                     "the model reads).")
+    near_duplicate_similarity: float = Field(0.8, ge=0.5, le=0.95, description="Jaccard similarity of "
+                                                                           "character 5-grams (lowercased, "
+                                                                           "whitespace normalised) from which rows "
+                                                                           "are near duplicates.")
+    near_duplicate_max_rows: int = Field(200_000, ge=0, le=10_000_000,
+                                         description="Near-duplicate and near-leakage search covers the first this "
+                                                     "many training rows (0 turns it off); the report says when it "
+                                                     "was limited.")
+
+    @model_validator(mode="after")
+    def _actions(self) -> DataQuality:
+        for name in ("size", "coverage"):
+            if getattr(self, name).action == "drop":
+                raise ValueError(f"quality.{to_camel(name)}.action: drop removes no rows for this check; use warn "
+                                 "or fail")
+        return self
+
+
 class DataSource(Spec):
     hub: HubDataset | None = None
     path: str | None = Field(None, min_length=1, description="A local jsonl, json, parquet or csv file.")
@@ -445,6 +515,7 @@ class DataSource(Spec):
     eval_path: str | None = Field(None, min_length=1, description="A local file of evaluation rows (what an "
                                                                   "SFTJob's evalSplit.file becomes).")
     max_samples: int | None = Field(None, gt=0)
+    quality: DataQuality = Field(default_factory=DataQuality)
 
     @model_validator(mode="after")
     def _rules(self) -> DataSource:

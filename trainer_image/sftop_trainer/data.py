@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -58,6 +59,8 @@ class DataReport:
     overlong_action: str = "truncate"
     loss: str = ""  # what carries loss, in words
     sha256: str = ""
+    roles: dict[str, int] = field(default_factory=dict)  # "human → user" -> turns mapped
+    quality: dict[str, Any] = field(default_factory=dict)  # sftop_trainer.quality.report
 
     def as_dict(self) -> dict[str, Any]:
         """camelCase keys, like the rest of result.json."""
@@ -176,30 +179,42 @@ def detect_format(columns: list[str]) -> str:
                     f"(with their columns): {accepted}. Rename the columns or set dataset.format.")
 
 
-def _check_messages(messages: Any, roles: dict[str, str] | None = None) -> tuple[list[dict] | None, str | None]:
-    """(messages in role/content form, None) or (None, the reason the row cannot train)."""
+VALID_ROLES = (f"valid roles: {', '.join(sorted(ROLES))}; mapped: human → user, gpt/bot/model/chatgpt → assistant, "
+               f"function_response/observation → tool")
+
+
+def _check_messages(messages: Any, roles: dict[str, str] | None = None,
+                    mapped: Counter | None = None) -> tuple[list[dict] | None, str | None]:
+    """(messages in role/content form, None) or (None, the reason the row cannot train). A role outside the
+    four that has a usual meaning (ShareGPT's, `SHAREGPT_ROLES`) is mapped to it and counted in `mapped`."""
     if not isinstance(messages, list) or not messages:
-        return None, "malformed messages"
+        return None, "malformed messages: not a list of turns"
     out = []
     for m in messages:
         if not isinstance(m, dict):
-            return None, "malformed messages"
+            return None, "malformed messages: a turn is not an object"
         if roles is not None:
-            role, content = roles.get(str(m.get("from", "")).lower()), m.get("value")
+            said, content = str(m.get("from", "")), m.get("value")
         else:
-            role, content = m.get("role"), m.get("content")
-        if role not in ROLES or not (content is None or isinstance(content, str)):
-            return None, "malformed messages"
+            said, content = m.get("role"), m.get("content")
+        role = said if said in ROLES else SHAREGPT_ROLES.get(str(said).lower())
+        if role is None:
+            return None, f"unknown role {said!r} ({VALID_ROLES})"
+        if role != said and roles is None and mapped is not None:
+            mapped[f"{said} → {role}"] += 1
+        if not (content is None or isinstance(content, str)):
+            return None, "malformed messages: a turn's content is not text"
         out.append({"role": role, "content": content or ""})
     if not any(m["role"] == "assistant" and m["content"].strip() for m in out):
         return None, "no assistant turn"
     return out, None
 
 
-def _convert_row(row: dict[str, Any], fmt: str, conversational: bool) -> tuple[dict[str, Any] | None, str | None]:
+def _convert_row(row: dict[str, Any], fmt: str, conversational: bool,
+                 mapped: Counter | None = None) -> tuple[dict[str, Any] | None, str | None]:
     if fmt in ("messages", "sharegpt"):
         key = "messages" if fmt == "messages" else "conversations"
-        messages, why = _check_messages(row.get(key), SHAREGPT_ROLES if fmt == "sharegpt" else None)
+        messages, why = _check_messages(row.get(key), SHAREGPT_ROLES if fmt == "sharegpt" else None, mapped)
         return ({"messages": messages}, None) if messages else (None, why)
     if fmt == "prompt-completion":
         prompt, completion = row.get("prompt"), row.get("completion")
@@ -235,9 +250,11 @@ def is_conversational(ds: Dataset) -> bool:
         "prompt" in ds.column_names and len(ds) > 0 and isinstance(ds[0]["prompt"], list))
 
 
-def convert(ds: Dataset, fmt: str, conversational: bool, report: DataReport, check: Check | None = None) -> Dataset:
-    """Rows in the shape TRL takes; skipped rows are counted in `report.skipped`. `check` may reject a converted row
-    with a reason (the chat template cannot render it, ...)."""
+def convert(ds: Dataset, fmt: str, conversational: bool, report: DataReport, check: Check | None = None) \
+        -> tuple[Dataset, list[int]]:
+    """Rows in the shape TRL takes, and their row numbers in the file (1-based); skipped rows are counted in
+    `report.skipped`, mapped roles in `report.roles`. `check` may reject a converted row with a reason (the chat
+    template cannot render it, ...)."""
     from datasets import Dataset
 
     needed = FORMAT_COLUMNS[fmt]
@@ -245,9 +262,9 @@ def convert(ds: Dataset, fmt: str, conversational: bool, report: DataReport, che
     if missing:
         raise DataError(f"dataset.format is {fmt}, which needs the columns {', '.join(needed)}; missing "
                         f"{', '.join(missing)} (columns found: {', '.join(sorted(ds.column_names))})")
-    rows, skipped = [], {}
+    rows, numbers, skipped, mapped = [], [], {}, Counter()
     for number, row in enumerate(ds, start=1):
-        converted, why = _convert_row(row, fmt, conversational)
+        converted, why = _convert_row(row, fmt, conversational, mapped)
         if converted is not None and check is not None:
             why = check(converted)
             converted = None if why else converted
@@ -255,13 +272,17 @@ def convert(ds: Dataset, fmt: str, conversational: bool, report: DataReport, che
             skipped.setdefault(why, []).append(number)
         else:
             rows.append(converted)
+            numbers.append(number)
+    for change, count in mapped.items():
+        report.roles[change] = report.roles.get(change, 0) + count
+        log.warning("mapped the role %s in %d turn(s) of the dataset", change, count)
     for why, numbers in skipped.items():
         report.skipped[why] = {"count": len(numbers), "rows": numbers[:NAMED_ROWS]}
         log.warning("skipped %d row(s) of the dataset: %s (rows %s)", len(numbers), why, _rows(numbers))
     if not rows:
         reasons = "; ".join(f"{why}: {len(n)} (rows {_rows(n)})" for why, n in skipped.items())
         raise DataError(f"no usable rows: every one of the {len(ds)} row(s) was skipped ({reasons or 'empty'})")
-    return Dataset.from_list(rows)
+    return Dataset.from_list(rows), numbers
 
 
 def _rows(numbers: list[int]) -> str:
@@ -281,30 +302,79 @@ def fingerprint(*datasets: Dataset) -> str:
     return h.hexdigest()
 
 
-def prepare(src: DataSource, seed: int, conversational: bool, check: Check | None = None) \
-        -> tuple[Dataset, Dataset | None, DataReport]:
-    """Load, convert and split the data. `conversational` says whether a chat template is available (instruction
-    data then becomes chat messages); `check` may reject converted rows with a reason."""
+ROW = "__sftop_row__"  # a converted row's number in its file, while rows are split and sampled
+
+
+def _numbered(ds: Dataset, numbers: list[int], change: Callable[[Dataset], Dataset]) -> tuple[Dataset, list[int]]:
+    """`change(ds)` (a split part, a sample), keeping track of the row numbers of the rows it keeps."""
+    changed = change(ds.add_column(ROW, numbers))
+    return changed.remove_columns(ROW), list(changed[ROW])
+
+
+@dataclass
+class Prepared:
+    train: Dataset
+    evaluation: Dataset | None
+    report: DataReport
+    numbers: list[int]  # each training row's number in its file
+    findings: list = field(default_factory=list)  # sftop_trainer.quality.Finding, decided by the policy
+
+
+def _keep(ds: Dataset, numbers: list[int], drop: set[int]) -> tuple[Dataset, list[int]]:
+    if not drop:
+        return ds, numbers
+    kept = [i for i, n in enumerate(numbers) if n not in drop]
+    if not kept:
+        raise DataError(f"no usable rows: dataset.quality dropped every one of the {len(numbers)} row(s)")
+    return ds.select(kept), [numbers[i] for i in kept]
+
+
+def prepare(src: DataSource, seed: int, conversational: bool, check: Check | None = None, tokenizer=None) \
+        -> Prepared:
+    """Load, convert, check and split the data. `conversational` says whether a chat template is available
+    (instruction data then becomes chat messages); `check` may reject converted rows with a reason. The quality
+    checks (sftop_trainer.quality) run on every converted row, under the dataset's policy: dropped rows are
+    removed, failures raise DataQualityError."""
+    from sftop_trainer import quality
+
     raw = load_raw(src)
     report = DataReport(source=describe_source(src), format=src.format, rows_read=len(raw))
     fmt = detect_format(raw.column_names) if src.format == "auto" else src.format
     report.format = fmt
-    train = convert(raw, fmt, conversational, report, check)
-    evaluation = None
+    train, numbers = convert(raw, fmt, conversational, report, check)
+    evaluation, eval_numbers, eval_name = None, None, "eval"
     if src.eval_split is not None and src.eval_split.fraction is not None:
         if len(train) < 2:
             raise DataError(f"evalSplit.fraction needs at least 2 usable rows; there is {len(train)}")
-        parts = train.train_test_split(test_size=src.eval_split.fraction, seed=seed)
-        train, evaluation = parts["train"], parts["test"]
+        split = train.add_column(ROW, numbers).train_test_split(test_size=src.eval_split.fraction, seed=seed)
+        train, numbers = split["train"].remove_columns(ROW), list(split["train"][ROW])
+        evaluation, eval_numbers = split["test"].remove_columns(ROW), list(split["test"][ROW])
+        eval_name = "eval (held out from train)"
     elif src.eval_split is not None and src.eval_split.name is not None:
         eval_report = DataReport(source=report.source, format=fmt)
-        evaluation = convert(_load_hub(src, src.eval_split.name), fmt, conversational, eval_report, check)
+        evaluation, eval_numbers = convert(_load_hub(src, src.eval_split.name), fmt, conversational, eval_report,
+                                           check)
+        eval_name = f"eval (split {src.eval_split.name})"
     elif src.eval_path is not None:
         eval_raw = _load_file(Path(src.eval_path))
         eval_report = DataReport(source=f"file:{Path(src.eval_path).name}", format=fmt)
-        evaluation = convert(eval_raw, fmt, conversational, eval_report, check)
+        evaluation, eval_numbers = convert(eval_raw, fmt, conversational, eval_report, check)
+        eval_name = f"eval ({Path(src.eval_path).name})"
+    names = ("train", eval_name)
+    findings, near = quality.check(train.to_list(), numbers, evaluation.to_list() if evaluation is not None else None,
+                                   eval_numbers, src.quality, tokenizer, names)
+    before = (len(train), len(evaluation) if evaluation is not None else 0)
+    train, numbers = _keep(train, numbers, quality.dropped(findings, names[0]))
+    if evaluation is not None:
+        evaluation, eval_numbers = _keep(evaluation, eval_numbers, quality.dropped(findings, names[1]))
+    report.quality = quality.report(findings, near, {
+        "train": before[0] - len(train), "eval": before[1] - (len(evaluation) if evaluation is not None else 0)})
+    for f in findings:
+        if f.action in ("warn", "drop"):
+            log.warning("data quality: %s %s: %s", f.action, f.check, f.message)
+    quality.raise_failures(findings)
     if src.max_samples is not None and len(train) > src.max_samples:
-        train = train.shuffle(seed=seed).select(range(src.max_samples))
+        train, numbers = _numbered(train, numbers, lambda d: d.shuffle(seed=seed).select(range(src.max_samples)))
     report.rows_train, report.rows_eval = len(train), len(evaluation) if evaluation is not None else 0
     report.sha256 = fingerprint(train, *([evaluation] if evaluation is not None else []))
-    return train, evaluation, report
+    return Prepared(train, evaluation, report, numbers, findings)

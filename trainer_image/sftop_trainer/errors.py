@@ -25,6 +25,7 @@ class ExitCode(enum.IntEnum):
     LOSS_SPIKE = 70
     PEER_LOST = 71
     GPU_UNAVAILABLE = 72
+    DATA_QUALITY = 73
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ EXIT_CLASSES: dict[int, ExitClass] = {
         ExitClass(ExitCode.GPU_UNAVAILABLE, "GPUUnavailable", False, True,
                   "the run asked for GPUs but this pod cannot use them (no driver, a driver too old for the image's "
                   "CUDA build, fewer devices visible); it stops instead of training on the CPU"),
+        ExitClass(ExitCode.DATA_QUALITY, "DataQuality", False, True,
+                  "the data fails a check its dataset.quality policy says to fail on (conflicting answers, "
+                  "evaluation rows also in training, ...); the message lists what failed, with row numbers"),
     )
 }
 
@@ -86,6 +90,10 @@ class ConfigError(TrainerError):
 
 class DataError(TrainerError):
     code = ExitCode.INVALID_DATA
+
+
+class DataQualityError(TrainerError):
+    code = ExitCode.DATA_QUALITY
 
 
 class ModelLoadError(TrainerError):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sftop_trainer import model as model_mod
+from sftop_trainer import quality
 from sftop_trainer.args import build_sft_config
 from sftop_trainer.config import LoraSpec, TrainerConfig
 from sftop_trainer.errors import ConfigError, ModelLoadError
@@ -121,6 +122,7 @@ def make_plan(cfg: TrainerConfig, gpus: int | None = None, keep_data: bool = Fal
                  "skipped": sum(v.get("count", 0) for v in report.skipped.values())},
         "skipped": [{"reason": reason, "count": v.get("count", 0), "rows": v.get("rows", [])[:SKIPPED_ROWS_SHOWN]}
                     for reason, v in report.skipped.items()],
+        "data": {**report.quality, "roles": report.roles},
         "samples": samples,
         "overlong": report.overlong,
         "overlongAction": report.overlong_action,
@@ -178,6 +180,9 @@ def describe(plan: dict[str, Any]) -> list[str]:
     for s in plan["skipped"]:
         lines.append(f"          skipped {s['count']}: {s['reason']} (rows {', '.join(map(str, s['rows']))}"
                      f"{', ...' if s['count'] > len(s['rows']) else ''})")
+    for change, turns in ((plan.get("data") or {}).get("roles") or {}).items():
+        lines.append(f"          mapped the role {change} in {turns} turn(s)")
+    lines += quality.describe(plan.get("data"))
     lines.append(f"samples   {plan['samples']} ({plan['overlong']} longer than maxLength: {plan['overlongAction']}); "
                  f"longest {plan['longestSample']} tokens")
     lines.append(f"tokens    {plan['tokens']} per epoch, {plan['trainedTokens']} carry loss ({plan['loss']})")

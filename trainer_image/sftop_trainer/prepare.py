@@ -13,10 +13,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import logging
+
 from sftop_trainer import data as data_mod
 from sftop_trainer.config import TrainerConfig
 from sftop_trainer.errors import ConfigError
 from sftop_trainer.trainer import make_trainer_class
+
+log = logging.getLogger(__name__)
 
 PREPARED = "prepared"  # in output.dir: the data as validation prepared it, for the run to load
 
@@ -57,8 +61,9 @@ def prepare_data(cfg: TrainerConfig, tokenizer, args) -> PreparedData:
     from sftop_trainer.chat import TurnMasker
 
     masker = TurnMasker(tokenizer, cfg.training.assistant_only_loss, cfg.training.completion_only_loss)
-    train_ds, eval_ds, report = data_mod.prepare(cfg.dataset, cfg.training.seed,
-                                                 conversational=bool(tokenizer.chat_template), check=masker.check)
+    data = data_mod.prepare(cfg.dataset, cfg.training.seed, conversational=bool(tokenizer.chat_template),
+                            check=masker.check, tokenizer=tokenizer)
+    train_ds, eval_ds, report = data.train, data.evaluation, data.report
     if data_mod.is_conversational(train_ds) and not tokenizer.chat_template:
         raise ConfigError(f"the data is conversational ({report.format}) but {cfg.model.name} has no chat "
                           f"template; set spec.chatTemplate")
@@ -66,7 +71,9 @@ def prepare_data(cfg: TrainerConfig, tokenizer, args) -> PreparedData:
     # Loss masks on conversations are made here (sftop_trainer.chat); TRL masks completions of plain-text
     # prompt-completion rows itself, in its own dataset preparation, which runs here without a model.
     preparer = make_trainer_class().preparer(tokenizer, args, cfg.training.long_samples, train_ds)
-    train = preparer.prepare(masker.tokenize(train_ds), "train")
+    tokenized = masker.tokenize(train_ds)
+    tokenized, train_ds = _token_checks(cfg, tokenizer, tokenized, train_ds, data, report)
+    train = preparer.prepare(tokenized, "train")
     counts = preparer.data_counts["train"]
     report.overlong = counts["overlong"]
     report.overlong_action = cfg.training.long_samples
@@ -75,6 +82,61 @@ def prepare_data(cfg: TrainerConfig, tokenizer, args) -> PreparedData:
         evaluation = preparer.prepare(masker.tokenize(eval_ds), "eval")
     return PreparedData(train=train, eval=evaluation, eval_rows=eval_ds, report=report, lengths=counts["lengths"],
                         trained_tokens=counts["trained_tokens"])
+
+
+def _loss_tokens(tokenizer, tokenized, rows, max_length: int) -> tuple[list[int], list[int], list[int]]:
+    """Each sample's tokens, its tokens that carry loss, and how many of those maxLength cuts off: from the masks
+    made here, or, for rows TRL masks itself, from the prompt and completion tokenized apart."""
+    if tokenized is not rows and "assistant_masks" in tokenized.column_names:
+        lengths, loss, cut = [], [], []
+        for ids, mask in zip(tokenized["input_ids"], tokenized["assistant_masks"]):
+            lengths.append(len(ids))
+            loss.append(sum(mask))
+            cut.append(sum(mask[max_length:]))
+        return lengths, loss, cut
+    if "completion" in rows.column_names and isinstance(rows[0]["completion"], str):
+        prompt = [len(x) for x in tokenizer(list(rows["prompt"]), add_special_tokens=True)["input_ids"]]
+        answer = [len(x) for x in tokenizer(list(rows["completion"]), add_special_tokens=False)["input_ids"]]
+        lengths = [p + a for p, a in zip(prompt, answer)]
+        return lengths, answer, [min(a, max(0, p + a - max_length)) for p, a in zip(prompt, answer)]
+    return [], [], []  # plain text: every token carries loss, and no answer to cut
+
+
+def _token_checks(cfg: TrainerConfig, tokenizer, tokenized, rows, data, report):
+    """The quality checks that need tokens (sftop_trainer.quality.token_findings): rows whose answer maxLength cuts
+    and rows left with no loss, decided by the policy; dropped rows leave both the tokenized and the plain rows.
+    With longSamples: drop every overlong row is dropped anyway (and counted as overlong)."""
+    from sftop_trainer import quality
+
+    max_length = cfg.training.max_length
+    lengths, loss, cut = _loss_tokens(tokenizer, tokenized, rows, max_length)
+    if not lengths:
+        return tokenized, rows
+    if cfg.training.long_samples == "drop":
+        cut = [0 if n > max_length else c for n, c in zip(lengths, cut)]
+        loss = [1 if n > max_length else x for n, x in zip(lengths, loss)]
+    findings = quality.token_findings(lengths, loss, cut, data.numbers, max_length)
+    quality.decide(findings, cfg.dataset.quality)
+    for f in findings:
+        log.warning("data quality: %s %s: %s", f.action, f.check, f.message)
+    data.findings += findings
+    drop = quality.dropped(findings, "train")
+    if drop:
+        kept = [i for i, n in enumerate(data.numbers) if n not in drop]
+        if not kept:
+            raise data_mod.DataError(f"no usable rows: dataset.quality dropped every one of the {len(lengths)} "
+                                     "row(s)")
+        tokenized = tokenized.select(kept) if tokenized is not rows else None
+        rows = rows.select(kept)
+        tokenized = rows if tokenized is None else tokenized
+        data.numbers = [data.numbers[i] for i in kept]
+        report.quality["dropped"]["train"] += len(lengths) - len(kept)
+        report.rows_train = len(rows)
+        report.sha256 = data_mod.fingerprint(rows, *([data.evaluation] if data.evaluation is not None else []))
+    report.quality["findings"] = quality.report(data.findings, report.quality["nearDuplicates"],
+                                                report.quality["dropped"])["findings"]
+    quality.raise_failures(findings)
+    return tokenized, rows
 
 
 def save_prepared(data, folder: Path, fingerprint: str) -> None:

@@ -1,0 +1,420 @@
+"""The data-quality checklist, run on every row before any GPU is asked for (the Validating phase, `sftop plan`,
+`sftop run --local`): consistent, correct, complete, clean, representative.
+
+Each check finds rows (by their row number in their file) and reports a count, a share and the first row numbers;
+the dataset's policy (`dataset.quality`, `config.DataQuality`) then says, per check, whether the rows are only
+reported (`warn`), removed (`drop`) or fail the run (`fail`) when their share is above the rule's threshold.
+
+| check | finds |
+|---|---|
+| duplicates | training rows equal to an earlier one after whitespace is normalised |
+| nearDuplicates | training rows whose character 5-grams' Jaccard similarity to an earlier row's is ≥ the threshold (MinHash LSH, datasketch) |
+| conflicts | rows whose prompt (every turn before the answer, normalised) recurs with another answer |
+| leakage | evaluation rows whose prompt or whole row occurs in training, exactly or nearly |
+| size | fewer than 50 usable training rows, fewer than 500 |
+| answerFormat | where most answers are JSON (objects with one key set), the answers that are not (or lack or add keys) |
+| coverage | values of a categorical JSON answer field common in evaluation but rare or absent in training |
+| truncated, noLoss | rows whose answer maxLength cuts, rows with no token left to learn from (`token_findings`) |
+| emptyTurns | rows with an empty or whitespace-only turn |
+| specialTokens | the tokenizer's special tokens or the template's markers written inside a row's text |
+
+Unknown roles are not a check: the conversion maps the usual ones (`human` → `user`, `gpt`/`bot`/`model` →
+`assistant`) and reports them (`sftop_trainer.data`), and skips a row with a role it cannot map, naming the
+valid ones.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sftop_trainer.config import DataQuality
+from sftop_trainer.errors import DataQualityError
+
+SHOWN_ROWS = 10
+FEW_ROWS, SMALL_ROWS = 50, 500
+NUM_PERM = 128  # MinHash permutations: a Jaccard estimate within ±0.04 (one standard deviation at 0.8)
+SHINGLE = 5  # characters per shingle
+# Chat-template markers of the common families, beside the tokenizer's own special tokens.
+MARKERS = re.compile(r"<\|[a-z_]+\|>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_turn>")
+CATEGORICAL_VALUES = 20  # a JSON field with at most this many distinct values (each seen twice on average)
+RARE_IN_TRAIN, COMMON_IN_EVAL = 0.01, 0.05  # shares
+REQUIRED_SHARE, RARE_KEY_SHARE = 0.9, 0.01  # a JSON key nearly every answer has; one almost none has (a typo)
+
+
+@dataclass
+class Finding:
+    check: str
+    file: str  # which file the rows are numbers of: "train" or "eval" (and the file's name)
+    count: int
+    share: float  # of that file's usable rows
+    rows: list[int]
+    message: str
+    action: str = "warn"  # the policy's verdict: warn, drop or fail; "info" for what no rule governs
+    drop: list[int] = field(default_factory=list, repr=False)  # row numbers a drop removes (not reported)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("drop")
+        out["rows"] = out["rows"][:SHOWN_ROWS]
+        out["share"] = round(self.share, 4)
+        return out
+
+
+def normalise(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _content(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _turns(row: dict[str, Any]) -> list[dict[str, Any]]:
+    if isinstance(row.get("messages"), list):
+        return row["messages"]
+    if isinstance(row.get("prompt"), list):
+        return list(row["prompt"]) + list(row.get("completion") or [])
+    return []
+
+
+def split_row(row: dict[str, Any]) -> tuple[str, str | None]:
+    """(the prompt: every turn before the answer, normalised; the answer, normalised, or None for plain text)."""
+    if isinstance(row.get("messages"), list):
+        messages = row["messages"]
+        last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
+        if last is None:
+            return "\n".join(f"{m.get('role')}: {normalise(_content(m.get('content')))}" for m in messages), None
+        prompt = "\n".join(f"{m.get('role')}: {normalise(_content(m.get('content')))}" for m in messages[:last])
+        return prompt, normalise(_content(messages[last].get("content")))
+    if "prompt" in row:
+        prompt, completion = row["prompt"], row.get("completion")
+        if isinstance(prompt, list):
+            prompt = "\n".join(f"{m.get('role')}: {normalise(_content(m.get('content')))}" for m in prompt)
+            completion = " ".join(normalise(_content(m.get("content"))) for m in completion or [])
+        return normalise(_content(prompt)), normalise(_content(completion))
+    return normalise(_content(row.get("text"))), None
+
+
+def _texts(row: dict[str, Any]) -> list[str]:
+    turns = _turns(row)
+    if turns:
+        return [_content(m.get("content")) for m in turns]
+    return [_content(row.get(k)) for k in ("prompt", "completion", "text") if isinstance(row.get(k), str)]
+
+
+def _share(count: int, total: int) -> float:
+    return count / total if total else 0.0
+
+
+def _rows_text(numbers: list[int]) -> str:
+    shown = ", ".join(map(str, numbers[:SHOWN_ROWS]))
+    return shown + (f", … ({len(numbers)} in all)" if len(numbers) > SHOWN_ROWS else "")
+
+
+class _Rows:
+    """One file's converted rows, with their row numbers and what the checks compare."""
+
+    def __init__(self, rows: list[dict[str, Any]], numbers: list[int], name: str):
+        self.rows, self.numbers, self.name = rows, numbers, name
+        self.parts = [split_row(r) for r in rows]
+        self.whole = [p + "\n=> " + (a or "") for p, a in self.parts]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def finding(self, check: str, found: list[int], message: str, drop: list[int] | None = None) -> Finding:
+        numbers = [self.numbers[i] for i in found]
+        return Finding(check, self.name, len(found), _share(len(found), len(self)), numbers,
+                       f"{message} (rows {_rows_text(numbers)})",
+                       drop=[self.numbers[i] for i in (found if drop is None else drop)])
+
+
+def _shingles(text: str) -> set[str]:
+    """Character 5-grams of the lowercased text: short rows (a request and its answer) still have enough of them
+    for one changed word to move the similarity by a few hundredths, not by a third as word n-grams would."""
+    text = text.lower()
+    if len(text) <= SHINGLE:
+        return {text}
+    return {text[i:i + SHINGLE] for i in range(len(text) - SHINGLE + 1)}
+
+
+def _hash(shingle: str) -> int:
+    """CRC-32 of the shingle: stable from one process to the next (a report does not change between two looks at
+    the same data, as it would with Python's salted hash) and several times quicker than datasketch's sha1."""
+    return zlib.crc32(shingle.encode())
+
+
+class _NearIndex:
+    """Near duplicates among the training rows: MinHash LSH (datasketch) proposes candidates at a similarity a
+    margin below the threshold, and the exact Jaccard similarity of the two rows' shingle hashes decides, so a
+    row is never called near (or missed) on an estimate's noise."""
+
+    MARGIN = 0.15
+
+    def __init__(self, texts: list[str], similarity: float):
+        from datasketch import MinHashLSH
+
+        self.similarity = similarity
+        self.lsh = MinHashLSH(threshold=max(0.5, similarity - self.MARGIN), num_perm=NUM_PERM)
+        self.sets, hashes = self._hash(texts)
+        self.later: list[int] = []  # rows nearly equal to an earlier one
+        for i, h in enumerate(hashes):
+            if any(self._jaccard(self.sets[i], self.sets[j]) >= similarity for j in self.lsh.query(h)):
+                self.later.append(i)
+            self.lsh.insert(i, h)
+
+    @staticmethod
+    def _hash(texts: list[str]):
+        import numpy as np
+        from datasketch import MinHash
+
+        shingles = [_shingles(t) for t in texts]
+        sets = [np.unique(np.fromiter(map(_hash, s), dtype=np.uint32, count=len(s))) for s in shingles]
+        return sets, MinHash.bulk(shingles, num_perm=NUM_PERM, hashfunc=_hash) if texts else []
+
+    @staticmethod
+    def _jaccard(a, b) -> float:
+        import numpy as np
+
+        common = len(np.intersect1d(a, b, assume_unique=True))
+        return common / (len(a) + len(b) - common)
+
+    def matches(self, texts: list[str]) -> list[int]:
+        sets, hashes = self._hash(texts)
+        return [i for i, h in enumerate(hashes)
+                if any(self._jaccard(sets[i], self.sets[j]) >= self.similarity for j in self.lsh.query(h))]
+
+
+def _json_answer(answer: str | None) -> Any:
+    if not answer or answer[0] not in "{[":
+        return None
+    try:
+        return json.loads(answer)
+    except ValueError:
+        return None
+
+
+def _answer_format(t: _Rows) -> tuple[list[Finding], list[dict[str, Any] | None]]:
+    answers = [a for _, a in t.parts]
+    parsed = [_json_answer(a) for a in answers]
+    with_answer = [i for i, a in enumerate(answers) if a is not None]
+    as_json = [i for i in with_answer if parsed[i] is not None]
+    if not with_answer or len(as_json) * 2 <= len(with_answer):
+        return [], [None] * len(t)
+    out = []
+    invalid = [i for i in with_answer if parsed[i] is None]
+    if invalid:
+        out.append(t.finding("answerFormat", invalid, f"{len(invalid)} answer(s) are not valid JSON where "
+                                                      f"{len(as_json)} of {len(with_answer)} are"))
+    objects = [i for i in as_json if isinstance(parsed[i], dict)]
+    if len(objects) * 2 > len(as_json):
+        seen = Counter(k for i in objects for k in parsed[i])
+        required = {k for k, n in seen.items() if n >= REQUIRED_SHARE * len(objects)}
+        rare = {k for k, n in seen.items() if n <= max(1.0, RARE_KEY_SHARE * len(objects))} \
+            if len(objects) >= 50 else set()
+        odd = [i for i in objects if not required <= set(parsed[i]) or rare & set(parsed[i])]
+        if odd:
+            first = set(parsed[odd[0]])
+            detail = "; ".join(x for x in (f"missing {', '.join(sorted(required - first))}" if required - first
+                                           else "", f"rare {', '.join(sorted(rare & first))}" if rare & first
+                                           else "") if x)
+            out.append(t.finding("answerFormat", odd, f"{len(odd)} JSON answer(s) lack a key nearly every answer "
+                                                      f"has ({', '.join(sorted(required)) or 'none'}) or have a key "
+                                                      f"almost none has (the first: {detail})"))
+    return out, [parsed[i] if isinstance(parsed[i], dict) else None for i in range(len(t))]
+
+
+def _coverage(t: _Rows, e: _Rows, train_json: list, eval_json: list) -> list[Finding]:
+    train_objects = [o for o in train_json if o is not None]
+    eval_objects = [o for o in eval_json if o is not None]
+    if not train_objects or not eval_objects:
+        return []
+    out = []
+    for key in sorted(set().union(*map(set, train_objects))):
+        values = Counter(o[key] for o in train_objects if isinstance(o.get(key), (str, bool, int)))
+        if not values or len(values) > CATEGORICAL_VALUES or len(values) * 2 > sum(values.values()):
+            continue  # free text or numbers, not a category
+        in_eval = Counter(o[key] for o in eval_objects if isinstance(o.get(key), (str, bool, int)))
+        for value, count in in_eval.most_common():
+            trained = values.get(value, 0)
+            if count >= max(2, COMMON_IN_EVAL * len(eval_objects)) and trained <= RARE_IN_TRAIN * len(train_objects):
+                found = [i for i, o in enumerate(eval_json) if o is not None and o.get(key) == value]
+                out.append(e.finding("coverage", found, f"{key} {json.dumps(value)}: {count} evaluation row(s), "
+                                                        f"{trained} training row(s); the score on them measures the "
+                                                        f"data, not the training"))
+    return out
+
+
+def _special(texts: list[str], pattern: re.Pattern | None) -> bool:
+    return pattern is not None and any(pattern.search(x) for x in texts)
+
+
+def special_pattern(tokenizer) -> re.Pattern | None:
+    """The tokenizer's special tokens and the template markers of the common families, as one pattern."""
+    if tokenizer is None:
+        return MARKERS
+    tokens = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    for added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(added, "special", False):
+            tokens.add(str(added))
+    tokens = {t for t in tokens if len(t) >= 3 and not t.isalnum()}
+    parts = [re.escape(t) for t in sorted(tokens, key=len, reverse=True)] + [MARKERS.pattern]
+    return re.compile("|".join(parts))
+
+
+def check(train: list[dict[str, Any]], train_numbers: list[int], evaluation: list[dict[str, Any]] | None,
+          eval_numbers: list[int] | None, policy: DataQuality, tokenizer=None, names: tuple[str, str] = ("train", "eval"),
+          ) -> tuple[list[Finding], dict[str, Any]]:
+    """The findings over the converted rows (train, and evaluation when there is one), with their actions decided;
+    and what the near-duplicate search covered."""
+    t = _Rows(train, train_numbers, names[0])
+    e = _Rows(evaluation or [], eval_numbers or [], names[1]) if evaluation is not None else None
+    findings: list[Finding] = []
+
+    first: dict[str, int] = {}
+    exact = [i for i, w in enumerate(t.whole) if first.setdefault(w, i) != i]
+    if exact:
+        findings.append(t.finding("duplicates", exact, f"{len(exact)} training row(s) repeat an earlier row"))
+
+    limit = policy.near_duplicate_max_rows
+    searched = min(len(t), limit)
+    near_info = {"similarity": policy.near_duplicate_similarity, "searchedRows": searched,
+                 "limited": searched < len(t)}
+    index = _NearIndex(t.whole[:searched], policy.near_duplicate_similarity) if searched else None
+    if index is not None:
+        exact_set = set(exact)
+        near = [i for i in index.later if i not in exact_set]
+        if near:
+            findings.append(t.finding("nearDuplicates", near, f"{len(near)} training row(s) nearly repeat an "
+                                                              f"earlier row (similarity ≥ "
+                                                              f"{policy.near_duplicate_similarity})"))
+
+    answers: dict[str, set[str]] = defaultdict(set)
+    for p, a in t.parts:
+        if a is not None:
+            answers[p].add(a)
+    conflicting = [i for i, (p, a) in enumerate(t.parts) if a is not None and len(answers[p]) > 1]
+    if conflicting:
+        prompts = len({t.parts[i][0] for i in conflicting})
+        findings.append(t.finding("conflicts", conflicting, f"{prompts} prompt(s) have different answers in "
+                                                            f"{len(conflicting)} training rows"))
+
+    usable = len(t)
+    if usable < SMALL_ROWS:
+        few = usable < FEW_ROWS
+        message = (f"{usable} usable training rows: with fewer than {FEW_ROWS}, few-shot prompting of an "
+                   f"instruction-tuned model often does as well (evaluation.fewShot measures it)" if few else
+                   f"{usable} usable training rows, fewer than {SMALL_ROWS}: enough for a narrow format, rarely "
+                   f"for a new skill")
+        findings.append(Finding("size", t.name, usable, 1.0, [], message, action="warn" if few else "info"))
+
+    format_findings, train_json = _answer_format(t)
+    findings += format_findings
+
+    pattern = special_pattern(tokenizer)
+    for rows in [t] + ([e] if e is not None else []):
+        empty = [i for i, r in enumerate(rows.rows) if any(not x.strip() for x in _texts(r))]
+        if empty:
+            findings.append(rows.finding("emptyTurns", empty, f"{len(empty)} {rows.name} row(s) have an empty "
+                                                              f"or whitespace-only turn"))
+        special = [i for i, r in enumerate(rows.rows) if _special(_texts(r), pattern)]
+        if special:
+            found = next(pattern.search(x) for x in _texts(rows.rows[special[0]]) if pattern.search(x))
+            findings.append(rows.finding("specialTokens", special, f"{len(special)} {rows.name} row(s) write "
+                                                                  f"special tokens or template markers in their "
+                                                                  f"text (the first: {found.group(0)!r})"))
+
+    if e is not None and len(e):
+        train_prompts, train_whole = {p for p, _ in t.parts}, set(t.whole)
+        leaked = {i for i, (p, _) in enumerate(e.parts) if p in train_prompts or e.whole[i] in train_whole}
+        if index is not None:
+            leaked |= set(index.matches(e.whole))
+        if leaked:
+            found = sorted(leaked)
+            findings.append(e.finding("leakage", found, f"{len(found)} of {len(e)} evaluation row(s) repeat a "
+                                                        f"training prompt or row (exactly or nearly): their score "
+                                                        f"measures memory"))
+        _, eval_json = _answer_format(e)
+        findings += _coverage(t, e, train_json, eval_json)
+    decide(findings, policy)
+    return findings, near_info
+
+
+def token_findings(lengths: list[int], loss_tokens: list[int], cut_loss: list[int], numbers: list[int],
+                   max_length: int, name: str = "train") -> list[Finding]:
+    """`truncated` and `noLoss` from each sample's tokens: its length, the tokens that carry loss, and those of
+    them maxLength cuts off."""
+    total = len(lengths)
+    cut = [i for i in range(total) if cut_loss[i] > 0 and loss_tokens[i] > cut_loss[i]]
+    none = [i for i in range(total) if loss_tokens[i] <= cut_loss[i]]
+    out = []
+    if cut:
+        rows = [numbers[i] for i in cut]
+        out.append(Finding("truncated", name, len(cut), _share(len(cut), total), rows,
+                           f"{len(cut)} row(s) have their answer cut by maxLength {max_length}: loss on a partial "
+                           f"answer (rows {_rows_text(rows)})", drop=rows))
+    if none:
+        rows = [numbers[i] for i in none]
+        out.append(Finding("noLoss", name, len(none), _share(len(none), total), rows,
+                           f"{len(none)} row(s) have no token left that carries loss (answer beyond maxLength "
+                           f"{max_length}, or none): they train nothing (rows {_rows_text(rows)})", drop=rows))
+    return out
+
+
+RULES = {"duplicates": "duplicates", "nearDuplicates": "near_duplicates", "conflicts": "conflicts",
+         "leakage": "leakage", "size": "size", "answerFormat": "answer_format", "coverage": "coverage",
+         "truncated": "truncated", "noLoss": "no_loss", "emptyTurns": "empty_turns",
+         "specialTokens": "special_tokens"}
+
+
+def decide(findings: list[Finding], policy: DataQuality) -> None:
+    """Each finding's action under the policy: the rule's when its share is above the threshold, else warn."""
+    for f in findings:
+        if f.action == "info":
+            continue
+        rule = getattr(policy, RULES[f.check])
+        if f.check == "size":
+            f.action = rule.action if f.action == "warn" else "info"
+        else:
+            f.action = rule.action if f.share > rule.threshold else "warn"
+
+
+def dropped(findings: list[Finding], name: str) -> set[int]:
+    """Row numbers of `name`'s file that the findings' drops remove."""
+    return {n for f in findings if f.action == "drop" and f.file == name for n in f.drop}
+
+
+def raise_failures(findings: list[Finding]) -> None:
+    failed = [f for f in findings if f.action == "fail"]
+    if failed:
+        raise DataQualityError("the data fails its quality checks (dataset.quality): " + "; ".join(
+            f"{f.check} in {f.file}: {f.message}" for f in failed))
+
+
+def report(findings: list[Finding], near: dict[str, Any], dropped_rows: dict[str, int]) -> dict[str, Any]:
+    """status.plan.data: the findings (fail, then drop, then warn, then info), what was dropped, and what the
+    near-duplicate search covered."""
+    order = {"fail": 0, "drop": 1, "warn": 2, "info": 3}
+    return {"findings": [f.as_dict() for f in sorted(findings, key=lambda f: order[f.action])],
+            "dropped": dropped_rows, "nearDuplicates": near}
+
+
+def describe(data: dict[str, Any] | None) -> list[str]:
+    """The report in lines, for a terminal."""
+    if not data:
+        return []
+    lines = []
+    for f in data.get("findings") or []:
+        lines.append(f"quality   {f['action']:<5} {f['check']} ({f['file']}, {f['count']} = {f['share']:.1%}): "
+                     f"{f['message']}")
+    if not lines:
+        lines.append("quality   no findings")
+    near = data.get("nearDuplicates") or {}
+    if near.get("limited"):
+        lines.append(f"          near duplicates searched in the first {near['searchedRows']} training rows only "
+                     f"(dataset.quality.nearDuplicateMaxRows)")
+    return lines
