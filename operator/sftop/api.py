@@ -217,7 +217,8 @@ class DatasetSpec(Spec):
         "(status.plan.data, a DataQuality condition and one Warning event), `drop` (removed and counted) or `fail` "
         "(the run fails in Validating with reason DataQuality, never retried), when the share of rows found is above "
         "the rule's threshold (at or below it, a warning). Why the defaults: leakage fails, because an evaluation "
-        "that measures memory misleads every decision after it; conflicts fail above 5% (a few are noise, more are a "
+        "that measures memory misleads every decision after it (near leakage warns: a request one word away from a "
+        "training row may be exactly the generalisation the evaluation should measure); conflicts fail above 5% (a few are noise, more are a "
         "labelling bug the model cannot learn around); noLoss and specialTokens drop (such rows train nothing, or "
         "teach the model to write its own control tokens); duplicates, near duplicates, answer format, coverage, "
         "truncated answers, empty turns and size warn, because each can be intended (weighting, variety, a smoke "
@@ -627,11 +628,22 @@ class AnswerSample(Spec):
     match: bool | None = Field(None, description="Whether the answer counts as an exact match.")
 
 
+class FewShotScores(Spec):
+    """The base model prompted with training rows as examples (evaluation.fewShot), on the same held-out prompts."""
+
+    shots: int = Field(description="Training rows given as examples in each prompt.")
+    exact_match: float | None = Field(None, description="Share of held-out prompts answered exactly right, 0 to 1.")
+    valid_json: float | None = Field(None, description="Share of answers that parse as JSON where JSON is "
+                                                       "expected, 0 to 1.")
+
+
 class EvaluationResult(Spec):
     """What the run's evaluations measured: before training, and at the end."""
 
     prompts: int | None = Field(None, description="Held-out prompts answered at each evaluation.")
     before: EvaluationScores | None = Field(None, description="Before training (evaluation.baseline).")
+    few_shot: FewShotScores | None = Field(None, description="Before training, with evaluation.fewShot training "
+                                                             "rows as examples in the prompt.")
     after: EvaluationScores | None = Field(None, description="At the end of training.")
     samples: list[AnswerSample] = Field([], max_length=20, description="A few held-out prompts with the answers.")
 
@@ -702,8 +714,8 @@ class SkippedRows(Spec):
 class QualityFinding(Spec):
     """Rows one data-quality check found, and what the policy did with them."""
 
-    check: str = Field(description="duplicates, nearDuplicates, conflicts, leakage, size, answerFormat, coverage, "
-                                   "truncated, noLoss, emptyTurns or specialTokens.")
+    check: str = Field(description="duplicates, nearDuplicates, conflicts, leakage, nearLeakage, size, "
+                                   "answerFormat, coverage, truncated, noLoss, emptyTurns or specialTokens.")
     file: str = Field(description="Which rows: train, or eval (with the evaluation file's name).")
     count: int = Field(description="Rows found (for size: usable training rows).")
     share: float = Field(description="Their share of the file's usable rows.")

@@ -41,7 +41,7 @@ spec:
     loggingSteps: 10
     saveSteps: 100
     gradientCheckpointing: false
-  evaluation: {prompts: 50, samples: 3}
+  evaluation: {prompts: 50, samples: 3, fewShot: 3}
   resources: {gpus: 0}
   output:
     pvc: {claimName: adapters}
@@ -55,12 +55,15 @@ def _percent(value: float | None) -> str:
 def report(result: dict, started: float) -> str:
     ev = result.get("evaluation") or {}
     before, after = ev.get("before") or {}, ev.get("after") or {}
+    few = ev.get("fewShot") or {}
     lines = [f"held-out requests ({ev.get('prompts')}, task titles never seen in training):",
-             "                 before   after",
-             f"  exact match    {_percent(before.get('exactMatch'))}  {_percent(after.get('exactMatch'))}",
-             f"  valid JSON     {_percent(before.get('validJson'))}  {_percent(after.get('validJson'))}"]
+             "                 before" + (f"  {few.get('shots')}-shot" if few else "") + "   after"]
+    for key, label in (("exactMatch", "exact match"), ("validJson", "valid JSON")):
+        lines.append(f"  {label:<15}{_percent(before.get(key))}" + (f"  {_percent(few.get(key))}" if few else "")
+                     + f"  {_percent(after.get(key))}")
     if before.get("evalLoss") is not None and after.get("evalLoss") is not None:
-        lines.append(f"  eval loss      {before['evalLoss']:6.3f}  {after['evalLoss']:6.3f}")
+        lines.append(f"  eval loss      {before['evalLoss']:6.3f}  " + ("        " if few else "")
+                     + f"{after['evalLoss']:6.3f}")
     for i, sample in enumerate(ev.get("samples") or [], start=1):
         lines += ["", f"sample {i}: {sample['prompt']}",
                   f"  expected: {sample['expected']}",

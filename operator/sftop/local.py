@@ -258,10 +258,13 @@ def summary(run: LocalRun) -> list[str]:
     if after.get("evalLoss") is not None:
         lines.append("eval loss: " + (f"{before['evalLoss']:.4f} -> " if before.get("evalLoss") is not None else "")
                      + f"{after['evalLoss']:.4f}")
+    few = ev.get("fewShot") or {}
     for key, label in (("exactMatch", "exact match"), ("validJson", "valid JSON")):
         if key in after:
             lines.append(f"{label} on {ev.get('prompts')} held-out prompts: "
-                         + (f"{_percent(before.get(key))} -> " if key in before else "") + _percent(after[key]))
+                         + (f"{_percent(before.get(key))} -> " if key in before else "") + _percent(after[key])
+                         + (f" ({few['shots']}-shot prompting, no training: {_percent(few[key])})" if key in few
+                            else ""))
     kind = "model" if r.get("method") == "full" else "adapter"
     lines.append(f"{kind}: {run.output_dir / r.get('adapterPath', '')}")
     return lines

@@ -157,7 +157,7 @@ def local_data(example: dict, root: Path) -> dict:
     """The example with data on its claims: a Hub dataset (unreachable here) becomes a file on a claim."""
     import pandas as pd
 
-    rows = taskapi.rows(64, seed=5)
+    rows, held_out = taskapi.split(64, 16, seed=5)  # an evaluation file of its own: no leakage
     dataset = example["spec"]["dataset"]
     if "hub" in dataset:
         dataset.pop("hub")
@@ -165,19 +165,20 @@ def local_data(example: dict, root: Path) -> dict:
         if (dataset.get("evalSplit") or {}).get("name"):
             dataset["evalSplit"] = {"fraction": 0.1}
     if dataset.get("format") == "instruction":
-        rows = [{"instruction": r["messages"][-2]["content"], "output": r["messages"][-1]["content"]} for r in rows]
+        rows, held_out = ([{"instruction": r["messages"][-2]["content"], "output": r["messages"][-1]["content"]}
+                           for r in part] for part in (rows, held_out))
     if "pvc" in dataset:
         folder = root / "volumes" / dataset["pvc"]["claimName"]
         files = [dataset["pvc"]["path"]]
         if "file" in (dataset.get("evalSplit") or {}):
             files.append(dataset["evalSplit"]["file"])
-        for name in files:
+        for name, part in zip(files, (rows, held_out)):
             path = folder / name  # an evalSplit.file is on the same claim, from its root
             path.parent.mkdir(parents=True, exist_ok=True)
             if path.suffix == ".parquet":
-                pd.DataFrame(rows).to_parquet(path)
+                pd.DataFrame(part).to_parquet(path)
             else:
-                path.write_text("\n".join(json.dumps(r) for r in rows))
+                path.write_text("\n".join(json.dumps(r) for r in part))
     return example
 
 

@@ -63,14 +63,15 @@ def test_an_evaluation_copied_from_training_fails_as_leakage(tmp_path):
     rows = task_rows(200)
     with pytest.raises(DataQualityError, match=r"leakage in eval \(test.jsonl\): 40 of 40 evaluation row"):
         run(tmp_path, rows, eval_rows=rows[:40])
-    # a prompt asked again with the same answer reworded slightly is a near copy, and leaks as well
+    # a training request asked again with a word added is a near copy: a warning by default, dropped on request
     near = [chat(r["messages"][0]["content"] + " please", r["messages"][1]["content"]) for r in rows[40:45]]
-    fresh = task_rows(30, seed=99)
-    dropped = run(tmp_path, rows, eval_rows=fresh + near, leakage={"action": "drop"})
-    leak = found(dropped, "leakage")
-    assert leak.action == "drop" and leak.rows[-len(near):] == list(range(31, 36))
-    assert dropped.report.rows_eval == 30 + len(near) - leak.count and dropped.report.quality["dropped"]["eval"] == \
-        leak.count
+    fresh = taskapi.split(200, 30, seed=3)[1]
+    warned = found(run(tmp_path, rows, eval_rows=fresh + near), "nearLeakage")
+    assert warned.action == "warn" and warned.rows[-len(near):] == list(range(31, 36))
+    dropped = run(tmp_path, rows, eval_rows=fresh + near, nearLeakage={"action": "drop"})
+    leak = found(dropped, "nearLeakage")
+    assert leak.action == "drop" and dropped.report.rows_eval == 30 + len(near) - leak.count
+    assert dropped.report.quality["dropped"]["eval"] == leak.count
 
 
 def test_few_rows_say_prompting_may_do_as_well(tmp_path):

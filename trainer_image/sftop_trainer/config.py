@@ -473,8 +473,10 @@ class DataQuality(Spec):
                                                       "nearDuplicateSimilarity). drop keeps the first.")
     conflicts: QualityRule = _rule("fail", 0.05, "Training rows whose prompt (every turn before the answer) "
                                                  "recurs with a different answer: all rows of such a prompt.")
-    leakage: QualityRule = _rule("fail", what="Evaluation rows whose prompt or whole row (exactly or nearly) is "
-                                              "also a training row. drop removes them from the evaluation.")
+    leakage: QualityRule = _rule("fail", what="Evaluation rows whose prompt or whole row is also in training "
+                                              "(whitespace normalised). drop removes them from the evaluation.")
+    near_leakage: QualityRule = _rule("warn", what="Evaluation rows nearly equal to a training row (as "
+                                                   "nearDuplicates). drop removes them from the evaluation.")
     size: QualityRule = _rule("warn", what="Fewer than 50 usable training rows (few-shot prompting often does as "
                                            "well), fewer than 500. warn or fail.")
     answer_format: QualityRule = _rule("warn", what="Where most answers share a format (JSON; for JSON objects, a "

@@ -56,6 +56,21 @@ def held_out(rows, limit: int) -> list[HeldOut]:
     return out
 
 
+def with_examples(item: HeldOut, shots: list[HeldOut]) -> HeldOut:
+    """The held-out prompt with training rows before it as worked examples (few-shot prompting): for chat, each
+    example a user turn and its assistant answer after the prompt's system turns; for plain text, each example's
+    prompt and answer, a blank line apart."""
+    if isinstance(item.prompt, list):
+        system = [m for m in item.prompt if m.get("role") == "system"]
+        rest = [m for m in item.prompt if m.get("role") != "system"]
+        examples = [m for shot in shots if isinstance(shot.prompt, list)
+                    for m in [*(t for t in shot.prompt if t.get("role") != "system"),
+                              {"role": "assistant", "content": shot.expected}]]
+        return HeldOut(system + examples + rest, item.expected)
+    text = "".join(f"{shot.prompt}{shot.expected}\n\n" for shot in shots if isinstance(shot.prompt, str))
+    return HeldOut(text + item.prompt, item.expected)
+
+
 def _json(text: str) -> tuple[bool, Any]:
     try:
         return True, json.loads(text)
@@ -323,6 +338,19 @@ class AnswerEval:
                 torch.cuda.empty_cache()
                 log.warning("out of GPU memory answering held-out prompts; retrying %d at a time", self.batch_size)
 
+    def few_shot(self, model, rows, shots: int) -> dict[str, Any] | None:
+        """The base model prompted with `shots` training rows as examples, scored on the same held-out prompts:
+        what prompting alone does, beside zero-shot before training and fine-tuned after."""
+        examples = held_out(rows or [], shots)
+        if not examples or not self.items:
+            return None
+        items = [with_examples(h, examples) for h in self.items]
+        bar = f"held-out prompts, {len(examples)}-shot" if self.progress_bar else None
+        answers = generate(model, self.tokenizer, items, self.new_tokens, max(1, self.batch_size // 2), bar=bar)
+        scores = score(items, answers)
+        log.info("%d-shot prompting: exact match %.1f%%", len(examples), 100 * scores.get("exactMatch", math.nan))
+        return {"shots": len(examples), **{k: v for k, v in scores.items() if k != "prompts"}}
+
     def run(self, model, step: int) -> dict[str, Any]:
         if self.step == step and self.latest is not None:  # the final evaluation right after a periodic one
             return self.latest
@@ -354,6 +382,7 @@ class EvaluationRecord:
                 saved = {}
         self.before: dict[str, Any] | None = saved.get("before")
         self.before_answers: list[str] = saved.get("beforeAnswers", [])
+        self.few_shot: dict[str, Any] | None = saved.get("fewShot")
         self.history: list[dict[str, Any]] = saved.get("history", [])
         self.step_override: int | None = None  # the step an evaluation of reloaded (best) weights is recorded at
 
@@ -385,7 +414,7 @@ class EvaluationRecord:
     def save(self) -> None:
         if os.environ.get("RANK", "0") == "0":  # one writer per run
             self.path.write_text(json.dumps({"before": self.before, "beforeAnswers": self.before_answers,
-                                             "history": self.history}, indent=2) + "\n")
+                                             "fewShot": self.few_shot, "history": self.history}, indent=2) + "\n")
 
     def summary(self, step: int | None = None) -> dict[str, Any] | None:
         """The result's `evaluation`: prompts answered, before, after (the evaluation at `step`, the result's
@@ -395,6 +424,8 @@ class EvaluationRecord:
         out: dict[str, Any] = {"prompts": len(self.answers.items) if self.answers else 0}
         if self.before is not None:
             out["before"] = {k: v for k, v in self.before.items() if k != "step"}
+        if self.few_shot is not None:
+            out["fewShot"] = self.few_shot
         if self.history:
             at = [h for h in self.history if h["step"] == step]
             out["after"] = at[-1] if at else self.history[-1]

@@ -53,6 +53,7 @@ class PreparedData:
     report: data_mod.DataReport
     lengths: list[int]  # each training sample's tokens before maxLength
     trained_tokens: int  # tokens that carry loss, after maxLength
+    shots: list = dataclasses.field(default_factory=list)  # the first training rows, untokenized: few-shot examples
 
 
 def prepare_data(cfg: TrainerConfig, tokenizer, args) -> PreparedData:
@@ -71,6 +72,7 @@ def prepare_data(cfg: TrainerConfig, tokenizer, args) -> PreparedData:
     # Loss masks on conversations are made here (sftop_trainer.chat); TRL masks completions of plain-text
     # prompt-completion rows itself, in its own dataset preparation, which runs here without a model.
     preparer = make_trainer_class().preparer(tokenizer, args, cfg.training.long_samples, train_ds)
+    shots = train_ds.select(range(min(cfg.evaluation.few_shot, len(train_ds)))).to_list()
     tokenized = masker.tokenize(train_ds)
     tokenized, train_ds = _token_checks(cfg, tokenizer, tokenized, train_ds, data, report)
     train = preparer.prepare(tokenized, "train")
@@ -81,7 +83,7 @@ def prepare_data(cfg: TrainerConfig, tokenizer, args) -> PreparedData:
     if eval_ds is not None:
         evaluation = preparer.prepare(masker.tokenize(eval_ds), "eval")
     return PreparedData(train=train, eval=evaluation, eval_rows=eval_ds, report=report, lengths=counts["lengths"],
-                        trained_tokens=counts["trained_tokens"])
+                        trained_tokens=counts["trained_tokens"], shots=shots)
 
 
 def _loss_tokens(tokenizer, tokenized, rows, max_length: int) -> tuple[list[int], list[int], list[int]]:
@@ -150,7 +152,7 @@ def save_prepared(data, folder: Path, fingerprint: str) -> None:
         if value is not None:
             value.save_to_disk(str(tmp / name))
     meta = {"configSha256": fingerprint, "report": dataclasses.asdict(data.report), "lengths": data.lengths,
-            "trainedTokens": data.trained_tokens}
+            "trainedTokens": data.trained_tokens, "shots": data.shots}
     (tmp / "meta.json").write_text(json.dumps(meta))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.replace(folder)
@@ -170,4 +172,5 @@ def load_prepared(folder: Path, fingerprint: str):
     loaded = {name: datasets.load_from_disk(str(folder / name)) if (folder / name).is_dir() else None
               for name in ("train", "eval", "eval_rows")}
     return PreparedData(train=loaded["train"], eval=loaded["eval"], eval_rows=loaded["eval_rows"],
-                        report=report, lengths=meta["lengths"], trained_tokens=meta["trainedTokens"])
+                        report=report, lengths=meta["lengths"], trained_tokens=meta["trainedTokens"],
+                        shots=meta.get("shots") or [])

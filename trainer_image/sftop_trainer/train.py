@@ -178,6 +178,9 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
             progress.update(phase="Evaluating")
             trainer.evaluate()
             record.mark_baseline()
+            if answers and ev.few_shot and record.few_shot is None:
+                record.few_shot = answers.few_shot(trainer.model, data.shots, ev.few_shot)
+                record.save()
     watch.chain()
     if resume is not None and is_final_checkpoint(resume, trainer):
         # Training is over: finish from the last checkpoint (transformers would train a step past the end).
