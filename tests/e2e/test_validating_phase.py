@@ -47,7 +47,20 @@ def cannot_fit(node):
     return job
 
 
+def conflicting_answers(node):
+    """A tenth of the requests given twice with different answers: above the default 5% of conflicts."""
+    from sftop_trainer import taskapi
+
+    rows = taskapi.rows(60, seed=4)
+    rows += [{"messages": [r["messages"][0], {"role": "assistant", "content": '{"action": "delete"}'}]}
+             for r in rows[:6]]
+    (node.volume("data") / "conflicting.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
+    return manifest(data="conflicting.jsonl")
+
+
 CASES = {
+    "conflicting answers": (conflicting_answers, "DataQuality", "6 prompt(s) have different answers in 12 training "
+                                                                "rows (rows 1, 2, 3, 4, 5, 6, 61, 62, 63, 64"),
     "no assistant turn": (rows_without_assistant, "InvalidData", "no assistant turn"),
     "unknown columns": (unknown_columns, "InvalidData", "question"),
     "bad target module": (bad_target_module, "InvalidConfig", "query_key_value"),
@@ -68,3 +81,26 @@ async def test_mistakes_fail_during_validation_before_any_gpu_job(cluster, case)
     assert condition(status, "Validated")["status"] == "False"
     assert not training_jobs(emu) and len(requests(emu, "POST", "/jobs")) == 1, "only the validation Job exists"
     assert len(trainer_pods(emu, "validation")) == 1
+
+
+async def test_data_quality_warnings_let_the_run_train_and_are_said_once(cluster):
+    """Exact duplicates warn by default: the run goes on to train, its plan names the rows, the DataQuality
+    condition says what was found and one Warning event tells `kubectl describe`."""
+    from harness.cluster import objs
+    from sftop_trainer import taskapi
+
+    emu, node, _ = cluster
+    rows = taskapi.rows(60, seed=4)
+    rows += rows[:3]
+    (node.volume("data") / "repeated.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
+    await apply(emu, manifest(steps=4, save=4, data="repeated.jsonl"))
+    status = await until(emu, lambda: phase(emu) == "Succeeded" and status_of(emu, "tiny"), node)
+    data = status["plan"]["data"]
+    copies = next(f for f in data["findings"] if f["check"] == "duplicates")
+    assert copies["rows"] == [61, 62, 63] and copies["action"] == "warn"
+    quality = condition(status, "DataQuality")
+    assert quality["status"] == "False" and quality["reason"] == "Warnings"
+    assert "duplicates (3 train rows" in quality["message"]
+    warnings = [e for e in objs(emu, "v1/events") if e["reason"] == "DataQuality"]
+    assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
+    assert status["plan"]["rows"]["train"] == 63  # warned about, not dropped

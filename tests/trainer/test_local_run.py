@@ -49,6 +49,8 @@ def test_run_local_trains_the_manifest_into_the_run_folder(tmp_path, tiny_model,
     # the plan came first, and said what the run then did
     assert out.index("steps     4 (") < out.index(f"run {rid} of faq succeeded")
     assert "data      16 rows read: 16 to train on, 0 held out, 0 skipped" in out
+    # the data-quality report: 16 rows are few enough that prompting may do as well
+    assert "quality   warn  size (train, 16 = 100.0%): 16 usable training rows: with fewer than 50" in out
     plan = json.loads((folder / "plan.json").read_text())
     result = json.loads((folder / "result.json").read_text())
     assert plan["totalSteps"] == result["steps"] and plan["samples"] == result["data"]["rowsTrain"]

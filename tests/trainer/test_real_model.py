@@ -44,15 +44,19 @@ def test_the_real_template_trains_on_the_answer_after_the_inference_prompt(smoll
 
 def test_evaluation_scores_held_out_answers_before_and_after(smollm2, tmp_path, train):
     path = tmp_path / "config.json"
-    path.write_text(json.dumps(config(smollm2, tmp_path)))
+    path.write_text(json.dumps(config(smollm2, tmp_path, evaluation={"prompts": 16, "samples": 3, "fewShot": 4})))
     run = train(path)
     assert run.code == 0, run.message
     ev = run.result["evaluation"]
-    before, after = ev["before"], ev["after"]
+    before, after, few = ev["before"], ev["after"], ev["fewShot"]
     assert ev["prompts"] == 16 and after["step"] == 12
     # before training the model chats instead of answering with a Task API call; after 12 steps it writes them
     assert before["validJson"] <= 0.25 and before["exactMatch"] == 0
     assert after["validJson"] >= 0.75 and after["exactMatch"] > before["exactMatch"]
+    # prompting with four training rows as examples, on the same prompts: it learns the format from them, less
+    # than training teaches it
+    assert few["shots"] == 4 and few["validJson"] > before["validJson"]
+    assert after["exactMatch"] > few["exactMatch"]
     assert after["evalLoss"] < before["evalLoss"] and after["meanTokenAccuracy"] > before["meanTokenAccuracy"]
     assert len(ev["samples"]) == 3
     for sample in ev["samples"]:
@@ -61,6 +65,7 @@ def test_evaluation_scores_held_out_answers_before_and_after(smollm2, tmp_path, 
     # the record a resumed run continues from, and the compact form the SFTJob's status gets
     saved = json.loads((run.out / "evaluation.json").read_text())
     assert saved["before"]["exactMatch"] == before["exactMatch"] and saved["history"][-1]["step"] == 12
+    assert saved["fewShot"] == few
     assert run.message["evaluation"]["after"] == after and len(run.message["evaluation"]["samples"]) == 3
     assert len(compact(run.result).encode()) <= 4096
 
