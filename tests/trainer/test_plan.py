@@ -182,23 +182,67 @@ def local_data(example: dict, root: Path) -> dict:
     return example
 
 
+ENV = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"}
+
+
 def sftop_plan(root: Path, manifest: Path, *args):
-    env = {"HF_HOME": str(root / "hf"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"}
     return subprocess.run([sys.executable, "-m", "sftop.cli", "plan", str(manifest), "--volumes",
-                           str(root / "volumes"), "--json", *args], capture_output=True, text=True, env=env)
+                           str(root / "volumes"), "--json", *args], capture_output=True, text=True,
+                          env={**ENV, "HF_HOME": str(root / "hf")})
+
+
+# `sftop plan` for many manifests in one process (importing torch and transformers once, not once a manifest):
+# each call's exit code, standard output and standard error, as a JSON list on the last line.
+PLANS = """
+import contextlib, io, json, sys
+from sftop.cli import main
+out = []
+for args in json.loads(sys.argv[1]):
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = main(["plan", *args])
+        except SystemExit as e:
+            code = e.code
+    out.append({"code": code, "out": stdout.getvalue(), "err": stderr.getvalue()})
+print(json.dumps(out))
+"""
+
+
+class Run:
+    def __init__(self, found: dict):
+        self.returncode, self.stdout, self.stderr = found["code"], found["out"], found["err"]
+
+
+@pytest.fixture(scope="module")
+def example_plans(offline_world, tmp_path_factory):
+    """`sftop plan` of every SFTJob of every example, its data on the claims it names: {(example, name): run}."""
+    folder = tmp_path_factory.mktemp("examples")
+    calls, keys = [], []
+    for example in sorted(p.name for p in EXAMPLES.glob("*.yaml")):
+        docs = list(yaml.safe_load_all((EXAMPLES / example).read_text()))
+        jobs = [d for d in docs if d and d.get("kind") == "SFTJob"]
+        for job in jobs:
+            local_data(job, offline_world)
+        manifest = folder / example
+        manifest.write_text(yaml.safe_dump_all(docs))
+        for job in jobs:
+            calls.append([str(manifest), "--volumes", str(offline_world / "volumes"), "--json", "--name",
+                          job["metadata"]["name"]])
+            keys.append((example, job["metadata"]["name"]))
+    done = subprocess.run([sys.executable, "-c", PLANS, json.dumps(calls)], capture_output=True, text=True,
+                          env={**ENV, "HF_HOME": str(offline_world / "hf")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(zip(keys, map(Run, json.loads(done.stdout.splitlines()[-1]))))
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
-def test_sftop_plan_on_every_example(example, offline_world, tmp_path):
+def test_sftop_plan_on_every_example(example, offline_world, example_plans):
     docs = list(yaml.safe_load_all((EXAMPLES / example).read_text()))
     jobs = [d for d in docs if d and d.get("kind") == "SFTJob"]
     assert jobs
     for job in jobs:
-        local_data(job, offline_world)
-    manifest = tmp_path / example
-    manifest.write_text(yaml.safe_dump_all(docs))
-    for job in jobs:
-        run = sftop_plan(offline_world, manifest, "--name", job["metadata"]["name"])
+        run = example_plans[(example, job["metadata"]["name"])]
         assert run.returncode == 0, run.stderr[-2000:]
         out = run.stdout
         plan = json.loads(out[out.index("\n{") + 1:])
