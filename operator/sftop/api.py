@@ -217,12 +217,12 @@ class DatasetSpec(Spec):
         "(status.plan.data, a DataQuality condition and one Warning event), `drop` (removed and counted) or `fail` "
         "(the run fails in Validating with reason DataQuality, never retried), when the share of rows found is above "
         "the rule's threshold (at or below it, a warning). Why the defaults: leakage fails, because an evaluation "
-        "that measures memory misleads every decision after it (near leakage warns: a request one word away from a "
-        "training row may be exactly the generalisation the evaluation should measure); conflicts fail above 5% (a few are noise, more are a "
-        "labelling bug the model cannot learn around); noLoss and specialTokens drop (such rows train nothing, or "
-        "teach the model to write its own control tokens); duplicates, near duplicates, answer format, coverage, "
-        "truncated answers, empty turns and size warn, because each can be intended (weighting, variety, a smoke "
-        "test) and only the user knows."))
+        "that measures memory misleads every decision after it (an evalSplit.fraction holds out whole groups of "
+        "rows that share a prompt, so it never leaks); noLoss drops, because such rows train nothing; everything "
+        "else warns, because each can be intended and only the user knows: near leakage (a request one word away "
+        "from a training row may be the generalisation the evaluation should measure), conflicts (several good "
+        "answers per prompt, as in distilled or rejection-sampled data), duplicates (weighting), special tokens "
+        "(data about templates), answer format, coverage, truncated answers, empty turns, size (a smoke test)."))
 
     @model_validator(mode="after")
     def _rules(self) -> DatasetSpec:

@@ -35,9 +35,11 @@ SECRET_MISSING = re.compile(r'\bsecrets? "(?P<name>[^"]+)" not found')
 SECRET_KEY_MISSING = re.compile(r"couldn't find key (?P<key>\S+) in Secret (?P<namespace>[^/\s]+)/(?P<name>\S+)")
 # kubelet's eviction manager (pkg/kubelet/eviction/eviction_manager.go) fails an evicted pod with status.reason
 # "Evicted" and its message: "Usage of EmptyDir volume "cache" exceeds the limit "12Gi"." for an emptyDir over its
-# sizeLimit (no DisruptionTarget condition: the Job controller counts it against backoffLimit), "The node was low on
-# resource: ephemeral-storage. ..." for node pressure (with a DisruptionTarget condition, reason TerminationByKubelet,
-# which the Job's podFailurePolicy ignores like any disruption: sftop bounds those itself, `kubelet_evictions`).
+# sizeLimit (no DisruptionTarget condition; the trainer, SIGTERMed mid-download, exits as interrupted, which the
+# podFailurePolicy ignores: sftop fails the run at once, `volume_limit_eviction`), "The node was low on resource:
+# ephemeral-storage. ..." for node pressure (with a DisruptionTarget condition, reason TerminationByKubelet, which the
+# podFailurePolicy ignores like any disruption: sftop bounds those itself, `kubelet_evictions`). Kubelet also marks
+# graceful node shutdowns (spot reclaims; status.reason Terminated) TerminationByKubelet: those are not evictions.
 EVICTED = "Evicted"
 DISK_WORDS = ("ephemeral-storage", "EmptyDir", "ephemeral local storage")
 STUCK_WAITING = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
@@ -119,8 +121,17 @@ def kubelet_evictions(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
     k8s.io/api/core/v1 PodReasonTerminationByKubelet). The run's podFailurePolicy ignores every DisruptionTarget
     pod, as it must for preemptions and drains (the condition's reason cannot be matched there), so the Job would
     retry these without end; the operator counts them against runPolicy.backoffLimit instead."""
-    return [p for p in pods if (conditions_of(p).get("DisruptionTarget") or {}).get("reason") == "TerminationByKubelet"
+    return [p for p in pods if (p.get("status") or {}).get("reason") == EVICTED
+            and (conditions_of(p).get("DisruptionTarget") or {}).get("reason") == "TerminationByKubelet"
             and (conditions_of(p).get("DisruptionTarget") or {}).get("status") == "True"]
+
+
+def volume_limit_eviction(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A pod kubelet evicted because one of its emptyDirs outgrew its sizeLimit ("Usage of EmptyDir volume ...
+    exceeds the limit"). Kubelet's SIGTERM reaches the trainer while it downloads, which exits as interrupted (a
+    code the pod failure policy ignores), and every retry would download into the same limit again: one is final."""
+    return next((p for p in pods if (p.get("status") or {}).get("reason") == EVICTED
+                 and (p.get("status") or {}).get("message", "").startswith("Usage of EmptyDir volume")), None)
 
 
 def _by_start(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -263,6 +274,11 @@ def observe(suspend: bool, queued: bool, job: dict[str, Any] | None, pods: list[
         return Observation("Failed", reason, message, completion_time=failed.get("lastTransitionTime"),
                            warning=True, result=reached, **base)
 
+    outgrown = volume_limit_eviction(pods)
+    if outgrown is not None:
+        reason, message = failure_of(outgrown) or (EVICTED, "kubelet evicted the trainer pod")
+        return Observation("Failed", reason, f"{message}; not retried: a retry would outgrow the same limit",
+                           warning=True, extra={"stop": True}, **base)
     evictions = kubelet_evictions(pods)
     if backoff_limit is not None and len(evictions) > backoff_limit:
         reason, message = failure_of(evictions[-1]) or (EVICTED, "kubelet evicted the trainer pod")

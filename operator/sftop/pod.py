@@ -69,9 +69,9 @@ CACHE_HEADROOM = 2 * GIB  # tokenizer and config files, the Hub client's metadat
 def cache_size(plan: dict[str, Any] | None) -> str | None:
     """The training pod's cache volume (HF_HOME), sized from the plan: the weights it downloads plus a tenth and a
     headroom, in whole GiB. None without a plan (validation off): the volume is then unbounded."""
-    if not plan:
+    if not plan or plan.get("downloadBytes") is None:  # no plan, or one from a trainer that does not count it
         return None
-    need = int(plan.get("downloadBytes") or 0) * 1.1 + CACHE_HEADROOM
+    need = int(plan["downloadBytes"]) * 1.1 + CACHE_HEADROOM
     return f"{-(-int(need) // GIB)}Gi"
 
 
@@ -79,9 +79,9 @@ def trainer_pod(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, setti
                 warm_start: ClaimPath | None = None, plan: dict[str, Any] | None = None) -> dict[str, Any]:
     """The pod that runs the trainer (or, with `validation`, checks the run on CPUs only), hardened to the restricted
     Pod Security Standard, with no Kubernetes API credentials. With the run's `plan`, its cache volume gets a size
-    limit and the pod an ephemeral-storage request of that size, so that the scheduler picks a node with the disk
-    for the model's weights and a cache that outgrows it is evicted with a reason (sftop.lifecycle.evicted) rather
-    than filling the node's disk."""
+    limit (a cache that outgrows it is evicted with a reason, sftop.lifecycle.evicted, rather than filling the
+    node's disk) and, where settings.storage_requests says so, the pod an ephemeral-storage request of that size,
+    so that the scheduler picks a node with the disk for the model's weights."""
     res = spec.resources
     if validation:
         v = spec.validation
@@ -173,9 +173,10 @@ def trainer_pod(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, setti
     }
     if validation:
         del container["ports"]
-    # Kueue admits no Workload that requests a resource its ClusterQueue does not cover, and few cover
-    # ephemeral-storage: a queued run asks for it only where the platform says its queues do.
-    if cache is not None and (not spec.queue_name or settings.queued_storage_requests):
+    # Only where the platform says so (settings.storage_requests): Kueue admits no Workload that requests a
+    # resource its ClusterQueue does not cover, and the cluster-autoscaler does not scale a node group up from zero
+    # for a pod that requests ephemeral-storage unless the group's template declares it.
+    if cache is not None and settings.storage_requests:
         container["resources"]["requests"]["ephemeral-storage"] = cache
     # The validation pod goes where the training pod will (not its GPUs or priority): it is the first consumer of
     # a WaitForFirstConsumer claim the run creates, which binds in the zone of the node it lands on, and a claim

@@ -14,7 +14,7 @@
 | SFTOP_RESYNC_INTERVAL | 300 | seconds between two full reconciliations of one SFTJob (drift repair) |
 | SFTOP_TERMINATION_GRACE_SECONDS | 120 | trainer pods' grace period: time to finish a step and save a checkpoint |
 | SFTOP_WORKERS | 16 | SFTJobs reconciled at the same time (and the API calls in flight) |
-| SFTOP_QUEUED_STORAGE_REQUESTS | false | whether queued runs request ephemeral-storage for their cache (true only where every ClusterQueue covers ephemeral-storage: Kueue admits no Workload asking for a resource its queue does not cover) |
+| SFTOP_STORAGE_REQUESTS | false | whether training pods request ephemeral-storage for their cache, sized from the plan (true only where every ClusterQueue covers ephemeral-storage, as Kueue admits no Workload asking for a resource its queue does not cover, and GPU node groups that scale from zero declare it to the cluster-autoscaler) |
 | SFTOP_LOG_FORMAT | text | text or json |
 | SFTOP_LOG_LEVEL | INFO | Python log level |
 | SFTOP_HEALTH_PORT | 8081 | port of the liveness endpoint (/healthz); 0 turns it off |
@@ -62,7 +62,7 @@ class Settings:
     health_port: int = 8081
     metrics_port: int = 8080
     k8s_server: str | None = None
-    queued_storage_requests: bool = False
+    storage_requests: bool = False
 
     @property
     def clusterwide(self) -> bool:
@@ -104,12 +104,11 @@ class Settings:
         number("SFTOP_VALIDATION_DEADLINE_SECONDS", int, 1)
         number("SFTOP_HEALTH_PORT", int, 0)
         number("SFTOP_METRICS_PORT", int, 0)
-        if env.get("SFTOP_QUEUED_STORAGE_REQUESTS"):
-            value = env["SFTOP_QUEUED_STORAGE_REQUESTS"].strip().lower()
+        if env.get("SFTOP_STORAGE_REQUESTS"):
+            value = env["SFTOP_STORAGE_REQUESTS"].strip().lower()
             if value not in ("true", "false"):
-                raise SettingsError(f"SFTOP_QUEUED_STORAGE_REQUESTS={env['SFTOP_QUEUED_STORAGE_REQUESTS']!r}: use "
-                                    "true or false")
-            kw["queued_storage_requests"] = value == "true"
+                raise SettingsError(f"SFTOP_STORAGE_REQUESTS={env['SFTOP_STORAGE_REQUESTS']!r}: use true or false")
+            kw["storage_requests"] = value == "true"
         if env.get("SFTOP_K8S_SERVER"):
             kw["k8s_server"] = env["SFTOP_K8S_SERVER"]
         return cls(**kw)

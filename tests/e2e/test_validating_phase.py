@@ -47,20 +47,20 @@ def cannot_fit(node):
     return job
 
 
-def conflicting_answers(node):
-    """A tenth of the requests given twice with different answers: above the default 5% of conflicts."""
+def evaluation_copied_from_training(node):
+    """An evaluation file whose rows are training rows: its scores would measure memory (leakage fails by default)."""
     from sftop_trainer import taskapi
 
     rows = taskapi.rows(60, seed=4)
-    rows += [{"messages": [r["messages"][0], {"role": "assistant", "content": '{"action": "delete"}'}]}
-             for r in rows[:6]]
-    (node.volume("data") / "conflicting.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
-    return manifest(data="conflicting.jsonl")
+    (node.volume("data") / "copied.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
+    (node.volume("data") / "copied-test.jsonl").write_text("\n".join(map(json.dumps, rows[10:18])) + "\n")
+    return manifest(data="copied.jsonl", eval_file="copied-test.jsonl")
 
 
 CASES = {
-    "conflicting answers": (conflicting_answers, "DataQuality", "6 prompt(s) have different answers in 12 training "
-                                                                "rows (rows 1, 2, 3, 4, 5, 6, 61, 62, 63, 64"),
+    "evaluation copied from training": (evaluation_copied_from_training, "DataQuality",
+                                        "leakage in eval (copied-test.jsonl): 8 of 8 evaluation row(s) repeat a "
+                                        "training prompt or row exactly"),
     "no assistant turn": (rows_without_assistant, "InvalidData", "no assistant turn"),
     "unknown columns": (unknown_columns, "InvalidData", "question"),
     "bad target module": (bad_target_module, "InvalidConfig", "query_key_value"),

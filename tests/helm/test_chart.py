@@ -233,7 +233,7 @@ def test_the_chart_readme_lists_every_value_with_its_default():
     readme = (CHART / "README.md").read_text()
     values = (CHART / "values.yaml").read_text()
     assert readme == chart_readme.render(readme, values), "run: python tests/helm/chart_readme.py"
-    assert "| trainer.queuedStorageRequests | bool | `false` |" in readme
+    assert "| trainer.storageRequests | bool | `false` |" in readme
     assert len(chart_readme.documented_values(values)) > 40
     changed = values.replace("defaultCpu: \"4\"", "defaultCpu: \"8\"")
     assert chart_readme.render(readme, changed) != readme

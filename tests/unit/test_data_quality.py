@@ -38,8 +38,9 @@ def task_rows(n, seed=3):
 
 
 def test_the_first_users_case_duplicates_and_conflicts_are_named_by_row(tmp_path):
-    """300 Task API rows, 20 that repeat a request with another answer, 30 exact copies: the conflicts fail the
-    run (above the 5% default), the copies are reported, each with row numbers in the file."""
+    """300 Task API rows, 20 that repeat a request with another answer, 30 exact copies: both are reported with
+    their row numbers in the file (warnings by default: several answers per prompt can be intended), and a policy
+    that fails on conflicts fails the run."""
     rows = task_rows(300)
     conflicting = []
     for r in rows[:20]:
@@ -48,11 +49,12 @@ def test_the_first_users_case_duplicates_and_conflicts_are_named_by_row(tmp_path
         conflicting.append(chat(r["messages"][0]["content"], json.dumps(answer)))
     data = rows + conflicting + rows[100:130]
     with pytest.raises(DataQualityError) as failed:
-        run(tmp_path, data)
+        run(tmp_path, data, conflicts={"action": "fail", "threshold": 0.05})
     message = str(failed.value)
     assert "conflicts" in message and "20 prompt(s) have different answers in 40 training rows" in message
     assert "rows 1, 2, 3, 4, 5" in message  # the originals first, by their line in the file
-    passed = run(tmp_path, data, conflicts={"action": "warn"})
+    assert run(tmp_path, data, conflicts={"action": "fail", "threshold": 0.2}).report.rows_train == 350  # 11% < 20%
+    passed = run(tmp_path, data)
     copies = found(passed, "duplicates")
     assert copies.count == 30 and copies.rows[:3] == [321, 322, 323] and copies.action == "warn"
     assert found(passed, "conflicts").count == 40 and found(passed, "conflicts").action == "warn"
@@ -129,9 +131,14 @@ def test_empty_turns_and_template_markers_in_content(tmp_path):
     checked = run(tmp_path, rows)
     assert found(checked, "emptyTurns").rows == [5]
     special = found(checked, "specialTokens")
-    assert special.rows == [6, 7] and special.action == "drop" and "'<|im_end|>'" in special.message
-    assert checked.report.rows_train == 58 and checked.report.quality["dropped"]["train"] == 2
-    assert len(run(tmp_path, rows, specialTokens={"action": "warn"}).train) == 60
+    assert special.rows == [6, 7] and special.action == "warn" and "'<|im_end|>'" in special.message
+    assert checked.report.rows_train == 60
+    dropped = run(tmp_path, rows, specialTokens={"action": "drop"})
+    assert dropped.report.rows_train == 58 and dropped.report.quality["dropped"]["train"] == 2
+    # plain text already rendered with a template carries its markers on purpose
+    rendered = [{"text": f"<|im_start|>user\nq{i}<|im_end|>\n<|im_start|>assistant\na{i}<|im_end|>"}
+                for i in range(60)]
+    assert found(run(tmp_path, rendered, specialTokens={"action": "drop"}), "specialTokens") is None
 
 
 def test_near_duplicates_use_the_documented_similarity(tmp_path):
@@ -167,3 +174,23 @@ def test_truncated_answers_and_rows_without_loss():
 def test_drop_is_refused_where_it_removes_nothing():
     with pytest.raises(ValueError, match="quality.size.action: drop"):
         DataQuality.model_validate({"size": {"action": "drop"}})
+
+
+def test_a_fraction_held_out_never_splits_a_prompt_across_train_and_evaluation(tmp_path):
+    """A greeting asked in many rows, and exact copies: a plain random split would put some on each side and the
+    evaluation would measure memory (failing leakage); whole groups of a prompt go to one side."""
+    rows = task_rows(200) + [chat("hi", f"hello there {i}") for i in range(12)] + task_rows(200)[:20]
+    src = DataSource.model_validate({"path": write(tmp_path / "train.jsonl", rows), "evalSplit": {"fraction": 0.1}})
+    split = prepare(src, seed=0, conversational=True)
+    assert found(split, "leakage") is None
+    assert 20 <= split.report.rows_eval <= 40 and split.report.rows_train + split.report.rows_eval == len(rows)
+    train_prompts = {r["messages"][0]["content"] for r in split.train}
+    assert not any(r["messages"][0]["content"] in train_prompts for r in split.evaluation)
+
+
+def test_a_system_prompt_every_row_shares_does_not_make_them_near_duplicates(tmp_path):
+    system = "You are the Task API assistant. " * 120  # about 4,000 characters, in every row
+    rows = [chat(r["messages"][0]["content"], r["messages"][1]["content"], system=system) for r in task_rows(200)]
+    near = found(run(tmp_path, rows), "nearDuplicates")
+    alone = found(run(tmp_path, task_rows(200)), "nearDuplicates")
+    assert (near.count if near else 0) == (alone.count if alone else 0)

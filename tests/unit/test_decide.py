@@ -260,10 +260,9 @@ def test_spec_suspend_of_a_queued_run_deactivates_its_workload_and_leaves_the_jo
 
 
 def test_the_training_job_after_validation_has_a_cache_sized_by_the_plan():
-    """The plan's downloadBytes (a Hub model's weights) size the training pod's cache and its disk request."""
+    """The plan's downloadBytes (a Hub model's weights) size the training pod's cache."""
     validated = decide(CASES[5][1])
     job = next(a.body for a in validated.actions if a.verb == "ensure_job")
     pod = job["spec"]["template"]["spec"]
     cache = next(v for v in pod["volumes"] if v["name"] == "cache")
     assert cache["emptyDir"]["sizeLimit"] == "19Gi"  # 15 GiB × 1.1 + 2 GiB, rounded up
-    assert pod["containers"][0]["resources"]["requests"]["ephemeral-storage"] == "19Gi"

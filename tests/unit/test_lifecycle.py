@@ -70,21 +70,25 @@ def test_kubelets_secret_errors_become_the_sftjobs_words():
     assert secret_problem('configmap "data" not found', "team-a") is None
 
 
-def test_a_cache_over_its_size_limit_fails_the_run_with_a_disk_reason_not_a_kill():
-    """kubelet evicts a pod whose emptyDir outgrew its sizeLimit without a DisruptionTarget condition, so the Job
-    controller counts it: once backoffLimit is reached the run reads as the disk problem it is."""
+def test_a_cache_over_its_size_limit_fails_the_run_at_once_with_a_disk_reason():
+    """kubelet evicts a pod whose emptyDir outgrew its sizeLimit with SIGTERM: the trainer, downloading, exits as
+    interrupted (69), which the pod failure policy ignores, and each retry would outgrow the same limit. The first
+    such eviction fails the run and stops its Job."""
     said = 'Usage of EmptyDir volume "cache" exceeds the limit "12Gi". '
     gone = pod({"phase": "Failed", "reason": "Evicted", "message": said, "containerStatuses": [
-        {"name": "trainer", "state": {"terminated": {"exitCode": 137, "reason": "Error"}}}]})
-    job = {**JOB, "status": {"failed": 4, "conditions": [{"type": "Failed", "status": "True",
-                                                          "reason": "BackoffLimitExceeded"}]}}
-    seen = observe(False, False, job, [gone])
-    assert (seen.phase, seen.reason) == ("Failed", "EvictedForDisk")
-    assert said.strip() in seen.message and "downloadBytes" in seen.message
+        {"name": "trainer", "state": {"terminated": {"exitCode": 69, "reason": "Error"}}}]})
+    seen = observe(False, False, {**JOB, "status": {"failed": 0, "active": 0}}, [gone], backoff_limit=3)
+    assert (seen.phase, seen.reason) == ("Failed", "EvictedForDisk") and seen.extra.get("stop")
+    assert said.strip() in seen.message and "downloadBytes" in seen.message and "not retried" in seen.message
 
 
-def test_preemptions_and_drains_are_not_counted_as_kubelet_evictions():
+def test_preemptions_drains_and_node_shutdowns_are_not_counted_as_kubelet_evictions():
     preempted = pod({"phase": "Failed", "conditions": [{"type": "DisruptionTarget", "status": "True",
                                                          "reason": "PreemptionByScheduler"}]})
-    seen = observe(False, False, {**JOB, "status": {"active": 0}}, [preempted, preempted, preempted], backoff_limit=1)
+    # a spot node's graceful shutdown: kubelet marks it TerminationByKubelet too, with status.reason Terminated
+    shutdown = pod({"phase": "Failed", "reason": "Terminated", "message": "Pod was terminated in response to "
+                    "imminent node shutdown.", "conditions": [{"type": "DisruptionTarget", "status": "True",
+                                                               "reason": "TerminationByKubelet"}]})
+    seen = observe(False, False, {**JOB, "status": {"active": 0}}, [preempted, shutdown, preempted, shutdown],
+                   backoff_limit=1)
     assert seen.phase == "Pending" and not seen.extra.get("stop")

@@ -173,11 +173,11 @@ def test_volume_ownership_is_changed_only_when_the_volume_root_does_not_match():
     assert context["fsGroup"] == 1000 and context["fsGroupChangePolicy"] == "OnRootMismatch"
 
 
-def test_the_cache_is_sized_from_the_plan_and_requested_where_kueue_allows():
+def test_the_cache_is_sized_from_the_plan_and_requested_where_the_platform_says():
     """A Hub model's weights land in the pod's cache: the plan's downloadBytes size the emptyDir (evicted with a
-    reason if outgrown, instead of filling the node's disk) and the pod's ephemeral-storage request (the scheduler
-    picks a node with that disk free). Kueue refuses a Workload asking for a resource its ClusterQueue does not
-    cover, so queued runs ask only where the platform says its queues cover ephemeral-storage."""
+    reason if outgrown, instead of filling the node's disk). The pod requests that much ephemeral-storage only with
+    the setting on: Kueue refuses a Workload asking for a resource its ClusterQueue does not cover, and the
+    cluster-autoscaler does not scale a GPU node group up from zero for it unless told."""
     plan = {"downloadBytes": 16 * 2**30}  # an 8B model in bfloat16
 
     def cache_of(spec, settings=Settings(), plan=plan, validation=False):
@@ -187,17 +187,18 @@ def test_the_cache_is_sized_from_the_plan_and_requested_where_kueue_allows():
         return cache.get("sizeLimit"), pod["containers"][0]["resources"]["requests"].get("ephemeral-storage")
 
     spec = parse(sftjob("chat"))[2]
-    assert cache_of(spec) == ("20Gi", "20Gi")  # 16 GiB × 1.1 + 2 GiB, rounded up
-    assert cache_of(spec, plan={"downloadBytes": 0}) == ("2Gi", "2Gi")  # a model on a claim
-    assert cache_of(spec, plan=None) == (None, None)  # no plan (validation off): nothing to size it by
-    queued = parse(sftjob("chat", queueName="gpus"))[2]
-    assert cache_of(queued) == ("20Gi", None)
-    assert cache_of(queued, Settings(queued_storage_requests=True)) == ("20Gi", "20Gi")
-    job = render.job("chat", "team-a", spec, render.run_id(spec), Settings(), plan=plan)
+    requesting = Settings(storage_requests=True)
+    assert cache_of(spec) == ("20Gi", None)  # 16 GiB × 1.1 + 2 GiB, rounded up
+    assert cache_of(spec, requesting) == ("20Gi", "20Gi")
+    assert cache_of(spec, requesting, plan={"downloadBytes": 0}) == ("2Gi", "2Gi")  # a model on a claim
+    assert cache_of(spec, requesting, plan=None) == (None, None)  # no plan (validation off): nothing to size it by
+    assert cache_of(spec, requesting, plan={"samples": 3}) == (None, None)  # a trainer that does not count it
+    assert cache_of(spec, requesting, validation=True) == (None, None)
+    job = render.job("chat", "team-a", spec, render.run_id(spec), requesting, plan=plan)
     kubernetes_validate.validate(job, "1.32.0", strict=True)
-    assert Settings.from_env({"SFTOP_QUEUED_STORAGE_REQUESTS": "true"}).queued_storage_requests is True
+    assert Settings.from_env({"SFTOP_STORAGE_REQUESTS": "true"}).storage_requests is True
     with pytest.raises(SettingsError, match="true or false"):
-        Settings.from_env({"SFTOP_QUEUED_STORAGE_REQUESTS": "yes"})
+        Settings.from_env({"SFTOP_STORAGE_REQUESTS": "yes"})
 
 
 def test_the_plan_counts_the_weights_a_hub_model_downloads():

@@ -471,8 +471,8 @@ class DataQuality(Spec):
     near_duplicates: QualityRule = _rule("warn", what="Training rows nearly equal to an earlier one (MinHash "
                                                       "Jaccard similarity of character 5-grams ≥ "
                                                       "nearDuplicateSimilarity). drop keeps the first.")
-    conflicts: QualityRule = _rule("fail", 0.05, "Training rows whose prompt (every turn before the answer) "
-                                                 "recurs with a different answer: all rows of such a prompt.")
+    conflicts: QualityRule = _rule("warn", what="Training rows whose prompt (every turn before the answer) recurs "
+                                                "with a different answer: all rows of such a prompt.")
     leakage: QualityRule = _rule("fail", what="Evaluation rows whose prompt or whole row is also in training "
                                               "(whitespace normalised). drop removes them from the evaluation.")
     near_leakage: QualityRule = _rule("warn", what="Evaluation rows nearly equal to a training row (as "
@@ -487,9 +487,10 @@ class DataQuality(Spec):
     no_loss: QualityRule = _rule("drop", what="Training rows left with no token that carries loss (after "
                                               "maxLength): they train nothing.")
     empty_turns: QualityRule = _rule("warn", what="Rows with an empty or whitespace-only turn.")
-    special_tokens: QualityRule = _rule("drop", what="Rows whose text holds the tokenizer's special tokens or the "
-                                                     "chat template's markers literally (they break the template "
-                                                     "the model reads).")
+    special_tokens: QualityRule = _rule("warn", what="Chat rows whose text holds the tokenizer's special tokens or "
+                                                     "the chat template's markers literally (they break the "
+                                                     "template the model reads). Plain-text rows, often rendered "
+                                                     "with a template already, are not checked.")
     near_duplicate_similarity: float = Field(0.8, ge=0.5, le=0.95, description="Jaccard similarity of "
                                                                            "character 5-grams (lowercased, "
                                                                            "whitespace normalised) from which rows "

@@ -302,7 +302,32 @@ def fingerprint(*datasets: Dataset) -> str:
     return h.hexdigest()
 
 
-ROW = "__sftop_row__"  # a converted row's number in its file, while rows are split and sampled
+def held_out_by_prompt(rows: list[dict[str, Any]], fraction: float, seed: int) -> set[int]:
+    """The rows an evalSplit.fraction holds out: whole groups of rows that share a prompt (normalised), drawn in a
+    seeded order until the fraction is reached, so that no prompt is on both sides (a prompt asked again, such as a
+    greeting, or a duplicate row, would otherwise measure memory). With a single prompt in all, a plain split."""
+    import math
+    import random
+
+    from sftop_trainer.quality import split_row
+
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(split_row(row)[0], []).append(i)
+    want = max(1, math.ceil(fraction * len(rows)))
+    if len(groups) < 2:
+        return set(random.Random(seed).sample(range(len(rows)), want))
+    order = list(groups)
+    random.Random(seed).shuffle(order)
+    held: set[int] = set()
+    for prompt in order[:-1]:  # at least one group trains
+        if len(held) >= want:
+            break
+        held.update(groups[prompt])
+    return held
+
+
+ROW = "__sftop_row__"  # a converted row's number in its file, while rows are sampled
 
 
 def _numbered(ds: Dataset, numbers: list[int], change: Callable[[Dataset], Dataset]) -> tuple[Dataset, list[int]]:
@@ -346,9 +371,10 @@ def prepare(src: DataSource, seed: int, conversational: bool, check: Check | Non
     if src.eval_split is not None and src.eval_split.fraction is not None:
         if len(train) < 2:
             raise DataError(f"evalSplit.fraction needs at least 2 usable rows; there is {len(train)}")
-        split = train.add_column(ROW, numbers).train_test_split(test_size=src.eval_split.fraction, seed=seed)
-        train, numbers = split["train"].remove_columns(ROW), list(split["train"][ROW])
-        evaluation, eval_numbers = split["test"].remove_columns(ROW), list(split["test"][ROW])
+        held = held_out_by_prompt(train.to_list(), src.eval_split.fraction, seed)
+        kept = [i for i in range(len(train)) if i not in held]
+        evaluation, eval_numbers = train.select(sorted(held)), [numbers[i] for i in sorted(held)]
+        train, numbers = train.select(kept), [numbers[i] for i in kept]
         eval_name = "eval (held out from train)"
     elif src.eval_split is not None and src.eval_split.name is not None:
         eval_report = DataReport(source=report.source, format=fmt)

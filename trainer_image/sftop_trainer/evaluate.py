@@ -316,21 +316,23 @@ class AnswerEval:
         self.latest: dict[str, Any] | None = None  # scores and samples of the latest evaluation
         self.step: int | None = None
         self.batch_size = 32  # many answers at once: on a CPU a decoding step costs about the same for 1 or 32
+        self.shots, self.shot_rows = 0, None  # few-shot prompting, measured with the baseline (evaluation.fewShot)
+        self.few_shot_scores: dict[str, Any] | None = None
 
     def __bool__(self) -> bool:
         return bool(self.items)
 
-    def _generate(self, model, step: int) -> list[str]:
+    def _generate(self, model, step: int, items: list[HeldOut] | None = None, label: str | None = None) -> list[str]:
         """Answers in batches of `batch_size`, halved after running out of GPU memory: evaluation must never be
         what fails a run."""
         import torch
 
-        bar = (f"held-out prompts, {'before training' if step == 0 else f'step {step}'}") if self.progress_bar \
-            else None
+        label = label or f"held-out prompts, {'before training' if step == 0 else f'step {step}'}"
+        bar = label if self.progress_bar else None
         while True:
             try:
-                return generate(model, self.tokenizer, self.items, self.new_tokens, self.batch_size, bar=bar,
-                                shown=self.sample_count)
+                return generate(model, self.tokenizer, self.items if items is None else items, self.new_tokens,
+                                self.batch_size, bar=bar, shown=self.sample_count if items is None else 0)
             except torch.OutOfMemoryError:
                 if self.batch_size == 1:
                     raise
@@ -338,15 +340,25 @@ class AnswerEval:
                 torch.cuda.empty_cache()
                 log.warning("out of GPU memory answering held-out prompts; retrying %d at a time", self.batch_size)
 
-    def few_shot(self, model, rows, shots: int) -> dict[str, Any] | None:
+    def few_shot(self, model) -> dict[str, Any] | None:
         """The base model prompted with `shots` training rows as examples, scored on the same held-out prompts:
-        what prompting alone does, beside zero-shot before training and fine-tuned after."""
-        examples = held_out(rows or [], shots)
-        if not examples or not self.items:
+        what prompting alone does, beside zero-shot before training and fine-tuned after. Run with the baseline
+        (the same process, dtype and model form); as many examples as fit the model's context with the answer;
+        never what fails a run."""
+        examples = held_out(self.shot_rows or [], self.shots)
+        limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        try:
+            while examples:
+                items = [with_examples(h, examples) for h in self.items]
+                if not limit or max(len(_encode(self.tokenizer, h.prompt)) for h in items) + self.new_tokens <= limit:
+                    break
+                examples = examples[:-1]
+            if not examples or not self.items:
+                return None
+            answers = self._generate(model, 0, items, f"held-out prompts, {len(examples)}-shot")
+        except Exception as e:  # a measurement beside the run: it must not fail the run
+            log.warning("few-shot prompting not measured: %s", e)
             return None
-        items = [with_examples(h, examples) for h in self.items]
-        bar = f"held-out prompts, {len(examples)}-shot" if self.progress_bar else None
-        answers = generate(model, self.tokenizer, items, self.new_tokens, max(1, self.batch_size // 2), bar=bar)
         scores = score(items, answers)
         log.info("%d-shot prompting: exact match %.1f%%", len(examples), 100 * scores.get("exactMatch", math.nan))
         return {"shots": len(examples), **{k: v for k, v in scores.items() if k != "prompts"}}
@@ -355,6 +367,8 @@ class AnswerEval:
         if self.step == step and self.latest is not None:  # the final evaluation right after a periodic one
             return self.latest
         answers = self._generate(model, step)
+        if step == 0 and self.shots and self.few_shot_scores is None:
+            self.few_shot_scores = self.few_shot(model)
         scores = score(self.items, answers)
         self.latest = {**scores, "samples": samples(self.items, answers, self.sample_count)}
         self.step = step
@@ -409,6 +423,8 @@ class EvaluationRecord:
             self.before = self.history.pop(0)
             if self.answers and self.answers.latest:
                 self.before_answers = [s["answer"] for s in self.answers.latest["samples"]]
+            if self.answers and self.answers.few_shot_scores is not None:
+                self.few_shot = self.answers.few_shot_scores
             self.save()
 
     def save(self) -> None:

@@ -72,9 +72,9 @@ def prepare_data(cfg: TrainerConfig, tokenizer, args) -> PreparedData:
     # Loss masks on conversations are made here (sftop_trainer.chat); TRL masks completions of plain-text
     # prompt-completion rows itself, in its own dataset preparation, which runs here without a model.
     preparer = make_trainer_class().preparer(tokenizer, args, cfg.training.long_samples, train_ds)
-    shots = train_ds.select(range(min(cfg.evaluation.few_shot, len(train_ds)))).to_list()
     tokenized = masker.tokenize(train_ds)
     tokenized, train_ds = _token_checks(cfg, tokenizer, tokenized, train_ds, data, report)
+    shots = train_ds.select(range(min(cfg.evaluation.few_shot, len(train_ds)))).to_list()
     train = preparer.prepare(tokenized, "train")
     counts = preparer.data_counts["train"]
     report.overlong = counts["overlong"]
@@ -86,7 +86,8 @@ def prepare_data(cfg: TrainerConfig, tokenizer, args) -> PreparedData:
                         trained_tokens=counts["trained_tokens"], shots=shots)
 
 
-def _loss_tokens(tokenizer, tokenized, rows, max_length: int) -> tuple[list[int], list[int], list[int]]:
+def _loss_tokens(tokenizer, tokenized, rows, max_length: int, completion_only: bool = True) \
+        -> tuple[list[int], list[int], list[int]]:
     """Each sample's tokens, its tokens that carry loss, and how many of those maxLength cuts off: from the masks
     made here, or, for rows TRL masks itself, from the prompt and completion tokenized apart."""
     if tokenized is not rows and "assistant_masks" in tokenized.column_names:
@@ -96,12 +97,13 @@ def _loss_tokens(tokenizer, tokenized, rows, max_length: int) -> tuple[list[int]
             loss.append(sum(mask))
             cut.append(sum(mask[max_length:]))
         return lengths, loss, cut
-    if "completion" in rows.column_names and isinstance(rows[0]["completion"], str):
+    if "completion" in rows.column_names and isinstance(rows[0]["completion"], str) and \
+            completion_only:
         prompt = [len(x) for x in tokenizer(list(rows["prompt"]), add_special_tokens=True)["input_ids"]]
         answer = [len(x) for x in tokenizer(list(rows["completion"]), add_special_tokens=False)["input_ids"]]
         lengths = [p + a for p, a in zip(prompt, answer)]
         return lengths, answer, [min(a, max(0, p + a - max_length)) for p, a in zip(prompt, answer)]
-    return [], [], []  # plain text: every token carries loss, and no answer to cut
+    return [], [], []  # every token carries loss (plain text, or completionOnlyLoss off): no answer to cut
 
 
 def _token_checks(cfg: TrainerConfig, tokenizer, tokenized, rows, data, report):
@@ -111,7 +113,8 @@ def _token_checks(cfg: TrainerConfig, tokenizer, tokenized, rows, data, report):
     from sftop_trainer import quality
 
     max_length = cfg.training.max_length
-    lengths, loss, cut = _loss_tokens(tokenizer, tokenized, rows, max_length)
+    lengths, loss, cut = _loss_tokens(tokenizer, tokenized, rows, max_length,
+                                      cfg.training.completion_only_loss is not False)
     if not lengths:
         return tokenized, rows
     if cfg.training.long_samples == "drop":

@@ -100,6 +100,24 @@ def split_row(row: dict[str, Any]) -> tuple[str, str | None]:
     return normalise(_content(row.get("text"))), None
 
 
+NEAR_CHARS = 2000  # of a row's text the near-duplicate search reads: its first and last thousand characters
+
+
+def _near_text(row: dict[str, Any]) -> str:
+    """What near duplicates are compared on: the row without its system turns (a long system prompt shared by every
+    row would make them all alike), its first and last NEAR_CHARS / 2 characters (a 20,000-character row costs
+    what a 2,000-character one does)."""
+    turns = _turns(row)
+    if turns:
+        text = "\n".join(f"{m.get('role')}: {normalise(_content(m.get('content')))}" for m in turns
+                         if m.get("role") != "system")
+    else:
+        prompt, answer = split_row(row)
+        text = prompt + "\n=> " + (answer or "")
+    half = NEAR_CHARS // 2
+    return text if len(text) <= NEAR_CHARS else text[:half] + text[-half:]
+
+
 def _texts(row: dict[str, Any]) -> list[str]:
     turns = _turns(row)
     if turns:
@@ -123,6 +141,7 @@ class _Rows:
         self.rows, self.numbers, self.name = rows, numbers, name
         self.parts = [split_row(r) for r in rows]
         self.whole = [p + "\n=> " + (a or "") for p, a in self.parts]
+        self.near = [_near_text(r) for r in rows]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -178,6 +197,7 @@ class _NearIndex:
         self.texts, self.similarity = texts, similarity
         self.rows = _band_rows(similarity)
         self.sigs = _signatures(texts)
+        _grams.cache_clear()  # kept for the candidates' exact comparisons only
         self.keys = _band_keys(self.sigs, self.rows)  # (bands, n)
         self.order = np.argsort(self.keys, axis=1, kind="stable")  # by key, then by row: earlier rows first
         self.sorted = np.take_along_axis(self.keys, self.order, axis=1)
@@ -221,6 +241,7 @@ class _NearIndex:
         if not texts:
             return []
         sigs = _signatures(texts)
+        _grams.cache_clear()
         keys = _band_keys(sigs, self.rows)
         pairs = []
         for band in range(keys.shape[0]):
@@ -377,7 +398,7 @@ def check(train: list[dict[str, Any]], train_numbers: list[int], evaluation: lis
     searched = min(len(t), limit)
     near_info = {"similarity": policy.near_duplicate_similarity, "searchedRows": searched,
                  "limited": searched < len(t)}
-    index = _NearIndex(t.whole[:searched], policy.near_duplicate_similarity) if searched else None
+    index = _NearIndex(t.near[:searched], policy.near_duplicate_similarity) if searched else None
     if index is not None:
         exact_set = set(exact)
         near = [i for i in index.later if i not in exact_set]
@@ -414,7 +435,8 @@ def check(train: list[dict[str, Any]], train_numbers: list[int], evaluation: lis
         if empty:
             findings.append(rows.finding("emptyTurns", empty, f"{len(empty)} {rows.name} row(s) have an empty "
                                                               f"or whitespace-only turn"))
-        special = [i for i, r in enumerate(rows.rows) if _special(_texts(r), pattern)]
+        # plain-text rows are often already rendered with a template: their markers are meant
+        special = [i for i, r in enumerate(rows.rows) if "text" not in r and _special(_texts(r), pattern)]
         if special:
             found = next(pattern.search(x) for x in _texts(rows.rows[special[0]]) if pattern.search(x))
             findings.append(rows.finding("specialTokens", special, f"{len(special)} {rows.name} row(s) write "
@@ -430,7 +452,7 @@ def check(train: list[dict[str, Any]], train_numbers: list[int], evaluation: lis
                                                          f"memory"))
         if index is not None:
             exact = set(leaked)
-            near = [i for i in index.matches(e.whole) if i not in exact]
+            near = [i for i in index.matches(e.near) if i not in exact]
             if near:
                 findings.append(e.finding("nearLeakage", near, f"{len(near)} of {len(e)} evaluation row(s) nearly "
                                                                f"repeat a training row (similarity ≥ "

@@ -159,6 +159,8 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
     ev = cfg.evaluation
     answers = AnswerEval(tokenizer, eval_rows, ev.prompts, ev.max_new_tokens, ev.samples, progress_bar) \
         if ev.answers and eval_rows is not None else None
+    if answers is not None:
+        answers.shots, answers.shot_rows = ev.few_shot, data.shots
     record = EvaluationRecord(out, answers) if eval_rows is not None else None
     state["record"] = record
     _attach_record(trainer, record)
@@ -178,9 +180,6 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
             progress.update(phase="Evaluating")
             trainer.evaluate()
             record.mark_baseline()
-            if answers and ev.few_shot and record.few_shot is None:
-                record.few_shot = answers.few_shot(trainer.model, data.shots, ev.few_shot)
-                record.save()
     watch.chain()
     if resume is not None and is_final_checkpoint(resume, trainer):
         # Training is over: finish from the last checkpoint (transformers would train a step past the end).
