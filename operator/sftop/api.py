@@ -455,8 +455,9 @@ class SFTJobSpec(Spec):
     dataset: DatasetSpec = Field(description="The training data.")
     chat_template: str | None = Field(None, max_length=65536,
                                       description="A Jinja chat template that replaces the model's own. Needed "
-                                                  "for conversational data on a model without one. Mark assistant "
-                                                  "turns with {% generation %} for assistant-only loss.")
+                                                  "for conversational data on a model without one. Assistant "
+                                                  "turns are found by rendering each turn with it: no "
+                                                  "{% generation %} markers are needed (docs/trainer.md).")
     method: Method = Field("lora", description="`lora`: train a LoRA adapter on the frozen base; `qlora`: the "
                                                "same on a 4-bit base (least memory); `full`: train every "
                                                "weight.")
