@@ -50,7 +50,8 @@ class Actor:
     async def act(self, key: Key, seen: Observed, decision: Decision) -> float | None:
         """Carry out a decision: the writes, then the status within the write budget, then its events."""
         requeue = decision.requeue
-        if key in self.cache.in_doubt or any(a.verb in CREATES for a in decision.actions):
+        if key in self.cache.in_doubt or (any(a.verb in CREATES for a in decision.actions)
+                                          and self.cache.may_be_gone(key)):
             self.cache.in_doubt.discard(key)
             if not await self._still_there(key, seen):
                 return None
@@ -109,14 +110,15 @@ class Actor:
         return requeue
 
     async def _still_there(self, key: Key, seen: Observed) -> bool:
-        """Whether the SFTJob the cache holds is still stored, read before its children are created and after one of
-        its Jobs was deleted. A deletion during a watch gap sends no DELETED event (the list after 410 Gone simply
+        """Whether the SFTJob the cache holds is still stored, read before its children are created when the watch
+        listed since it was last seen, and after one of its Jobs was deleted. A deletion during a watch gap sends no DELETED event (the list after 410 Gone simply
         lacks the object), so the cache can hold an SFTJob that is gone: reconciled at every resync for ever, and
         children created for it would name a dead owner, the garbage collector would delete them, their DELETED
         events queue it again, and round it would go. A name taken again by a new SFTJob (another uid) replaces the
         cached one."""
         stored = await self.call(self.kube.read_sftjob, seen.namespace, seen.name)
         if stored is not None and stored["metadata"].get("uid") == seen.body["metadata"].get("uid"):
+            self.cache.confirmed(key)
             return True
         self._gone(key, seen)
         if stored is not None:

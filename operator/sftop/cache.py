@@ -102,6 +102,9 @@ class SFTJobCache:
         return list(self._live.items())
 
 
+QUIET = 300.0  # seconds without news of an SFTJob after which it is read again before children are created
+
+
 class WatchCache:
     """The SFTJobs, Jobs and pods the watches delivered, by (namespace, name). kopf hands every event to
     `observe_sftjob`, `observe_job` or `observe_pod`, which update the cache and queue the SFTJob concerned;
@@ -120,6 +123,11 @@ class WatchCache:
         self.in_doubt: set[Key] = set()
         # Our last status write of each SFTJob (its stored object's metadata) and when, until its watch event arrives.
         self.written: dict[Key, tuple[dict[str, Any], float]] = {}
+        # When each SFTJob was last seen (an event, a list, a read), and when the SFTJob watch last listed (kopf
+        # hands listed objects over with event type None: at start, and after a 410 Gone). Only a list can hide a
+        # deletion (it simply lacks the object); a watch that ran on since we saw an SFTJob would have said.
+        self.seen: dict[Key, float] = {}
+        self.listed_at = float("-inf")
 
     def observe_sftjob(self, event_type: str | None, obj: dict[str, Any], requeue: bool = True) -> None:
         key = (obj["metadata"].get("namespace"), obj["metadata"]["name"])
@@ -135,12 +143,16 @@ class WatchCache:
             self.sftjobs.pop(key, None)
             self.in_doubt.discard(key)
             self.written.pop(key, None)
+            self.seen.pop(key, None)
             self.queue.forget(key)
             self.forget(key)
             return
         obj["metadata"].pop("managedFields", None)
         (obj["metadata"].get("annotations") or {}).pop(LAST_APPLIED, None)  # a copy of the spec, as a string
         self.sftjobs[key] = obj
+        self.seen[key] = time.monotonic()
+        if event_type is None:
+            self.listed_at = self.seen[key]
         source = ((obj.get("spec") or {}).get("warmStart") or {}).get("sftJob")
         if source and source != key[1]:
             self.continuing[(key[0], source)].add(key)
@@ -153,6 +165,18 @@ class WatchCache:
         for other in self.continuing.get(key, ()):
             if ((self.sftjobs.get(other) or {}).get("status") or {}).get("phase") in (None, "Pending"):
                 self.queue.add(other)
+
+    def may_be_gone(self, key: Key) -> bool:
+        """Whether the SFTJob may have been deleted without a watch event: the watch listed since it was last seen
+        (a relist after 410 Gone omits what was deleted meanwhile; the listing at start is one too), or it was last
+        heard of more than QUIET seconds ago (a relist that found nothing at all hands kopf no object to tell us
+        of it by)."""
+        seen = self.seen.get(key, float("-inf"))
+        return self.listed_at >= seen or time.monotonic() - seen > QUIET
+
+    def confirmed(self, key: Key) -> None:
+        """The SFTJob was just read from the API server: seen now."""
+        self.seen[key] = time.monotonic()
 
     def wrote(self, stored: dict[str, Any], requeue: bool) -> None:
         """Our own status write's response: into the cache at once (its watch event comes later), and the events
