@@ -120,15 +120,15 @@ SLOW_FOLDERS = {"trainer", "e2e", "install"}  # every test there trains, starts 
 # Longest first: the workers start the tests that take minutes (building environments, training the real model,
 # whole runs through the emulated cluster) while the many short ones fill the gaps, instead of one worker running
 # them alone at the end.
-LONGEST_FIRST = ("install", "e2e", "trainer/test_real_model.py", "trainer/test_local_run.py", "trainer",
-                 "operator/test_platform_faults.py", "helm")
+LONGEST_FIRST = ("trainer/test_local_run.py::test_demo", "install", "e2e", "trainer/test_real_model.py",
+                 "trainer/test_local_run.py", "trainer", "operator/test_platform_faults.py", "helm")
 
 
 def pytest_collection_modifyitems(config, items):
     tests = Path(__file__).parent
 
     def rank(item) -> int:
-        where = Path(item.path).relative_to(tests).as_posix()
+        where = Path(item.path).relative_to(tests).as_posix() + "::" + item.name
         return next((i for i, prefix in enumerate(LONGEST_FIRST) if where.startswith(prefix)), len(LONGEST_FIRST))
 
     for item in items:

@@ -18,7 +18,8 @@ How a pod's world maps onto this machine:
   under the same index; the Job completes when every index has succeeded. Each index keeps one loopback address
   (127.0.<w + job>.<10 + index>) across its pods, and DNS is a test-only substitution: the pods' stable names
   `<hostname>.<subdomain>.<namespace>.svc` in env values are replaced by those addresses, as the headless Service's
-  DNS records would resolve them. Pods of index i are bound to node_names[i % len(node_names)].
+  DNS records would resolve them, each Job's ports moved to a range of its own (all pods share one network
+  namespace here: `_resolve`). Pods of index i are bound to node_names[i % len(node_names)].
 - env: values may use $(VAR) of earlier variables, and fieldRef reads the pod's metadata, as kubelet does.
 - the image: the container runs `python -m sftop_trainer` from this environment, whatever its image says.
 - the termination message: the trainer writes `SFTOP_TERMINATION_LOG`, which points at a file per pod;
@@ -49,6 +50,7 @@ JOBS = kmock.resource("batch/v1/jobs")
 PODS = kmock.resource("v1/pods")
 SECRETS = kmock.resource("v1/secrets")
 CONFIGMAPS = kmock.resource("v1/configmaps")
+JOB_NUMBERS = itertools.count()  # the address blocks handed to Jobs, across the Nodes of this process
 
 
 def worker_network() -> int:
@@ -80,7 +82,6 @@ class Node:
                  node_names: tuple[str, ...] = ("harness-node",)):
         self.emu, self.root, self.interval, self.node_names = emu, Path(root), interval, node_names
         self.index_addresses: dict[tuple[str, str, int], str] = {}  # (namespace, job, index) -> its stable address
-        self.job_numbers = itertools.count(1)
         self.job_blocks: dict[tuple[str, str], int] = {}
         self.containers: dict[tuple[str, str], Container] = {}
         self.finished: set[tuple[str, str]] = set()  # pods whose container ran to its end
@@ -210,7 +211,10 @@ class Node:
     # ------------------------------------------------------------------------------------------ pods
 
     def _index_address(self, namespace: str, job: str, index: int) -> str:
-        block = self.job_blocks.setdefault((namespace, job), next(self.job_numbers))
+        """A Job's pods keep their addresses for the Job's life. Blocks are numbered across every Node of this test
+        process, not from 1 for each test: a test that follows another on the same worker never listens where the
+        last one's rendezvous was (a port in TIME_WAIT, or a process still exiting)."""
+        block = self.job_blocks.setdefault((namespace, job), 1 + next(JOB_NUMBERS) % 62)
         # Same length for indexes 0..89: the addresses sort as the indexes do, like the pods' DNS names.
         return self.index_addresses.setdefault((namespace, job, index), f"127.0.{self.net + block}.{10 + index}")
 
@@ -293,12 +297,23 @@ class Node:
 
     def _resolve(self, text: str, namespace: str, job: str, spec: dict[str, Any]) -> str:
         """The stable DNS names of an Indexed Job's pods (`<job>-<i>.<subdomain>.<namespace>.svc`) -> their loopback
-        addresses: the test-only substitution for the headless Service's records."""
+        addresses: the test-only substitution for the headless Service's records.
+
+        With a port (`<name>:29400`), the port moves too. In a cluster each pod has its own network namespace, so
+        every run's rendezvous host listens on 29400; here every pod shares this machine's, and torch's TCPStore
+        binds its port on all addresses (INADDR_ANY), so two runs side by side would collide (EADDRINUSE). Each
+        Job's address block gets a port of its own, 29400 + its third octet: what each pod was told and what the
+        host listens on still agree, as they would through the Service."""
         if not spec.get("subdomain"):
             return text
         domain = re.escape(f"{spec['subdomain']}.{namespace}.svc")
-        name = rf"(?<![\w.-]){re.escape(job)}-(\d+)\.{domain}(?![\w.-])"
-        return re.sub(name, lambda m: self._index_address(namespace, job, int(m.group(1))), text)
+        name = rf"(?<![\w.-]){re.escape(job)}-(\d+)\.{domain}(?::(\d+))?(?![\w.-])"
+
+        def address(m: re.Match) -> str:
+            ip = self._index_address(namespace, job, int(m.group(1)))
+            return ip if m.group(2) is None else f"{ip}:{int(m.group(2)) + int(ip.split('.')[2])}"
+
+        return re.sub(name, address, text)
 
     def _env_value(self, namespace: str, item: dict[str, Any], mounts: dict[str, str], pod: dict[str, Any]) -> str:
         if "value" in item:
