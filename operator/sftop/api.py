@@ -212,6 +212,10 @@ class DatasetSpec(Spec):
     max_samples: int | None = Field(None, gt=0, le=100_000_000,
                                     description="Use at most this many training rows (after shuffling with "
                                                 "training.seed).")
+    version: str | None = Field(None, min_length=1, max_length=128, description=(
+        "A version of the data, part of the run's identity: a file rewritten at the same path (a nightly export) "
+        "trains nothing new until this changes. A pipeline that writes new data bumps it in the manifest (a date, "
+        "a commit, the file's sha256), and the commit that bumps it is the retraining in git (docs/gitops.md)."))
     quality: DataQuality = Field(default_factory=DataQuality, description=(
         "The data-quality checks of the Validating phase and what each does with the rows it finds: `warn` "
         "(status.plan.data, a DataQuality condition and one Warning event), `drop` (removed and counted) or `fail` "
@@ -419,6 +423,69 @@ class RunPolicy(Spec):
 # ----------------------------------------------------------------------------------------------- spec
 
 
+HIGHER_IS_BETTER = ("exactMatch", "validJson", "meanTokenAccuracy")
+LOWER_IS_BETTER = ("evalLoss",)
+GATE_METRICS = HIGHER_IS_BETTER + LOWER_IS_BETTER
+RUN_ID = r"^[0-9a-f]{8}$"
+
+
+def _metrics(value: dict[str, float]) -> dict[str, float]:
+    unknown = sorted(set(value) - set(GATE_METRICS))
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: not a metric the evaluation measures; the metrics are "
+                         f"{', '.join(GATE_METRICS)}")
+    return value
+
+
+GateMetrics = Annotated[dict[str, float], AfterValidator(_metrics), Field(
+    json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "self.all(k, k in " + str(list(GATE_METRICS)).replace("'", '"') + ")",
+         "message": "each key must be a metric the evaluation measures: " + ", ".join(GATE_METRICS)}]})]
+
+
+class VllmServer(Spec):
+    """A vLLM server that serves the promoted adapter and loads it again after each switch."""
+
+    url: str = Field(min_length=1, max_length=2048, pattern=r"^https?://",
+                     description="The vLLM server's base URL, for example http://vllm.serving.svc:8000. It needs "
+                                 "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and the output claim mounted at /adapters.")
+    lora_name: str | None = Field(None, min_length=1, max_length=253,
+                                  description="The adapter's name in vLLM (the `model` clients ask for); the "
+                                              "SFTJob's name when unset.")
+
+
+class PromotionNotify(Spec):
+    """Serving stacks told of a switch."""
+
+    vllm: list[VllmServer] = Field([], max_length=16, description=(
+        "vLLM servers told of each switch through their runtime LoRA endpoints (/v1/unload_lora_adapter, then "
+        "/v1/load_lora_adapter with the promoted run's own folder), retried with backoff; the ServingNotified "
+        "condition says whether each took it."))
+
+
+class PromotionSpec(Spec):
+    """When a run becomes the SFTJob's promoted adapter: the one at `<output>/<namespace>/<sftjob>/promoted` that
+    serving reads. A run that trains but fails its gate leaves the promoted adapter as it was."""
+
+    minimum: GateMetrics = Field({}, description=(
+        "Lowest allowed value of each higher-is-better metric at the run's result step: exactMatch, validJson, "
+        "meanTokenAccuracy (0 to 1). A metric the run did not measure fails the gate."))
+    maximum: GateMetrics = Field({}, description="Highest allowed value of each lower-is-better metric: evalLoss.")
+    not_worse_than: Literal["promoted", "none"] = Field("promoted", description=(
+        "`promoted`: every metric both runs measured must be no worse than the promoted run's, within `tolerance`, "
+        "and both must have been measured on the same held-out data (the evaluation's fingerprint); otherwise the "
+        "runs are not comparable and nothing is promoted. `none`: the thresholds alone decide."))
+    tolerance: GateMetrics = Field({}, description=(
+        "How much worse than the promoted run each metric may be (absolute: 0.02 for exactMatch lets 0.90 follow "
+        "0.91); 0 for a metric not named."))
+    pin: Annotated[str, _checked(RUN_ID, "a run id (8 hex characters, status.run.id or status.previousRuns[].id)",
+                                 "3f2a9c1b"),
+                   Field(json_schema_extra={"pattern": RUN_ID})] | None = Field(None, description=(
+                       "Promote this earlier successful run of the SFTJob, without training and without its gate: "
+                       "a rollback by manifest. Reverting the pin in git lets the gate decide again."))
+    notify: PromotionNotify | None = Field(None, description="Serving stacks to tell of each switch.")
+
+
 class SFTJobSpec(Spec):
     """A supervised fine-tuning run: a base model, data, a method, and where the adapter goes."""
 
@@ -499,6 +566,10 @@ class SFTJobSpec(Spec):
                                                                          "the run's Job.")
     validation: ValidationSpec = Field(ValidationSpec(), description="Checking the run on a CPU before any GPU "
                                                                      "is asked for.")
+    promotion: PromotionSpec | None = Field(None, description=(
+        "A promotion gate: the run's adapter becomes the one at the stable path `<output>/<namespace>/<sftjob>/"
+        "promoted` only if its evaluation meets these conditions (docs/results.md). Unset: every run's adapter "
+        "stays in its own folder and nothing is promoted."))
 
     @model_validator(mode="after")
     def _method(self) -> SFTJobSpec:
@@ -579,6 +650,15 @@ class RunStatus(Spec):
                                                "the nodes they run on.")
 
 
+class PreviousResult(Spec):
+    """What a succeeded earlier run left: enough to promote it again (spec.promotion.pin)."""
+
+    adapter_path: str | None = Field(None, description="Its adapter, as <claim>:<folder>.")
+    metrics: dict[str, float] = Field({}, description="Its scores at its result step.")
+    fingerprint: str | None = Field(None, description="The held-out data they were measured on.")
+    serving: Serving | None = Field(None, description="How to serve its adapter.")
+
+
 class PreviousRun(Spec):
     """A run that an earlier version of the spec started. Its output stays where it was written."""
 
@@ -586,6 +666,7 @@ class PreviousRun(Spec):
     job_name: str = Field(description="Name of the run's Job (it may have been deleted since).")
     phase: str = Field(description="The phase the run had when it was superseded.")
     output_path: str | None = Field(None, description="Where the run wrote, as <claim>:<folder>.")
+    result: PreviousResult | None = Field(None, description="What a succeeded run left, for spec.promotion.pin.")
 
 
 class Progress(Spec):
@@ -638,6 +719,17 @@ class FewShotScores(Spec):
                                                        "expected, 0 to 1.")
 
 
+class Parity(Spec):
+    """The adapter folder loaded alone in a fresh process (the base model by the name in adapter_config.json, the
+    tokenizer and chat template from the folder), answering the held-out prompts greedily."""
+
+    prompts: int = Field(description="Held-out prompts answered.")
+    differing: int = Field(description="Answers that differ from the trainer's own.")
+    first_difference: dict[str, str] | None = Field(None, description="The first prompt answered differently: "
+                                                                      "prompt, trainer, served.")
+    error: str | None = Field(None, description="Why the adapter could not be loaded or answer, when it could not.")
+
+
 class EvaluationResult(Spec):
     """What the run's evaluations measured: before training, and at the end."""
 
@@ -647,6 +739,11 @@ class EvaluationResult(Spec):
                                                              "rows as examples in the prompt.")
     after: EvaluationScores | None = Field(None, description="At the end of training.")
     samples: list[AnswerSample] = Field([], max_length=20, description="A few held-out prompts with the answers.")
+    fingerprint: str | None = Field(None, description="sha256 of the held-out data and how it was answered (rows, "
+                                                      "prompts, answer length): runs with the same fingerprint were "
+                                                      "measured alike and can be compared (spec.promotion).")
+    parity: Parity | None = Field(None, description="Whether the adapter, loaded as a serving stack loads it, "
+                                                    "answers as the trainer's own evaluation did (spec.promotion).")
 
 
 class CheckpointStatus(Spec):
@@ -787,6 +884,44 @@ class Plan(Spec):
     memory: PlanMemory
 
 
+class PromotedRun(Spec):
+    """The adapter serving reads at the stable path."""
+
+    run_id: str = Field(description="The promoted run.")
+    path: str = Field(description="The stable path, as <claim>:<folder>: a link switched atomically to the promoted "
+                                  "run's adapter.")
+    adapter_path: str = Field(description="The promoted run's own adapter folder, as <claim>:<folder>.")
+    metrics: dict[str, float] = Field({}, description="The promoted run's scores (exactMatch, validJson, evalLoss, "
+                                                      "meanTokenAccuracy) at its result step.")
+    fingerprint: str | None = Field(None, description="The held-out data those scores were measured on.")
+    time: str = Field(description="When it was promoted (RFC 3339).", json_schema_extra={"format": "date-time"})
+    replaced: str | None = Field(None, description="The run it replaced at the stable path.")
+    pinned: bool | None = Field(None, description="Promoted by spec.promotion.pin, without its gate.")
+    serving: Serving | None = Field(None, description="How to serve the promoted adapter from the stable path.")
+
+
+class PromotionCheck(Spec):
+    """One comparison the promotion gate made."""
+
+    metric: str = Field(description="The metric, or `fingerprint` or `parity`.")
+    value: float | None = Field(None, description="The run's value.")
+    bar: float | None = Field(None, description="What it had to meet.")
+    passed: bool = Field(description="Whether it met it.")
+    against: str | None = Field(None, description="`minimum`, `maximum`, or the promoted run's id.")
+    detail: str | None = Field(None, description="For `fingerprint`: this run's and the promoted run's, shortened.")
+
+
+class PromotionStatus(Spec):
+    """The promotion gate's latest decision, with each check."""
+
+    run_id: str | None = Field(None, description="The run the gate judged.")
+    passed: bool | None = Field(None, description="Whether the run may be promoted.")
+    reason: str | None = Field(None, description="Promoted, Pinned, BelowThreshold, Regressed, NotComparable, "
+                                                 "MetricMissing, ServingMismatch, PinNotFound or PromotionFailed.")
+    checks: list[PromotionCheck] = Field([], max_length=32, description="Each comparison the gate made.")
+    notified: list[str] = Field([], max_length=16, description="The vLLM servers that loaded the promoted adapter.")
+
+
 class SFTJobStatus(Spec):
     """What the operator observed. Written by the operator only."""
 
@@ -809,6 +944,9 @@ class SFTJobStatus(Spec):
                                                                              "and the best one.")
     result: Result | None = Field(None, description="The current run's result, once it succeeded; for a failed run, "
                                                     "the steps and losses it reached.")
+    promoted: PromotedRun | None = Field(None, description="The run whose adapter the stable path holds "
+                                                           "(spec.promotion).")
+    promotion: PromotionStatus | None = Field(None, description="The promotion gate's latest decision.")
 
 
 # ---------------------------------------------------------------------------------------------- object

@@ -18,6 +18,7 @@ from typing import Any
 
 from sftop import kueue, lifecycle, refs, render, report
 from sftop.children import apply_priority, apply_suspend, children
+from sftop.promotion import metrics_of, promotion_step
 from sftop.records import Action, Decision, Observed
 from sftop.validating import validation
 
@@ -36,8 +37,9 @@ def decide(seen: Observed) -> Decision:
     if current.get("id") and current["id"] != rid:
         status = supersede(seen, status, rid, out)
     elif current.get("id") == rid and status.get("phase") in lifecycle.TERMINAL:
-        # A finished run stays finished: only the generation the status speaks for moves.
+        # A finished run stays finished: only the generation the status speaks for moves (and what is promoted).
         out.status = {**status, "observedGeneration": generation}
+        promotion_step(seen, out.status, out)
         return out
 
     job = seen.job
@@ -86,6 +88,7 @@ def decide(seen: Observed) -> Decision:
         conditions = [c for c in conditions if c.get("type") != "ProgressReported"]
     new["conditions"] = conditions
     report.final_report(new, observation, run, seen.name, stamp)
+    promotion_step(seen, new, out)
     if (observation.phase, observation.reason) != (status.get("phase"), lifecycle.phase_reason(status)):
         out.events.append(("Warning" if observation.warning else "Normal", observation.reason, observation.message))
     out.status, out.reason = new, observation.reason
@@ -120,6 +123,12 @@ def supersede(seen: Observed, status: dict[str, Any], rid: str, out: Decision) -
     previous = {"id": old["id"], "jobName": old["jobName"], "phase": status.get("phase") or "Pending"}
     if old.get("outputPath"):
         previous["outputPath"] = old["outputPath"]
+    result = status.get("result") or {}
+    if status.get("phase") == "Succeeded" and result:  # what a pin (spec.promotion.pin) needs of it later
+        previous["result"] = {k: v for k, v in {
+            "adapterPath": result.get("adapterPath"), "metrics": metrics_of(result) or None,
+            "fingerprint": (result.get("evaluation") or {}).get("fingerprint"),
+            "serving": result.get("serving")}.items() if v is not None}
     new = copy.deepcopy(status)
     new["previousRuns"] = [previous] + [r for r in status.get("previousRuns", []) if r.get("id") != rid
                                         and r.get("id") != old["id"]][: MAX_PREVIOUS_RUNS - 1]

@@ -384,6 +384,17 @@ def standard_conditions(status: dict[str, Any], generation: int | None, now: str
     phase = status.get("phase") or "Pending"
     reason, message = reason or phase_reason(status), status.get("message") or ""
     conditions = list(status.get("conditions") or [])
+    gate = conditions_of({"status": status}).get("Promoted")
+    if phase == "Succeeded" and gate is not None and gate.get("status") != "True":
+        # spec.promotion: a run that trained is Ready once it is promoted; switching is work under way, a run its
+        # gate refused (or a pin that names no run) is stalled until the spec changes (sftop.promotion)
+        why, said = gate.get("reason") or "Promoting", gate.get("message") or message
+        stalled = gate.get("status") == "False"
+        conditions = set_condition(conditions, "Ready", "False", why, said, generation, now)
+        conditions = set_condition(conditions, "Reconciling", str(not stalled), why if not stalled else phase,
+                                   said if not stalled else "the promotion gate decided", generation, now)
+        return set_condition(conditions, "Stalled", str(stalled), why if stalled else phase,
+                             said if stalled else f"the run is {phase}", generation, now)
     if phase == "Succeeded":
         conditions = set_condition(conditions, "Ready", "True", "Succeeded", message, generation, now)
     else:

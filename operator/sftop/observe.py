@@ -12,7 +12,7 @@ from typing import Any, Callable, Coroutine
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
-from sftop import api, kueue, lifecycle, names, refs, render
+from sftop import api, kueue, lifecycle, names, promotion, refs, render
 from sftop.cache import WatchCache, slim
 from sftop.conditions import conditions_of, holds
 from sftop.kube import Kube, KueueAbsent, now
@@ -32,6 +32,18 @@ class Observer:
         self.settings, self.kube, self.cache, self.readings, self.call = settings, kube, cache, readings, call
 
     async def observe(self, key: Key, body: dict[str, Any]) -> Observed:
+        seen = await self._observe(key, body)
+        jname = promotion.wanted_job(seen.spec, seen.status, seen.name, seen.generation)
+        if jname is not None:
+            seen.promotion_job = self.cache.jobs.get((seen.namespace, jname)) or \
+                await self._read_job(seen.namespace, jname)
+            if seen.promotion_job is not None:
+                target = (seen.promotion_job["metadata"].get("labels") or {}).get(names.RUN_LABEL, "")
+                seen.promotion_pods = await self._pods(seen.namespace, seen.name, target, "promotion",
+                                                       seen.promotion_job)
+        return seen
+
+    async def _observe(self, key: Key, body: dict[str, Any]) -> Observed:
         """What `decide` needs of one SFTJob: nothing beyond its spec when the spec is invalid or its run finished;
         the references, the warm-start source and the validation Job while the run has no training Job yet."""
         namespace, name = key

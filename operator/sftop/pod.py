@@ -196,3 +196,20 @@ def trainer_pod(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, setti
     if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
     return pod_spec
+
+
+def promotion_pod(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings, folder: str, target: str,
+                  kind: str) -> dict[str, Any]:
+    """The promotion Job's pod: the trainer image switching `<folder>/promoted` to `<target>/<kind>` on the output
+    claim (sftop_trainer.promote). Hardened as the trainer pod is, placed where the run's pods go (an output claim
+    bound in one zone is reachable there), with no GPU and only the output claim mounted."""
+    pod = trainer_pod(name, namespace, spec, rid, settings, validation=True)
+    container = pod["containers"][0]
+    container["args"] = ["--promote", posixpath.join("/output", folder), "--run", target, "--kind", kind]
+    container["env"] = [{"name": "SFTOP_TERMINATION_LOG", "value": "/dev/termination-log"}]
+    small = {"cpu": "100m", "memory": "256Mi"}
+    container["resources"] = {"requests": dict(small), "limits": dict(small)}
+    container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] in ("output", "tmp")]
+    pod["volumes"] = [v for v in pod["volumes"] if v["name"] in ("output", "tmp")]
+    pod["terminationGracePeriodSeconds"] = 30
+    return pod

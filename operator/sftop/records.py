@@ -43,6 +43,8 @@ class Observed:
     warm_source: dict[str, Any] | None = None  # the SFTJob whose run spec.warmStart.sftJob names, if it exists
     queue: QueueView | None = None  # Kueue's view of the training Job, when it holds it
     validation_queue: QueueView | None = None
+    promotion_job: dict[str, Any] | None = None  # the switch the promotion gate calls for (sftop.promotion)
+    promotion_pods: list[dict[str, Any]] = field(default_factory=list)
     progress: Reading | None = None
     settings: Any = None  # sftop.settings.Settings: the defaults children are rendered with
 

@@ -18,12 +18,13 @@ from sftop.kueue import PRIORITY_LABEL, QUEUE_LABEL
 from sftop.names import (COMPONENT_LABEL, OUTPUT_ANNOTATION, POD_LAYOUT, RENDEZVOUS_PORT, RUN_LABEL, SFTJOB_LABEL,
                          ClaimPath, Layout, child_labels, job_name, output_path, run_folder, service_name,
                          validation_job_name)
-from sftop.pod import CONFIG_FILE, CONTAINER, trainer_pod
+from sftop.pod import CONFIG_FILE, CONTAINER, promotion_pod, trainer_pod
 from sftop_trainer.config import (DataSource, Hardware, ModelSource, OutputTarget, ProgressEndpoint, RunInfo,
                                   TrackingTarget, TrainerConfig, WarmStartSource)
 
 # Spec fields that do not change what a run trains: changing them never starts a new run.
-NOT_TRAINING_INPUTS = ("suspend", "run_policy", "queue_name", "workload_priority_class_name", "validation", "tracking")
+NOT_TRAINING_INPUTS = ("suspend", "run_policy", "queue_name", "workload_priority_class_name", "validation", "tracking",
+                       "promotion")
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # GPU Feature Discovery: each GPU's memory in MiB
 
 
@@ -90,7 +91,7 @@ def trainer_config(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, la
         lora=spec.lora,
         quantization=spec.quantization,
         training=spec.training,
-        evaluation=spec.evaluation,
+        evaluation=spec.evaluation.model_copy(update={"parity": True}) if spec.promotion else spec.evaluation,
         warm_start=WarmStartSource(path=warm_start_path(spec, warm_start, layout), origin=str(warm_start))
         if warm_start is not None else None,
         output=OutputTarget(dir=layout.output_dir, merge_adapter=spec.output.merge_adapter),
@@ -263,4 +264,19 @@ def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings, val
                      "namespace": namespace, "labels": job_labels,
                      "annotations": {OUTPUT_ANNOTATION: output_path(spec, namespace, name, rid)}},
         "spec": job_spec,
+    }
+
+
+def promotion_job(name: str, namespace: str, spec: api.SFTJobSpec, target: str, jname: str, folder: str, kind: str,
+                  settings) -> dict[str, Any]:
+    """A switch of the SFTJob's stable path to run `target` (sftop.promotion): seconds of CPU, never queued in
+    Kueue, retried twice, given five minutes."""
+    labels = child_labels(name, target, "promotion")
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": jname, "namespace": namespace, "labels": dict(labels)},
+        "spec": {"backoffLimit": 2, "activeDeadlineSeconds": 300, "completions": 1, "parallelism": 1,
+                 "template": {"metadata": {"labels": dict(labels)},
+                              "spec": promotion_pod(name, namespace, spec, target, settings, folder, target, kind)}},
     }

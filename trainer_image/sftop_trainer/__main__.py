@@ -31,7 +31,7 @@ log = logging.getLogger("sftop_trainer")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sftop-train", description="Run one SFT run from a trainer config.")
-    p.add_argument("--config", required=True, help="trainer config file (JSON or YAML)")
+    p.add_argument("--config", help="trainer config file (JSON or YAML)")
     bar = p.add_mutually_exclusive_group()
     bar.add_argument("--progress-bar", dest="progress_bar", action="store_true", default=None,
                      help="show a progress bar (default: when stdout is a terminal)")
@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do everything before training, without the weights, and print the run's plan: read, "
                         "template, tokenize and mask the data, check the model's config and LoRA targets, estimate "
                         "GPU memory; the plan and the prepared data are left in output.dir for the run")
+    p.add_argument("--promote", metavar="FOLDER",
+                   help="instead of training: switch FOLDER/promoted (an SFTJob's folder on the output claim) to "
+                        "the adapter of the run --run names (sftop_trainer.promote)")
+    p.add_argument("--run", help="with --promote: the run id")
+    p.add_argument("--kind", default="adapter", choices=("adapter", "model"),
+                   help="with --promote: the run's adapter/ or, for method full, its model/")
     p.add_argument("--status-file", help=argparse.SUPPRESS)  # where a launched worker leaves its exit code
     return p
 
@@ -105,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s: %s", reason, message)
         return _finish(int(code), {**failure(code, reason, message), **(details or {})}, args.status_file)
 
+    if args.promote:
+        return promote(args)
+    if not args.config:
+        build_parser().error("--config is required (or --promote FOLDER --run ID)")
     try:
         cfg = load_config(args.config)
     except OSError as e:
@@ -161,6 +171,31 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         return fail(ExitCode.UNEXPECTED, f"{type(e).__name__}: {e}")
     return _finish(0, result, args.status_file)
+
+
+def promote(args: argparse.Namespace) -> int:
+    """The promotion Job: the switch, its outcome in the termination message (whole: it is a few keys)."""
+    import json
+
+    from sftop_trainer import promote as promote_mod
+    from sftop_trainer.result import failure
+
+    path = Path(os.environ.get("SFTOP_TERMINATION_LOG", "/dev/termination-log"))
+    try:
+        if not args.run:
+            raise ValueError("--promote needs --run ID")
+        outcome: dict = promote_mod.main(args.promote, args.run, args.kind)
+        code = 0
+    except (TrainerError, OSError, ValueError) as e:
+        message = getattr(e, "message", None) or str(e)
+        code = int(ExitCode.INVALID_CONFIG)
+        outcome = failure(ExitCode.INVALID_CONFIG, "PromotionFailed", message)
+        log.error("PromotionFailed: %s", message)
+    try:
+        path.write_text(json.dumps(outcome, separators=(",", ":")))
+    except OSError as e:
+        log.debug("no termination message written to %s: %s", path, e)
+    return code
 
 
 if __name__ == "__main__":

@@ -407,6 +407,10 @@ class EvaluationSpec(Spec):
                                                       "examples in its prompt (few-shot prompting), on the same "
                                                       "held-out prompts, beside zero-shot before and fine-tuned "
                                                       "after: whether fine-tuning was needed. 0: not measured.")
+    parity: bool = Field(False, description="After training, load the adapter folder the way a serving stack does, "
+                                            "in a fresh process, and check that it answers the held-out prompts "
+                                            "as the trainer's own evaluation did (result.evaluation.parity). On "
+                                            "whenever spec.promotion is set.")
 
 
 REFERENCE_WIDTH = 4096  # the hidden size of the 7-8B models the usual learning rates were tuned on

@@ -318,6 +318,7 @@ class AnswerEval:
         self.batch_size = 32  # many answers at once: on a CPU a decoding step costs about the same for 1 or 32
         self.shots, self.shot_rows = 0, None  # few-shot prompting, measured with the baseline (evaluation.fewShot)
         self.few_shot_scores: dict[str, Any] | None = None
+        self.latest_answers: list[str] | None = None  # every answer of the latest evaluation (serving parity)
 
     def __bool__(self) -> bool:
         return bool(self.items)
@@ -371,10 +372,24 @@ class AnswerEval:
             self.few_shot_scores = self.few_shot(model)
         scores = score(self.items, answers)
         self.latest = {**scores, "samples": samples(self.items, answers, self.sample_count)}
+        self.latest_answers = answers
         self.step = step
         log.info("step %d: %d held-out answers, exact match %.1f%%", step, len(answers),
                  100 * scores.get("exactMatch", math.nan))
         return self.latest
+
+
+def fingerprint(rows, prompts: int, max_new_tokens: int | None) -> str:
+    """sha256 of the evaluation data and how it is answered: two runs with the same fingerprint were measured on
+    the same held-out rows, alike, so their scores can be compared (a promotion gate compares only those)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(dict(row), sort_keys=True, ensure_ascii=False, default=str).encode())
+        digest.update(b"\n")
+    digest.update(json.dumps({"prompts": prompts, "maxNewTokens": max_new_tokens}).encode())
+    return digest.hexdigest()
 
 
 class EvaluationRecord:
@@ -399,6 +414,8 @@ class EvaluationRecord:
         self.few_shot: dict[str, Any] | None = saved.get("fewShot")
         self.history: list[dict[str, Any]] = saved.get("history", [])
         self.step_override: int | None = None  # the step an evaluation of reloaded (best) weights is recorded at
+        self.fingerprint: str | None = None  # of the held-out data (`fingerprint`)
+        self.parity: dict[str, Any] | None = None  # the served adapter's answers against the trainer's
 
     @staticmethod
     def entry(step: int, logs: dict[str, Any]) -> dict[str, Any]:
@@ -438,6 +455,10 @@ class EvaluationRecord:
         if not self.history and self.before is None:
             return None
         out: dict[str, Any] = {"prompts": len(self.answers.items) if self.answers else 0}
+        if self.fingerprint:
+            out["fingerprint"] = self.fingerprint
+        if self.parity is not None:
+            out["parity"] = self.parity
         if self.before is not None:
             out["before"] = {k: v for k, v in self.before.items() if k != "step"}
         if self.few_shot is not None:

@@ -30,7 +30,8 @@ def compact_evaluation(evaluation: dict[str, Any] | None, samples: int) -> dict[
     """The result's evaluation as the SFTJob's status holds it: before, after, and a few short samples."""
     if not evaluation:
         return None
-    out = {k: evaluation[k] for k in ("prompts", "before", "after") if evaluation.get(k) is not None}
+    out = {k: evaluation[k] for k in ("prompts", "before", "after", "fingerprint", "parity")
+           if evaluation.get(k) is not None}
 
     def cut(value):
         return value if not isinstance(value, str) or len(value) <= STATUS_SAMPLE_CHARS \

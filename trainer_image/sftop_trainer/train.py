@@ -142,7 +142,7 @@ def run(cfg: TrainerConfig, *, progress_bar: bool = False) -> dict[str, Any]:
 
 def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool, started: float,
            state: dict[str, Any]) -> dict[str, Any]:
-    from sftop_trainer.evaluate import AnswerEval, EvaluationRecord
+    from sftop_trainer.evaluate import AnswerEval, EvaluationRecord, fingerprint
 
     watch = SigtermWatch()
     emit("start", runId=cfg.run.id, model=cfg.model.name, method=cfg.method)
@@ -162,6 +162,8 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
     if answers is not None:
         answers.shots, answers.shot_rows = ev.few_shot, data.shots
     record = EvaluationRecord(out, answers) if eval_rows is not None else None
+    if record is not None:
+        record.fingerprint = fingerprint(eval_rows, ev.prompts if ev.answers else 0, ev.max_new_tokens)
     state["record"] = record
     _attach_record(trainer, record)
     trainable, total = model_mod.count_parameters(trainer.model)
@@ -274,6 +276,14 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
             result["serving"] = provenance.write(final_dir, cfg, result, started, time.time())
         else:
             provenance.write_provenance(final_dir, cfg, result, started, time.time())
+        if cfg.evaluation.parity and cfg.method == "lora" and evaluation is not None and answers is not None \
+                and answers.latest_answers is not None:
+            from sftop_trainer import parity
+
+            progress.update(phase="CheckingServing")
+            evaluation["parity"] = parity.check(
+                final_dir, answers.items, answers.latest_answers, answers.new_tokens,
+                str(model_mod.resolve_dtype(cfg.model.dtype)).removeprefix("torch."), base_path=cfg.model.name)
         write_history_plot(cfg, out)
         (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
         shutil.rmtree(out / PREPARED, ignore_errors=True)  # the prepared data served its run

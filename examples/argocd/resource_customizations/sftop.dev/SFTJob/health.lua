@@ -1,5 +1,6 @@
 -- Health of an sftop.dev SFTJob for Argo CD.
--- Healthy once the run Succeeded, Degraded when it Failed, Suspended while spec.suspend holds it or it waits in a
+-- Healthy once the run Succeeded (and, with spec.promotion, was promoted), Degraded when it Failed or its promotion
+-- gate refused it, Suspended while spec.suspend holds it or it waits in a
 -- Kueue queue (admission, or readmission after a preemption), Progressing otherwise. A status the operator has
 -- not yet written for the current generation of the spec reads Progressing, whatever its phase says.
 local hs = {}
@@ -19,17 +20,37 @@ end
 local phase = obj.status.phase
 local message = obj.status.message or ""
 local reason = phase
+local stalled = false
+local reconciling = false
 if obj.status.conditions ~= nil then
   for _, condition in ipairs(obj.status.conditions) do
-    if condition.type == "Reconciling" and condition.status == "True" and condition.reason ~= nil then
-      reason = condition.reason
+    if condition.type == "Reconciling" and condition.status == "True" then
+      reconciling = true
+      if condition.reason ~= nil then
+        reason = condition.reason
+      end
+      if phase == "Succeeded" and condition.message ~= nil then
+        message = condition.message
+      end
     end
-    if condition.type == "Stalled" and condition.status == "True" and condition.reason ~= nil then
-      reason = condition.reason
+    if condition.type == "Stalled" and condition.status == "True" then
+      stalled = true
+      if condition.reason ~= nil then
+        reason = condition.reason
+      end
+      if phase == "Succeeded" and condition.message ~= nil then
+        message = condition.message
+      end
     end
   end
 end
-if phase == "Succeeded" then
+if phase == "Succeeded" and stalled then
+  -- spec.promotion: trained, but its gate refused the run; the promoted adapter is unchanged
+  hs.status = "Degraded"
+elseif phase == "Succeeded" and reconciling then
+  -- spec.promotion: the stable path is being switched to the run
+  hs.status = "Progressing"
+elseif phase == "Succeeded" then
   hs.status = "Healthy"
 elseif phase == "Failed" then
   hs.status = "Degraded"
