@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 MAX_SHOWN = 200  # characters of a differing answer in the result
 
 
-def served_answers(adapter: Path, items, new_tokens: int, dtype: str, base_path: str | None = None) -> list[str]:
+def served_answers(adapter: Path, items, new_tokens: int, dtype: str, base_path: str | None = None,
+                   batch_size: int = 32, shown: int = 0) -> list[str]:
     """The held-out prompts answered by the adapter folder alone (see the module's docstring). `base_path`: where
     this machine has the base, when the name in adapter_config.json (a Hub id) cannot be loaded here, as a server
     mounts its own copy of the base."""
@@ -51,7 +52,7 @@ def served_answers(adapter: Path, items, new_tokens: int, dtype: str, base_path:
     tokenizer = AutoTokenizer.from_pretrained(str(adapter))
     tokenizer.padding_side = "left"
     model = PeftModel.from_pretrained(base, str(adapter))
-    return generate(model, tokenizer, items, new_tokens)
+    return generate(model, tokenizer, items, new_tokens, batch_size, shown=shown)
 
 
 def compare(prompts: list[Any], trainer: list[str], served: list[str]) -> dict[str, Any]:
@@ -69,13 +70,16 @@ def compare(prompts: list[Any], trainer: list[str], served: list[str]) -> dict[s
 
 
 def check(adapter: Path, items, trainer_answers: list[str], new_tokens: int, dtype: str, base_path: str | None = None,
-          timeout: float = 3600) -> dict[str, Any]:
-    """Parity of `adapter` against the trainer's answers to `items`, measured in a fresh process. Never raises: a
-    folder that cannot be loaded or answer is reported as such (`error`), with every answer counted as differing."""
+          batch_size: int = 32, shown: int = 0, timeout: float = 3600) -> dict[str, Any]:
+    """Parity of `adapter` against the trainer's answers to `items`, measured in a fresh process, decoded as the
+    trainer decoded them (the same batches, and the first `shown` answers kept going as long as a sample is).
+    Never raises: a folder that cannot be loaded or answer is reported as such (`error`), with every answer counted
+    as differing."""
     with tempfile.TemporaryDirectory() as tmp:
         given = Path(tmp) / "items.json"
         given.write_text(json.dumps({"prompts": [h.prompt for h in items], "expected": [h.expected for h in items],
-                                     "newTokens": new_tokens, "dtype": dtype, "basePath": base_path}))
+                                     "newTokens": new_tokens, "dtype": dtype, "basePath": base_path,
+                                     "batchSize": batch_size, "shown": shown}))
         answers = Path(tmp) / "answers.json"
         cmd = [sys.executable, "-m", "sftop_trainer.parity", "--adapter", str(adapter), "--items", str(given),
                "--out", str(answers)]
@@ -106,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("SFTOP_LOG_LEVEL", "WARNING"))
     given = json.loads(Path(args.items).read_text())
     items = [HeldOut(prompt, expected) for prompt, expected in zip(given["prompts"], given["expected"])]
-    answers = served_answers(Path(args.adapter), items, given["newTokens"], given["dtype"], given.get("basePath"))
+    answers = served_answers(Path(args.adapter), items, given["newTokens"], given["dtype"], given.get("basePath"),
+                             given.get("batchSize", 32), given.get("shown", 0))
     Path(args.out).write_text(json.dumps(answers))
     return 0
 

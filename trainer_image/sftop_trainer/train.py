@@ -283,7 +283,8 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
             progress.update(phase="CheckingServing")
             evaluation["parity"] = parity.check(
                 final_dir, answers.items, answers.latest_answers, answers.new_tokens,
-                str(model_mod.resolve_dtype(cfg.model.dtype)).removeprefix("torch."), base_path=cfg.model.name)
+                str(model_mod.resolve_dtype(cfg.model.dtype)).removeprefix("torch."), base_path=cfg.model.name,
+                batch_size=answers.batch_size, shown=answers.sample_count)
         write_history_plot(cfg, out)
         (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
         shutil.rmtree(out / PREPARED, ignore_errors=True)  # the prepared data served its run
