@@ -357,11 +357,12 @@ class ApiServer(kmock.KubernetesEmulator):
             if res == SFTJOBS and request.subresource != "status":
                 new = dicts.patch_dict(old, data)
                 self._check_sftjob(request, new)
-                # defaults and pruning change the stored object: patch with the checked whole
+                # defaults and pruning change the stored object: patch with the difference to the checked whole
+                # (RFC 7386, as the API server stores the merged object: a field the patch set to null is gone at
+                # any depth, such as `kubectl apply` removing spec.promotion.pin)
                 data.clear()
-                data.update({k: v for k, v in new.items() if k != "status"})
-                for gone in old.keys() - new.keys():
-                    data[gone] = None
+                data.update(merge_patch({k: v for k, v in old.items() if k != "status"},
+                                        {k: v for k, v in new.items() if k != "status"}) or {})
 
     def _check_owner_references(self, request: Any, refs: list[dict[str, Any]], old: list[dict[str, Any]] | None) \
             -> None:

@@ -203,3 +203,15 @@ async def test_garbage_collector_deletes_an_object_whose_owners_are_all_gone(api
     resp = await create_cm(apiserver, {"apiVersion": "v1", "kind": "ConfigMap",
                                        "metadata": {"name": "orphan", "ownerReferences": [ref]}})
     assert resp.status == 201 and obj(apiserver, "v1/configmaps", "orphan") is None
+
+
+async def test_a_merge_patch_removes_a_nested_field_set_to_null(apiserver):
+    """RFC 7386 as the API server applies it to a custom resource: `kubectl apply` of a manifest without a field the
+    last one had sends it as null, and the stored object loses it at any depth."""
+    await apply(apiserver, sftjob("chat", promotion={"minimum": {"exactMatch": 0.5}, "pin": "0badc0de"}))
+    path = f"/apis/sftop.dev/v1alpha1/namespaces/{NS}/sftjobs/chat"
+    await patch(apiserver, path, {"spec": {"promotion": {"pin": None}}})
+    stored = obj(apiserver, SFTJOBS, "chat")
+    assert stored["spec"]["promotion"] == {"minimum": {"exactMatch": 0.5}, "maximum": {}, "notWorseThan": "promoted",
+                                           "tolerance": {}}
+    assert stored["metadata"]["generation"] == 2

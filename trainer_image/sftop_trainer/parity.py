@@ -45,7 +45,7 @@ def served_answers(adapter: Path, items, new_tokens: int, dtype: str, base_path:
     kw = {"dtype": getattr(torch, dtype), **({"revision": revision} if revision else {})}
     try:
         base = AutoModelForCausalLM.from_pretrained(base_name, **kw)
-    except OSError:
+    except (OSError, ValueError):  # not a name this machine resolves (a pvc:// or Hub id without the cache)
         if not base_path or base_path == base_name:
             raise
         base = AutoModelForCausalLM.from_pretrained(base_path, dtype=kw["dtype"])
