@@ -443,26 +443,6 @@ GateMetrics = Annotated[dict[str, float], AfterValidator(_metrics), Field(
          "message": "each key must be a metric the evaluation measures: " + ", ".join(GATE_METRICS)}]})]
 
 
-class VllmServer(Spec):
-    """A vLLM server that serves the promoted adapter and loads it again after each switch."""
-
-    url: str = Field(min_length=1, max_length=2048, pattern=r"^https?://",
-                     description="The vLLM server's base URL, for example http://vllm.serving.svc:8000. It needs "
-                                 "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and the output claim mounted at /adapters.")
-    lora_name: str | None = Field(None, min_length=1, max_length=253,
-                                  description="The adapter's name in vLLM (the `model` clients ask for); the "
-                                              "SFTJob's name when unset.")
-
-
-class PromotionNotify(Spec):
-    """Serving stacks told of a switch."""
-
-    vllm: list[VllmServer] = Field([], max_length=16, description=(
-        "vLLM servers told of each switch through their runtime LoRA endpoints (/v1/unload_lora_adapter, then "
-        "/v1/load_lora_adapter with the promoted run's own folder), retried with backoff; the ServingNotified "
-        "condition says whether each took it."))
-
-
 class PromotionSpec(Spec):
     """When a run becomes the SFTJob's promoted adapter: the one at `<output>/<namespace>/<sftjob>/promoted` that
     serving reads. A run that trains but fails its gate leaves the promoted adapter as it was."""
@@ -483,7 +463,6 @@ class PromotionSpec(Spec):
                    Field(json_schema_extra={"pattern": RUN_ID})] | None = Field(None, description=(
                        "Promote this earlier successful run of the SFTJob, without training and without its gate: "
                        "a rollback by manifest. Reverting the pin in git lets the gate decide again."))
-    notify: PromotionNotify | None = Field(None, description="Serving stacks to tell of each switch.")
 
 
 class SFTJobSpec(Spec):
@@ -919,7 +898,6 @@ class PromotionStatus(Spec):
     reason: str | None = Field(None, description="Promoted, Pinned, BelowThreshold, Regressed, NotComparable, "
                                                  "MetricMissing, ServingMismatch, PinNotFound or PromotionFailed.")
     checks: list[PromotionCheck] = Field([], max_length=32, description="Each comparison the gate made.")
-    notified: list[str] = Field([], max_length=16, description="The vLLM servers that loaded the promoted adapter.")
 
 
 class SFTJobStatus(Spec):

@@ -61,10 +61,11 @@ def gate(p: api.PromotionSpec, rid: str, result: dict[str, Any], promoted: dict[
         checks.append({"metric": "parity", "value": parity.get("differing"), "bar": 0, "passed": equal})
         if not equal:
             first = parity.get("firstDifference") or {}
+            shown = {k: first.get(k, "")[:80] for k in ("prompt", "trainer", "served")}
             what = parity.get("error") or (f"{parity.get('differing')} of {parity.get('prompts')} answers of the "
                                            f"adapter folder, loaded as a server loads it, differ from the trainer's "
-                                           f"(first: {first.get('prompt', '')[:80]!r}: trainer "
-                                           f"{first.get('trainer', '')[:80]!r}, served {first.get('served', '')[:80]!r})")
+                                           f"(first: {shown['prompt']!r}: trainer {shown['trainer']!r}, served "
+                                           f"{shown['served']!r})")
             failures.append(("ServingMismatch", what))
     for bound, bars in (("minimum", p.minimum), ("maximum", p.maximum)):
         for metric, bar in bars.items():
@@ -166,6 +167,11 @@ def promotion_step(seen: Observed, new: dict[str, Any], out: Decision) -> None:
         return
     promoted = new.get("promoted")
     want, problem = target(spec, new)
+    serving = (new.get("result") or {}).get("serving")
+    if serving and serving.get("loraRank"):
+        # serving config never changes with a gate: it names the stable path, whichever run is promoted there
+        new["result"]["serving"] = report.serving_status(seen.name, stable_path(spec, seen.namespace, seen.name),
+                                                         serving)
 
     def condition(status: str, reason: str, message: str, event: str | None = None) -> None:
         before = next((c for c in conditions if c.get("type") == "Promoted"), None)
@@ -193,9 +199,7 @@ def promotion_step(seen: Observed, new: dict[str, Any], out: Decision) -> None:
         passed, reason, message, checks = True, "Pinned", f"run {want['id']} is pinned by spec.promotion.pin", []
     else:
         passed, reason, message, checks = gate(spec.promotion, want["id"], want["result"], promoted)
-    new["promotion"] = {"runId": want["id"], "passed": passed, "reason": reason, "checks": checks,
-                        **({"notified": new["promotion"]["notified"]} if (new.get("promotion") or {}).get(
-                            "notified") and promoted and promoted.get("runId") == want["id"] else {})}
+    new["promotion"] = {"runId": want["id"], "passed": passed, "reason": reason, "checks": checks}
     if not passed:
         condition("False", reason, message + (f"; the promoted adapter is still run {promoted['runId']}'s"
                                                if promoted else "; nothing is promoted"), event="Warning")
@@ -227,7 +231,6 @@ def promotion_step(seen: Observed, new: dict[str, Any], out: Decision) -> None:
         message = f"run {want['id']} is promoted at {stable}" + (
             f", replacing run {promoted['runId']}" if promoted else "")
         condition("True", reason, message, event="Normal")
-        new["promotion"].pop("notified", None)
     elif observation.phase == "Failed":
         condition("False", "PromotionFailed", f"the switch to run {want['id']} failed: {observation.message}",
                   event="Warning")

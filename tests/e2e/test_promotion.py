@@ -86,6 +86,7 @@ async def test_a_gated_gitops_pipeline_promotes_refuses_a_worse_run_promotes_a_b
     assert v1["result"]["evaluation"]["parity"]["differing"] == 0
     assert served(node, stable) == v1_id
     assert json.loads(v1["promoted"]["serving"]["vllmLoraModules"])["path"] == f"/adapters/{stable}"
+    assert v1["result"]["serving"]["path"] == stable  # the serving config names the stable path, never a run
     assert health(emu) == ("Healthy", "Current", "Current")
 
     await commit({"data": "tasks-corrupt.jsonl"})

@@ -16,7 +16,7 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yam
 def test_there_are_examples_for_each_use():
     names = {p.stem for p in EXAMPLES}
     assert {"lora-chat-hub", "qlora-8b-24gb", "full-small-model", "pvc-instruction-data", "kueue-priority",
-            "gitops-pinned"} <= names
+            "gitops-pinned", "gitops-gated"} <= names
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])

@@ -18,7 +18,8 @@ def result(exact=0.9, loss=0.5, fingerprint=FP, parity=None, rid="r"):
                   "after": {"step": 100, "exactMatch": exact, "validJson": 1.0, "evalLoss": loss}}
     if parity is not None:
         evaluation["parity"] = parity
-    return {"steps": 100, "evalLoss": loss, "evaluation": evaluation, "adapterPath": f"adapters:team-a/chat/{rid}/adapter",
+    return {"steps": 100, "evalLoss": loss, "evaluation": evaluation,
+            "adapterPath": f"adapters:team-a/chat/{rid}/adapter",
             "serving": {"baseModel": "HuggingFaceTB/SmolLM2-135M", "loraRank": 8, "vllmMaxLoraRank": 8,
                         "targetModules": ["q_proj"]}}
 
