@@ -580,7 +580,8 @@ class Condition(Spec):
     """A Kubernetes-style condition."""
 
     type: str = Field(description="Condition type: Ready, Reconciling, Stalled (kstatus), Accepted, Validated, "
-                                  "Queued, Running, ProgressReported, Suspended, Succeeded or Failed.")
+                                  "DataQuality, Queued, Running, ProgressReported, Suspended, Succeeded, Failed or "
+                                  "Promoted.")
     status: Literal["True", "False", "Unknown"] = Field(description="Whether the condition holds.")
     reason: str = Field(description="A CamelCase word for the reason, for tools.")
     message: str = Field("", description="What happened, for humans.")
