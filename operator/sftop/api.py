@@ -452,9 +452,10 @@ class PromotionSpec(Spec):
         "meanTokenAccuracy (0 to 1). A metric the run did not measure fails the gate."))
     maximum: GateMetrics = Field({}, description="Highest allowed value of each lower-is-better metric: evalLoss.")
     not_worse_than: Literal["promoted", "none"] = Field("promoted", description=(
-        "`promoted`: every metric both runs measured must be no worse than the promoted run's, within `tolerance`, "
-        "and both must have been measured on the same held-out data (the evaluation's fingerprint); otherwise the "
-        "runs are not comparable and nothing is promoted. `none`: the thresholds alone decide."))
+        "`promoted`: each metric the gate names (in minimum, maximum or tolerance; every metric both runs measured "
+        "when it names none) must be no worse than the promoted run's, within `tolerance`, and both runs must have "
+        "been measured on the same held-out data (the evaluation's fingerprint); otherwise the runs are not "
+        "comparable and nothing is promoted. `none`: the thresholds alone decide."))
     tolerance: GateMetrics = Field({}, description=(
         "How much worse than the promoted run each metric may be (absolute: 0.02 for exactMatch lets 0.90 follow "
         "0.91); 0 for a metric not named."))

@@ -33,15 +33,27 @@ class Observer:
 
     async def observe(self, key: Key, body: dict[str, Any]) -> Observed:
         seen = await self._observe(key, body)
-        jname = promotion.wanted_job(seen.spec, seen.status, seen.name, seen.generation)
-        if jname is not None:
-            seen.promotion_job = self.cache.jobs.get((seen.namespace, jname)) or \
-                await self._read_job(seen.namespace, jname)
-            if seen.promotion_job is not None:
-                target = (seen.promotion_job["metadata"].get("labels") or {}).get(names.RUN_LABEL, "")
-                seen.promotion_pods = await self._pods(seen.namespace, seen.name, target, "promotion",
-                                                       seen.promotion_job)
+        if seen.spec is not None and seen.spec.promotion is not None:
+            await self._promotion(seen)
         return seen
+
+    async def _promotion(self, seen: Observed) -> None:
+        """The promotion Job the gate calls for, its pods, and any other switch still under way."""
+        seen.promotion_jobs = sorted(
+            n for (ns, n), j in self.cache.jobs.items() if ns == seen.namespace
+            and (j["metadata"].get("labels") or {}).get(names.SFTJOB_LABEL) == seen.name
+            and (j["metadata"].get("labels") or {}).get(names.COMPONENT_LABEL) == "promotion"
+            and not any(holds(conditions_of(j), c) for c in ("Complete", "Failed")))
+        jname = promotion.wanted_job(seen.spec, seen.status, seen.namespace, seen.name)
+        if jname is None:
+            return
+        seen.promotion_job = self.cache.jobs.get((seen.namespace, jname)) or \
+            await self._read_job(seen.namespace, jname)
+        if seen.promotion_job is not None:
+            target = (seen.promotion_job["metadata"].get("labels") or {}).get(names.RUN_LABEL, "")
+            pods = await self._pods(seen.namespace, seen.name, target, "promotion", seen.promotion_job)
+            # its own pods only: an earlier switch to the same run left pods with the same labels
+            seen.promotion_pods = [p for p in pods if (p["metadata"].get("labels") or {}).get("job-name") == jname]
 
     async def _observe(self, key: Key, body: dict[str, Any]) -> Observed:
         """What `decide` needs of one SFTJob: nothing beyond its spec when the spec is invalid or its run finished;

@@ -200,11 +200,15 @@ def trainer_pod(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, setti
 
 def promotion_pod(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings, folder: str, target: str,
                   kind: str) -> dict[str, Any]:
-    """The promotion Job's pod: the trainer image switching `<folder>/promoted` to `<target>/<kind>` on the output
-    claim (sftop_trainer.promote). Hardened as the trainer pod is, placed where the run's pods go (an output claim
-    bound in one zone is reachable there), with no GPU and only the output claim mounted."""
+    """The promotion Job's pod: the operator's own trainer image (spec.image may be an older one without --promote)
+    switching `<folder>/promoted` to `<target>/<kind>` on the output claim (sftop_trainer.promote). Hardened as the
+    trainer pod is, with no GPU, no GPU placement (a GPU node's taints would keep it off every other node; the
+    claim's own node affinity decides where it can mount) and only the output claim mounted."""
     pod = trainer_pod(name, namespace, spec, rid, settings, validation=True)
+    for placement in ("nodeSelector", "tolerations", "affinity", "priorityClassName"):
+        pod.pop(placement, None)
     container = pod["containers"][0]
+    container["image"] = settings.trainer_image
     container["args"] = ["--promote", posixpath.join("/output", folder), "--run", target, "--kind", kind]
     container["env"] = [{"name": "SFTOP_TERMINATION_LOG", "value": "/dev/termination-log"}]
     small = {"cpu": "100m", "memory": "256Mi"}

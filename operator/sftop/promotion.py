@@ -56,7 +56,10 @@ def gate(p: api.PromotionSpec, rid: str, result: dict[str, Any], promoted: dict[
     checks: list[dict[str, Any]] = []
     failures: list[tuple[str, str]] = []  # (reason, what failed)
     parity = evaluation.get("parity")
-    if isinstance(parity, dict):
+    if not isinstance(parity, dict):
+        checks.append({"metric": "parity", "passed": True,
+                       "detail": "not measured (methods qlora and full, or no held-out answers)"})
+    else:
         equal = not parity.get("differing") and not parity.get("error")
         checks.append({"metric": "parity", "value": parity.get("differing"), "bar": 0, "passed": equal})
         if not equal:
@@ -81,11 +84,15 @@ def gate(p: api.PromotionSpec, rid: str, result: dict[str, Any], promoted: dict[
             if not ok:
                 failures.append(("BelowThreshold", f"{metric} {_fmt(value)} {'<' if bound == 'minimum' else '>'} "
                                                    f"{_fmt(bar)} (spec.promotion.{bound})"))
-    if p.not_worse_than == "promoted" and promoted and promoted.get("runId") != rid:
+    if p.not_worse_than == "promoted" and promoted and promoted.get("runId") != rid and not promoted.get("fingerprint"):
+        checks.append({"metric": "fingerprint", "passed": True, "against": promoted["runId"],
+                       "detail": "the promoted run has no evaluation fingerprint: not compared"})
+    elif p.not_worse_than == "promoted" and promoted and promoted.get("runId") != rid:
         theirs, ours = promoted.get("fingerprint"), evaluation.get("fingerprint")
-        comparable = bool(theirs) and theirs == ours
+        comparable = theirs == ours
         checks.append({"metric": "fingerprint", "passed": comparable, "against": promoted["runId"],
                        "detail": f"{(ours or 'none')[:12]} vs {(theirs or 'none')[:12]}"})
+        named = set(p.minimum) | set(p.maximum) | set(p.tolerance)  # compared: what the gate names, else all
         if not comparable:
             failures.append(("NotComparable", f"run {rid} was evaluated on other held-out data than the promoted run "
                                               f"{promoted['runId']} (evaluation fingerprint {(ours or 'none')[:12]} vs "
@@ -94,7 +101,7 @@ def gate(p: api.PromotionSpec, rid: str, result: dict[str, Any], promoted: dict[
         else:
             for metric, before in sorted((promoted.get("metrics") or {}).items()):
                 value = metrics.get(metric)
-                if value is None or metric not in api.GATE_METRICS:
+                if value is None or metric not in api.GATE_METRICS or (named and metric not in named):
                     continue
                 slack = p.tolerance.get(metric, 0.0)
                 higher = metric in api.HIGHER_IS_BETTER
@@ -112,46 +119,68 @@ def gate(p: api.PromotionSpec, rid: str, result: dict[str, Any], promoted: dict[
     return True, "Promoted", f"run {rid} passed its promotion gate", checks
 
 
-def job_name(name: str, target: str, replaced: str | None, generation: int | None) -> str:
-    """`<sftjob>-p<7 hex>`: one Job per switch (as long as the training Job's name, never equal to one)."""
-    digest = hashlib.sha256(f"{target}/{replaced}/{generation}".encode()).hexdigest()
+def job_name(name: str, target: str, promoted: dict[str, Any] | None) -> str:
+    """`<sftjob>-p<7 hex>`: one Job per switch, named by the target and the promotion it replaces (its run and
+    time): an edit of the spec during a switch is the same switch, a later switch back a new one. As long as the
+    training Job's name, never equal to one."""
+    replaced = f"{promoted.get('runId')}@{promoted.get('time')}" if promoted else ""
+    digest = hashlib.sha256(f"{target}/{replaced}".encode()).hexdigest()
     return f"{name}-p{digest[:7]}"
 
 
-def target(spec: api.SFTJobSpec, status: dict[str, Any]) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
+def target(spec: api.SFTJobSpec, status: dict[str, Any], namespace: str, name: str
+           ) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
     """(the run to promote now: {id, outputPath, result, pinned}, or None; (reason, message) when nothing can be)."""
     p = spec.promotion
     assert p is not None
     run = status.get("run") or {}
-    if p.pin:
-        if run.get("id") == p.pin and status.get("phase") == "Succeeded":
-            return {"id": p.pin, "outputPath": run.get("outputPath"), "result": status.get("result") or {},
-                    "pinned": True}, None
-        earlier = next((r for r in status.get("previousRuns") or [] if r.get("id") == p.pin), None)
-        if earlier is not None and earlier.get("phase") == "Succeeded" and earlier.get("outputPath"):
-            kept = earlier.get("result") or {}
-            result = {"adapterPath": kept.get("adapterPath"), "serving": kept.get("serving"),
-                      "evaluation": {"after": kept.get("metrics") or {}, "fingerprint": kept.get("fingerprint")}}
-            return {"id": p.pin, "outputPath": earlier["outputPath"], "result": result, "pinned": True}, None
+    if not p.pin:
+        if status.get("phase") == "Succeeded" and run.get("id"):
+            return {"id": run["id"], "outputPath": run.get("outputPath"), "result": status.get("result") or {},
+                    "pinned": False}, None
+        return None, None
+    want = None
+    if run.get("id") == p.pin and status.get("phase") == "Succeeded":
+        want = {"id": p.pin, "outputPath": run.get("outputPath"), "result": status.get("result") or {},
+                "pinned": True}
+    earlier = next((r for r in status.get("previousRuns") or [] if r.get("id") == p.pin), None)
+    if want is None and earlier is not None and earlier.get("phase") == "Succeeded":
+        kept = earlier.get("result") or {}
+        result = {"adapterPath": kept.get("adapterPath"), "serving": kept.get("serving"),
+                  "evaluation": {"after": kept.get("metrics") or {}, "fingerprint": kept.get("fingerprint")}}
+        want = {"id": p.pin, "outputPath": earlier.get("outputPath"), "result": result, "pinned": True}
+    if want is None:
         known = [r["id"] for r in [run, *(status.get("previousRuns") or [])]
                  if r.get("id") and (r is run and status.get("phase") == "Succeeded" or r.get("phase") == "Succeeded")]
         return None, ("PinNotFound", f"spec.promotion.pin {p.pin} is not a successful run of this SFTJob; its "
                                      f"successful runs: {', '.join(known) or 'none yet'}")
-    if status.get("phase") == "Succeeded" and run.get("id"):
-        return {"id": run["id"], "outputPath": run.get("outputPath"), "result": status.get("result") or {},
-                "pinned": False}, None
-    return None, None
+    where = _elsewhere(spec, namespace, name, want["outputPath"])
+    if where is not None:
+        return None, ("PinNotFound", f"spec.promotion.pin {p.pin} cannot be linked from the stable path: {where}")
+    return want, None
 
 
-def wanted_job(spec: api.SFTJobSpec | None, status: dict[str, Any], name: str, generation: int | None) -> str | None:
+def _elsewhere(spec: api.SFTJobSpec, namespace: str, name: str, output_path: str | None) -> str | None:
+    """Why a run's folder cannot be linked from the stable path (another claim, or another folder), if it cannot:
+    the link is relative, within one claim."""
+    if not output_path:
+        return "its folder is not known"
+    here = names.ClaimPath.parse(names.output_path(spec, namespace, name, "x"))
+    there = names.ClaimPath.parse(output_path)
+    if there.claim != here.claim or posixpath.dirname(there.folder) != posixpath.dirname(here.folder):
+        return f"it is at {output_path}, not beside the stable path {stable_path(spec, namespace, name)}"
+    return None
+
+
+def wanted_job(spec: api.SFTJobSpec | None, status: dict[str, Any], namespace: str, name: str) -> str | None:
     """The name of the promotion Job the status calls for now, if any: what sftop.observe looks up."""
     if spec is None or spec.promotion is None:
         return None
-    want, _ = target(spec, status)
-    promoted = (status.get("promoted") or {}).get("runId")
-    if want is None or want["id"] == promoted:
+    want, _ = target(spec, status, namespace, name)
+    promoted = status.get("promoted")
+    if want is None or want["id"] == (promoted or {}).get("runId"):
         return None
-    return job_name(name, want["id"], promoted, generation)
+    return job_name(name, want["id"], promoted)
 
 
 def promotion_step(seen: Observed, new: dict[str, Any], out: Decision) -> None:
@@ -166,12 +195,7 @@ def promotion_step(seen: Observed, new: dict[str, Any], out: Decision) -> None:
         new["conditions"] = [c for c in conditions if c.get("type") != "Promoted"]
         return
     promoted = new.get("promoted")
-    want, problem = target(spec, new)
-    serving = (new.get("result") or {}).get("serving")
-    if serving and serving.get("loraRank"):
-        # serving config never changes with a gate: it names the stable path, whichever run is promoted there
-        new["result"]["serving"] = report.serving_status(seen.name, stable_path(spec, seen.namespace, seen.name),
-                                                         serving)
+    want, problem = target(spec, new, seen.namespace, seen.name)
 
     def condition(status: str, reason: str, message: str, event: str | None = None) -> None:
         before = next((c for c in conditions if c.get("type") == "Promoted"), None)
@@ -188,6 +212,12 @@ def promotion_step(seen: Observed, new: dict[str, Any], out: Decision) -> None:
         if promoted is None:
             condition("Unknown", "NotYet", "no run has finished since spec.promotion was set")
         return
+    current = (new.get("run") or {}).get("id")
+    serving = (new.get("result") or {}).get("serving")
+    if promoted is not None and promoted.get("runId") == current and serving and serving.get("loraRank"):
+        # the promoted run's serving config names the stable path: it never changes with the next promotion
+        new["result"]["serving"] = report.serving_status(seen.name, stable_path(spec, seen.namespace, seen.name),
+                                                         serving)
     if promoted is not None and promoted.get("runId") == want["id"]:
         # already there: a threshold tightened since does not take it back (the next run is judged by it)
         reason = "Pinned" if want["pinned"] else "Promoted"
@@ -204,9 +234,17 @@ def promotion_step(seen: Observed, new: dict[str, Any], out: Decision) -> None:
         condition("False", reason, message + (f"; the promoted adapter is still run {promoted['runId']}'s"
                                                if promoted else "; nothing is promoted"), event="Warning")
         return
-    jname = job_name(seen.name, want["id"], (promoted or {}).get("runId"), generation)
+    jname = job_name(seen.name, want["id"], promoted)
     job = seen.promotion_job if seen.promotion_job is not None and \
         seen.promotion_job["metadata"]["name"] == jname else None
+    busy = [j for j in seen.promotion_jobs if j != jname]
+    if job is None and busy:
+        # one switch at a time: an earlier one (for a spec since changed) finishes first, so the link and
+        # status.promoted never disagree about which ran last
+        condition("Unknown", "Promoting", f"waiting for the switch in Job {busy[0]} to finish before switching "
+                                          f"to run {want['id']}")
+        out.requeue = 5.0
+        return
     if job is None:
         out.actions.append(Action("ensure_job", seen.namespace, jname,
                                   promotion_job(seen, spec, want, jname)))
@@ -246,8 +284,9 @@ def promotion_job(seen: Observed, spec: api.SFTJobSpec, want: dict[str, Any], jn
     from sftop.children import adopt
 
     folder = posixpath.dirname(stable_path(spec, seen.namespace, seen.name).folder)
-    job = render.promotion_job(seen.name, seen.namespace, spec, want["id"], jname, folder,
-                               "model" if spec.method == "full" else "adapter", seen.settings)
+    adapter = want["result"].get("adapterPath") or ""
+    kind = "model" if adapter.endswith("/model") or (not adapter and spec.method == "full") else "adapter"
+    job = render.promotion_job(seen.name, seen.namespace, spec, want["id"], jname, folder, kind, seen.settings)
     adopt(job, seen.body, template=True)
     return job
 

@@ -45,6 +45,7 @@ class Observed:
     validation_queue: QueueView | None = None
     promotion_job: dict[str, Any] | None = None  # the switch the promotion gate calls for (sftop.promotion)
     promotion_pods: list[dict[str, Any]] = field(default_factory=list)
+    promotion_jobs: list[str] = field(default_factory=list)  # the SFTJob's promotion Jobs still running
     progress: Reading | None = None
     settings: Any = None  # sftop.settings.Settings: the defaults children are rendered with
 

@@ -269,14 +269,23 @@ def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings, val
 
 def promotion_job(name: str, namespace: str, spec: api.SFTJobSpec, target: str, jname: str, folder: str, kind: str,
                   settings) -> dict[str, Any]:
-    """A switch of the SFTJob's stable path to run `target` (sftop.promotion): seconds of CPU, never queued in
-    Kueue, retried twice, given five minutes."""
+    """A switch of the SFTJob's stable path to run `target` (sftop.promotion): a second of CPU, in the Kueue queue
+    of the Validating phase when spec.validation.queueName names one (a cluster where Kueue manages every Job would
+    hold it suspended otherwise), retried twice but not for a refusal (exit 64: not a whole adapter, a folder in
+    the way), given half an hour (the trainer image may be pulled first), and gone an hour after it finished (its
+    outcome is in status by then; a switch made again changes nothing)."""
     labels = child_labels(name, target, "promotion")
+    job_labels = {**labels, QUEUE_LABEL: spec.validation.queue_name} if spec.validation.queue_name else dict(labels)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": jname, "namespace": namespace, "labels": dict(labels)},
-        "spec": {"backoffLimit": 2, "activeDeadlineSeconds": 300, "completions": 1, "parallelism": 1,
+        "metadata": {"name": jname, "namespace": namespace, "labels": job_labels},
+        "spec": {"backoffLimit": 2, "activeDeadlineSeconds": 1800, "ttlSecondsAfterFinished": 3600,
+                 "completions": 1, "parallelism": 1, "suspend": bool(spec.validation.queue_name),
+                 "podFailurePolicy": {"rules": [
+                     {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                                           "values": [64]}},
+                     {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]},
                  "template": {"metadata": {"labels": dict(labels)},
                               "spec": promotion_pod(name, namespace, spec, target, settings, folder, target, kind)}},
     }

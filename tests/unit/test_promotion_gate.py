@@ -7,6 +7,7 @@ import pytest
 from harness import argocd, flux, kstatus
 from sftop import api, lifecycle, promotion
 from sftop.decide import decide
+from sftop.settings import Settings
 from test_decide import COMPLETE, NAME, NOW, NS, job_of, recorded, seen, spec_of
 from test_gitops_health import FLUX, SCRIPT
 
@@ -30,7 +31,7 @@ def promoted_record(rid="0badc0de", exact=0.9, loss=0.5, fingerprint=FP):
             "time": "2026-11-22T09:00:00Z"}
 
 
-GATE = {"minimum": {"exactMatch": 0.8}, "tolerance": {"exactMatch": 0.02}}
+GATE = {"minimum": {"exactMatch": 0.8}, "maximum": {"evalLoss": 2.0}, "tolerance": {"exactMatch": 0.02}}
 
 
 @pytest.mark.parametrize("res,promoted,passed,reason,said", [
@@ -76,13 +77,15 @@ def conditions(decision):
 
 def test_a_run_that_passes_is_switched_by_a_promotion_job_then_recorded_as_promoted():
     spec = gated()
-    rid = promotion.target(spec, succeeded(spec, result()))[0]["id"]
+    rid = promotion.target(spec, succeeded(spec, result()), NS, NAME)[0]["id"]
     first = decide(seen(spec, succeeded(spec, result(rid=rid))))
     job, = [a for a in first.actions if a.verb == "ensure_job"]
-    assert job.name == promotion.job_name(NAME, rid, None, 1)
+    assert job.name == promotion.job_name(NAME, rid, None)
     pod = job.body["spec"]["template"]["spec"]
     assert pod["containers"][0]["args"] == ["--promote", f"/output/{NS}/{NAME}", "--run", rid, "--kind", "adapter"]
     assert [v["name"] for v in pod["volumes"]] == ["output", "tmp"] and "nvidia.com/gpu" not in str(pod)
+    assert pod["containers"][0]["image"] == Settings().trainer_image and "nodeSelector" not in pod
+    assert job.body["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [64]
     assert job.body["metadata"]["ownerReferences"][0]["kind"] == "SFTJob"
     cond = conditions(first)
     assert (cond["Promoted"]["status"], cond["Promoted"]["reason"]) == ("Unknown", "Promoting")
@@ -158,3 +161,27 @@ def test_a_failed_switch_says_why_and_promotion_settings_are_not_training_inputs
     assert job_of(gated())["metadata"]["name"] != job_of(spec_of(
         promotion=GATE, dataset={"pvc": {"claimName": "data", "path": "t.jsonl"}, "evalSplit": {"file": "e.jsonl"},
                                  "version": "2026-12-05"}))["metadata"]["name"], "dataset.version retrains"
+
+
+def test_one_switch_at_a_time_and_a_pin_must_be_beside_the_stable_path():
+    spec = gated()
+    status = succeeded(spec, result())
+    waiting = decide(seen(spec, status, promotion_jobs=["chat-p0000000"]))
+    assert not [a for a in waiting.actions if a.verb == "ensure_job"]
+    assert "waiting for the switch in Job chat-p0000000" in conditions(waiting)["Promoted"]["message"]
+    assert waiting.requeue == 5.0
+
+    earlier = {"id": "0badc0de", "jobName": "chat-0badc0de", "phase": "Succeeded",
+               "outputPath": "other-claim:team-a/chat/0badc0de", "result": {"metrics": {}}}
+    elsewhere = decide(seen(gated(pin="0badc0de"), {**status, "previousRuns": [earlier]}))
+    assert conditions(elsewhere)["Promoted"]["reason"] == "PinNotFound"
+    assert "not beside the stable path adapters:team-a/chat/promoted" in conditions(elsewhere)["Promoted"]["message"]
+
+
+def test_non_regression_compares_the_metrics_the_gate_names_and_not_a_baseline_without_a_fingerprint():
+    p = api.PromotionSpec.model_validate({"tolerance": {"exactMatch": 0.0}})
+    # evalLoss is worse, but only exactMatch is named
+    assert promotion.gate(p, "1234abcd", result(loss=0.9), promoted_record(loss=0.5))[0]
+    old = {**promoted_record(exact=0.99), "fingerprint": None}
+    ok, _, _, checks = promotion.gate(p, "1234abcd", result(), old)
+    assert ok and any(c.get("detail", "").startswith("the promoted run has no evaluation fingerprint") for c in checks)

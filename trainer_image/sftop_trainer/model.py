@@ -233,3 +233,14 @@ def count_parameters(model) -> tuple[int, int]:
         if p.requires_grad:
             trainable += n
     return trainable, total
+
+
+def free_accelerator_memory() -> None:
+    """Give back what the process no longer holds: collected objects, and the CUDA caching allocator's free blocks."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -29,10 +29,15 @@ MAX_SHOWN = 200  # characters of a differing answer in the result
 
 
 def served_answers(adapter: Path, items, new_tokens: int, dtype: str, base_path: str | None = None,
-                   batch_size: int = 32, shown: int = 0) -> list[str]:
-    """The held-out prompts answered by the adapter folder alone (see the module's docstring). `base_path`: where
-    this machine has the base, when the name in adapter_config.json (a Hub id) cannot be loaded here, as a server
-    mounts its own copy of the base."""
+                   batch_size: int = 32, shown: int = 0, autocast: str | None = None, revision: str | None = None,
+                   trust_remote_code: bool = False) -> list[str]:
+    """The held-out prompts answered by the adapter folder alone (see the module's docstring), on the device the
+    run evaluated on (a GPU when there is one) and under the run's mixed precision (`autocast`), as the trainer's
+    evaluation answered. The base by the name in adapter_config.json, from this machine's Hugging Face cache only
+    (never a download: HF_HUB_OFFLINE); where that name is not cached (a model on a claim, known by its Hub id),
+    the run's own copy at `base_path`, as a server mounts its own copy of the base."""
+    import contextlib
+
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -41,18 +46,22 @@ def served_answers(adapter: Path, items, new_tokens: int, dtype: str, base_path:
 
     config = json.loads((adapter / "adapter_config.json").read_text())
     base_name = config["base_model_name_or_path"]
-    revision = config.get("revision")
-    kw = {"dtype": getattr(torch, dtype), **({"revision": revision} if revision else {})}
+    kw: dict[str, Any] = {"dtype": getattr(torch, dtype), "trust_remote_code": trust_remote_code}
+    if revision:
+        kw["revision"] = revision
     try:
         base = AutoModelForCausalLM.from_pretrained(base_name, **kw)
-    except (OSError, ValueError):  # not a name this machine resolves (a pvc:// or Hub id without the cache)
+    except (OSError, ValueError):  # not a name this machine resolves (a pvc:// or an uncached Hub id)
         if not base_path or base_path == base_name:
             raise
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=kw["dtype"])
+        base = AutoModelForCausalLM.from_pretrained(base_path, **{k: v for k, v in kw.items() if k != "revision"})
     tokenizer = AutoTokenizer.from_pretrained(str(adapter))
-    tokenizer.padding_side = "left"
     model = PeftModel.from_pretrained(base, str(adapter))
-    return generate(model, tokenizer, items, new_tokens, batch_size, shown=shown)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    precision = torch.autocast(device, dtype=getattr(torch, autocast)) if autocast else contextlib.nullcontext()
+    with precision:
+        return generate(model, tokenizer, items, new_tokens, batch_size, shown=shown)
 
 
 def compare(prompts: list[Any], trainer: list[str], served: list[str]) -> dict[str, Any]:
@@ -70,7 +79,8 @@ def compare(prompts: list[Any], trainer: list[str], served: list[str]) -> dict[s
 
 
 def check(adapter: Path, items, trainer_answers: list[str], new_tokens: int, dtype: str, base_path: str | None = None,
-          batch_size: int = 32, shown: int = 0, timeout: float = 3600) -> dict[str, Any]:
+          batch_size: int = 32, shown: int = 0, autocast: str | None = None, revision: str | None = None,
+          trust_remote_code: bool = False, timeout: float = 3600) -> dict[str, Any]:
     """Parity of `adapter` against the trainer's answers to `items`, measured in a fresh process, decoded as the
     trainer decoded them (the same batches, and the first `shown` answers kept going as long as a sample is).
     Never raises: a folder that cannot be loaded or answer is reported as such (`error`), with every answer counted
@@ -79,12 +89,14 @@ def check(adapter: Path, items, trainer_answers: list[str], new_tokens: int, dty
         given = Path(tmp) / "items.json"
         given.write_text(json.dumps({"prompts": [h.prompt for h in items], "expected": [h.expected for h in items],
                                      "newTokens": new_tokens, "dtype": dtype, "basePath": base_path,
-                                     "batchSize": batch_size, "shown": shown}))
+                                     "batchSize": batch_size, "shown": shown, "autocast": autocast,
+                                     "revision": revision, "trustRemoteCode": trust_remote_code}))
         answers = Path(tmp) / "answers.json"
         cmd = [sys.executable, "-m", "sftop_trainer.parity", "--adapter", str(adapter), "--items", str(given),
                "--out", str(answers)]
         env = {k: v for k, v in os.environ.items()
                if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+        env["HF_HUB_OFFLINE"] = "1"  # the base as this pod has it; a download here could fill the pod's disk
         try:
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -111,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     given = json.loads(Path(args.items).read_text())
     items = [HeldOut(prompt, expected) for prompt, expected in zip(given["prompts"], given["expected"])]
     answers = served_answers(Path(args.adapter), items, given["newTokens"], given["dtype"], given.get("basePath"),
-                             given.get("batchSize", 32), given.get("shown", 0))
+                             given.get("batchSize", 32), given.get("shown", 0), given.get("autocast"),
+                             given.get("revision"), bool(given.get("trustRemoteCode")))
     Path(args.out).write_text(json.dumps(answers))
     return 0
 

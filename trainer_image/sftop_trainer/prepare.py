@@ -39,7 +39,10 @@ def ensure_writable(folder: Path) -> None:
 def config_fingerprint(cfg: TrainerConfig) -> str:
     """sha256 of what a run trains on and writes to (the config but its progress endpoint, hardware and tracking):
     prepared data and a result are reused only for the same config."""
-    text = json.dumps(cfg.dump(exclude={"progress", "hardware", "tracking"}), sort_keys=True, separators=(",", ":"))
+    dumped = cfg.dump(exclude={"progress", "hardware", "tracking"})
+    if not (dumped.get("evaluation") or {}).get("parity"):  # a later setting at its default: the same config as before
+        (dumped.get("evaluation") or {}).pop("parity", None)
+    text = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 

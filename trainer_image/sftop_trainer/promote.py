@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 
 from sftop_trainer.errors import ConfigError
@@ -55,15 +56,17 @@ def promote(root: Path, run: str, kind: str = "adapter") -> dict[str, str | None
     before = current(root)
     if before is not None and os.readlink(link) == str(target):
         return {"promoted": run, "replaced": None, "unchanged": "true"}
-    staged = root / f".{LINK}.{run}.{os.getpid()}"
-    staged.unlink(missing_ok=True)
+    staged = root / f".{LINK}.{run}.{uuid.uuid4().hex[:12]}"  # never another switch's (a container's pid is 1)
     os.symlink(str(target), staged)
     os.replace(staged, link)
-    fd = os.open(root, os.O_RDONLY)
     try:
-        os.fsync(fd)  # the rename survives a crash of the node
-    finally:
-        os.close(fd)
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the rename survives a crash of the node
+        finally:
+            os.close(fd)
+    except OSError:  # a filesystem that cannot sync a folder (some FUSE and CSI drivers): the switch is made
+        pass
     return {"promoted": run, "replaced": before}
 
 

@@ -214,6 +214,8 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
         # The best checkpoint's weights are loaded: its scores (and answers) are the result's.
         progress.update(phase="Evaluating")
         record.step_override = result_step
+        if answers is not None:
+            answers.step = None  # other weights than the last evaluation's: answer again
         trainer.evaluate()
         record.step_override = None
     elif record is not None and (not record.history or record.history[-1]["step"] != steps):
@@ -233,6 +235,7 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
     epoch = trainer.state.epoch
     checkpoints = inventory(out / CHECKPOINTS, best_path, evals={
         h["step"]: h["evalLoss"] for h in (record.history if record is not None else []) if "evalLoss" in h})
+    autocast = "bfloat16" if trainer.args.bf16 else ("float16" if trainer.args.fp16 else None)
     state.pop("trainer", None)
     del trainer
     merged_dir = None
@@ -281,10 +284,12 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
             from sftop_trainer import parity
 
             progress.update(phase="CheckingServing")
+            model_mod.free_accelerator_memory()  # the training model is gone: its GPU memory goes to the check
             evaluation["parity"] = parity.check(
                 final_dir, answers.items, answers.latest_answers, answers.new_tokens,
                 str(model_mod.resolve_dtype(cfg.model.dtype)).removeprefix("torch."), base_path=cfg.model.name,
-                batch_size=answers.batch_size, shown=answers.sample_count)
+                batch_size=answers.batch_size, shown=answers.sample_count, autocast=autocast,
+                revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
         write_history_plot(cfg, out)
         (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
         shutil.rmtree(out / PREPARED, ignore_errors=True)  # the prepared data served its run
