@@ -185,7 +185,19 @@ def wanted_job(spec: api.SFTJobSpec | None, status: dict[str, Any], namespace: s
 
 def promotion_step(seen: Observed, new: dict[str, Any], out: Decision) -> None:
     """Bring status.promoted, status.promotion and the Promoted condition in line with the gate, and the stable path
-    with status.promoted (through a promotion Job)."""
+    with status.promoted (through a promotion Job). The promoted run's serving config names the stable path: it
+    never changes with the next promotion (a run not promoted keeps its own folder's)."""
+    _step(seen, new, out)
+    spec = seen.spec
+    assert spec is not None
+    promoted, serving = new.get("promoted"), (new.get("result") or {}).get("serving")
+    if spec.promotion is not None and promoted and promoted.get("runId") == (new.get("run") or {}).get("id") \
+            and serving and serving.get("loraRank"):
+        new["result"]["serving"] = report.serving_status(seen.name, stable_path(spec, seen.namespace, seen.name),
+                                                         serving)
+
+
+def _step(seen: Observed, new: dict[str, Any], out: Decision) -> None:
     spec = seen.spec
     assert spec is not None
     generation, stamp = seen.generation, seen.now
@@ -212,12 +224,6 @@ def promotion_step(seen: Observed, new: dict[str, Any], out: Decision) -> None:
         if promoted is None:
             condition("Unknown", "NotYet", "no run has finished since spec.promotion was set")
         return
-    current = (new.get("run") or {}).get("id")
-    serving = (new.get("result") or {}).get("serving")
-    if promoted is not None and promoted.get("runId") == current and serving and serving.get("loraRank"):
-        # the promoted run's serving config names the stable path: it never changes with the next promotion
-        new["result"]["serving"] = report.serving_status(seen.name, stable_path(spec, seen.namespace, seen.name),
-                                                         serving)
     if promoted is not None and promoted.get("runId") == want["id"]:
         # already there: a threshold tightened since does not take it back (the next run is judged by it)
         reason = "Pinned" if want["pinned"] else "Promoted"

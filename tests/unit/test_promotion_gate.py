@@ -99,6 +99,8 @@ def test_a_run_that_passes_is_switched_by_a_promotion_job_then_recorded_as_promo
     assert promoted["serving"]["vllmLoraModules"] == \
         '{"name":"chat","path":"/adapters/team-a/chat/promoted","base_model_name":"HuggingFaceTB/SmolLM2-135M"}'
     assert ("Normal", "Promoted", f"run {rid} is promoted at adapters:{NS}/{NAME}/promoted") in second.events
+    assert second.status["result"]["serving"]["path"] == f"{NS}/{NAME}/promoted"  # serving config never changes
+    assert first.status["result"]["serving"] == result(rid=rid)["serving"], "not before it is promoted"
     cond = conditions(second)
     assert cond["Ready"]["status"] == "True" and cond["Promoted"]["status"] == "True"
     assert not [a for a in decide(seen(spec, second.status)).actions if a.verb == "ensure_job"], "switched once"
