@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 import yaml
 from transformers import LlamaConfig, MistralConfig, Qwen2Config
 
@@ -213,10 +214,27 @@ class Run:
     def __init__(self, found: dict):
         self.returncode, self.stdout, self.stderr = found["code"], found["out"], found["err"]
 
+    @classmethod
+    def of(cls, saved: dict) -> "Run":
+        return cls({"code": saved["returncode"], "out": saved["stdout"], "err": saved["stderr"]})
+
 
 @pytest.fixture(scope="module")
-def example_plans(offline_world, tmp_path_factory):
-    """`sftop plan` of every SFTJob of every example, its data on the claims it names: {(example, name): run}."""
+def example_plans(offline_world, tmp_path_factory, worker_id):
+    """`sftop plan` of every SFTJob of every example, its data on the claims it names: {(example, name): run}. Made
+    once per test session: side by side (pytest-xdist), the first worker to need it makes it and the others read
+    it (the plans name no path of the world they were made in)."""
+    if worker_id == "master":
+        return _example_plans(offline_world, tmp_path_factory)
+    shared = tmp_path_factory.getbasetemp().parent / "example-plans.json"
+    with FileLock(f"{shared}.lock"):
+        if not shared.is_file():
+            made = _example_plans(offline_world, tmp_path_factory)
+            shared.write_text(json.dumps([[*key, vars(run)] for key, run in made.items()]))
+    return {(example, name): Run.of(run) for example, name, run in json.loads(shared.read_text())}
+
+
+def _example_plans(offline_world: Path, tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("examples")
     calls, keys = [], []
     for example in sorted(p.name for p in EXAMPLES.glob("*.yaml")):
