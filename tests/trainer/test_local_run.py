@@ -9,6 +9,7 @@ import yaml
 from sftop import api, render
 from sftop.cli import main
 from sftop_trainer import taskapi
+from sftop_trainer.result import compact
 
 MANIFEST = """
 apiVersion: v1
@@ -154,6 +155,35 @@ def test_demo_fine_tunes_the_real_model_and_shows_before_and_after(tmp_path, smo
     assert out.count("  before:   ") == 3 and out.count("  after:    ") == 3
     assert f"held-out requests ({demo.TEST_ROWS}, task titles never seen in training)" in out
     assert "adapter: " in out
+
+    # What the run recorded behind the table (the trainer's evaluation on a real model): before, few-shot and
+    # after on the same held-out prompts, the samples, the record a resumed run continues from, and the compact
+    # form the SFTJob's status gets.
+    folder, = (tmp_path / "demo" / "volumes" / "adapters").glob("**/result.json")
+    result = json.loads(folder.read_text())
+    ev = result["evaluation"]
+    before_, after_, few_ = ev["before"], ev["after"], ev["fewShot"]
+    assert ev["prompts"] == demo.TEST_ROWS and after_["step"] == result["steps"]
+    assert before_["validJson"] <= 0.25 and after_["validJson"] >= 0.95
+    assert after_["exactMatch"] > few_["exactMatch"] and few_["shots"] == 3 and few_["validJson"] > before_["validJson"]
+    assert round(100 * after_["exactMatch"], 1) == after and round(100 * before_["exactMatch"], 1) == before
+    assert after_["evalLoss"] < before_["evalLoss"] and after_["meanTokenAccuracy"] > before_["meanTokenAccuracy"]
+    assert len(ev["samples"]) == 3
+    for sample in ev["samples"]:
+        assert set(sample) == {"prompt", "expected", "answer", "before", "match"}
+        assert sample["match"] == (json.loads(sample["expected"]) == _json(sample["answer"]))
+    saved = json.loads((folder.parent / "evaluation.json").read_text())
+    assert saved["before"]["exactMatch"] == before_["exactMatch"] and saved["history"][-1]["step"] == result["steps"]
+    assert saved["fewShot"] == few_
+    message = compact(result)
+    assert len(message.encode()) <= 4096 and json.loads(message)["evaluation"]["after"] == after_
+
+
+def _json(text):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def local_run(tmp_path, name: str, text: str, volumes) -> tuple[int, str]:

@@ -1,6 +1,7 @@
 """The trainer on a real pretrained chat model, SmolLM2-135M-Instruct (installed from PyPI, nothing downloaded):
-the loss falls on the answers only, the evaluation scores held-out answers before and after training, and the
-model's Hub id works the same way as its folder."""
+the loss falls on the answers only, and the model's Hub id works the same way as its folder. The evaluation on the
+real model (held-out answers before, few-shot and after) is asserted on the demo's run
+(tests/trainer/test_local_run.py), which trains it further than a test here would."""
 
 import json
 import os
@@ -10,7 +11,6 @@ import sys
 from sftop_trainer import taskapi
 from sftop_trainer.config import TrainerConfig
 from sftop_trainer.progress import Progress
-from sftop_trainer.result import compact
 from sftop_trainer.train import build_trainer
 
 
@@ -40,41 +40,6 @@ def test_the_real_template_trains_on_the_answer_after_the_inference_prompt(smoll
     prompt = smollm2_tokenizer.apply_chat_template(raw[:-1], add_generation_prompt=True, tokenize=True,
                                                    return_dict=True)["input_ids"]
     assert row["input_ids"] == list(prompt) + trained
-
-
-def test_evaluation_scores_held_out_answers_before_and_after(smollm2, tmp_path, train):
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(config(smollm2, tmp_path, evaluation={"prompts": 16, "samples": 3, "fewShot": 4})))
-    run = train(path)
-    assert run.code == 0, run.message
-    ev = run.result["evaluation"]
-    before, after, few = ev["before"], ev["after"], ev["fewShot"]
-    assert ev["prompts"] == 16 and after["step"] == 12
-    # before training the model chats instead of answering with a Task API call; after 12 steps it writes them
-    assert before["validJson"] <= 0.25 and before["exactMatch"] == 0
-    assert after["validJson"] >= 0.75 and after["exactMatch"] > before["exactMatch"]
-    # prompting with four training rows as examples, on the same prompts: it learns the format from them, less
-    # than training teaches it
-    assert few["shots"] == 4 and few["validJson"] > before["validJson"]
-    assert after["exactMatch"] > few["exactMatch"]
-    assert after["evalLoss"] < before["evalLoss"] and after["meanTokenAccuracy"] > before["meanTokenAccuracy"]
-    assert len(ev["samples"]) == 3
-    for sample in ev["samples"]:
-        assert set(sample) == {"prompt", "expected", "answer", "before", "match"}
-        assert sample["match"] == (json.loads(sample["expected"]) == _json(sample["answer"]))
-    # the record a resumed run continues from, and the compact form the SFTJob's status gets
-    saved = json.loads((run.out / "evaluation.json").read_text())
-    assert saved["before"]["exactMatch"] == before["exactMatch"] and saved["history"][-1]["step"] == 12
-    assert saved["fewShot"] == few
-    assert run.message["evaluation"]["after"] == after and len(run.message["evaluation"]["samples"]) == 3
-    assert len(compact(run.result).encode()) <= 4096
-
-
-def _json(text):
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None
 
 
 def test_the_hub_id_works_like_the_folder(smollm2, tmp_path):
