@@ -20,21 +20,11 @@ end
 local phase = obj.status.phase
 local message = obj.status.message or ""
 local reason = phase
-local stalled = false
-local reconciling = false
+local held = {}
 if obj.status.conditions ~= nil then
   for _, condition in ipairs(obj.status.conditions) do
-    if condition.type == "Reconciling" and condition.status == "True" then
-      reconciling = true
-      if condition.reason ~= nil then
-        reason = condition.reason
-      end
-      if phase == "Succeeded" and condition.message ~= nil then
-        message = condition.message
-      end
-    end
-    if condition.type == "Stalled" and condition.status == "True" then
-      stalled = true
+    if (condition.type == "Reconciling" or condition.type == "Stalled") and condition.status == "True" then
+      held[condition.type] = true
       if condition.reason ~= nil then
         reason = condition.reason
       end
@@ -44,6 +34,8 @@ if obj.status.conditions ~= nil then
     end
   end
 end
+local stalled = held["Stalled"] == true
+local reconciling = held["Reconciling"] == true
 if phase == "Succeeded" and stalled then
   -- spec.promotion: trained, but its gate refused the run; the promoted adapter is unchanged
   hs.status = "Degraded"
