@@ -113,8 +113,11 @@ async def test_kubectl_apply_runs_to_succeeded_with_progress_result_and_adapter(
     assert condition(status, "Succeeded")["status"] == "True"
     described = await kubectl(emu, "describe", "sftjob", "tiny")
     events = described.split("Events:", 1)[1]
-    for reason in ("Validating", "Validated", "PodStarting", "Training", "Succeeded"):
+    for reason in ("Validating", "Validated", "Training", "Succeeded"):
         assert reason in events, described
+    # the wait for the pod: its container starting, unless the pod was already running at the operator's next
+    # look (a busy machine, or a cached image), as on any cluster
+    assert "PodStarting" in events or "WaitingForPod" in events, described
     assert "Succeeded" in (await kubectl(emu, "get", "sft", "tiny")).splitlines()[1]
 
 
