@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -75,8 +76,10 @@ def _validator():
     env = celpy.Environment()
     programs: dict[str, Any] = {}
 
-    def cel(validator, rules, instance, schema):
+    def failures(rules: list[dict[str, Any]], instance: Any) -> tuple[str, ...]:
+        """The messages of the rules that fail on one node."""
         bound = {"self": celpy.json_to_cel(instance)}  # once for all the rules of this node
+        failed = []
         for rule in rules:
             if rule["rule"] not in programs:
                 programs[rule["rule"]] = env.program(env.compile(rule["rule"]))
@@ -86,7 +89,22 @@ def _validator():
                 ok = False
                 rule = {**rule, "message": f"{rule.get('message', rule['rule'])} ({e})"}
             if not bool(ok):
-                yield jsonschema.ValidationError(rule.get("message") or f"failed rule: {rule['rule']}")
+                failed.append(rule.get("message") or f"failed rule: {rule['rule']}")
+        return tuple(failed)
+
+    @functools.lru_cache(maxsize=4096)
+    def remembered(rules: str, instance: str) -> tuple[str, ...]:
+        """Rules are pure functions of their node, so a node seen before (the same spec in many SFTJobs, a
+        manifest validated again) is answered from here: the interpreter costs milliseconds a rule."""
+        return failures(json.loads(rules), json.loads(instance))
+
+    def cel(validator, rules, instance, schema):
+        try:
+            found = remembered(json.dumps(rules, sort_keys=True), json.dumps(instance, sort_keys=True))
+        except TypeError:  # a value JSON does not have (a YAML date): evaluated as it is
+            found = failures(rules, instance)
+        for message in found:
+            yield jsonschema.ValidationError(message)
 
     cls = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"x-kubernetes-validations": cel})
     schema = open_api_schema()

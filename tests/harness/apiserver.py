@@ -417,15 +417,27 @@ class ApiServer(kmock.KubernetesEmulator):
 
     async def _collect_if_dangling(self, request: Any) -> None:
         """A new object whose owners are all absent is collected at once (the real collector does so within moments
-        of seeing it)."""
+        of seeing it). An owner is looked up as the garbage collector's `isDangling` does
+        (kubernetes/pkg/controller/garbagecollector/garbagecollector.go): by apiVersion, kind, the dependent's
+        namespace (or none, for a cluster-scoped owner) and name; absent, or present under another uid, is
+        absent."""
         meta = request.data.get("metadata") or {}
-        owners = {o.get("uid") for o in meta.get("ownerReferences") or []}
-        if not owners:
-            return
-        alive = {o.get("metadata", {}).get("uid") for o in self.objects.values() if not o.deleted}
-        if not owners & alive:
+        refs = meta.get("ownerReferences") or []
+        if refs and not any(self._owner_present(meta.get("namespace"), ref) for ref in refs):
             uid = meta.get("uid")
             await self._collect(lambda m: m.get("uid") == uid)
+
+    def _owner_present(self, namespace: str | None, ref: dict[str, Any]) -> bool:
+        group = ref.get("apiVersion", "").rpartition("/")[0]
+        for res, info in list(self.resources.items()):
+            if res.group != group or info.kind != ref.get("kind"):
+                continue
+            for ns in (namespace, None):
+                key = (res, ns, ref.get("name"))
+                if key in self.objects and not self.objects[key].deleted and \
+                        self.objects[key].get("metadata", {}).get("uid") == ref.get("uid"):
+                    return True
+        return False
 
     async def _collect(self, collected: Callable[[dict], bool]) -> None:
         """Delete the objects whose metadata `collected` picks, then their dependents."""

@@ -203,6 +203,14 @@ async def test_garbage_collector_deletes_an_object_whose_owners_are_all_gone(api
     resp = await create_cm(apiserver, {"apiVersion": "v1", "kind": "ConfigMap",
                                        "metadata": {"name": "orphan", "ownerReferences": [ref]}})
     assert resp.status == 201 and obj(apiserver, "v1/configmaps", "orphan") is None
+    await create_cm(apiserver, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owner"}})
+    uid = obj(apiserver, "v1/configmaps", "owner")["metadata"]["uid"]
+    for name, owner_uid in (("child", uid), ("child-of-an-earlier-owner", "uid-of-a-deleted-owner-of-that-name")):
+        await create_cm(apiserver, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+            "name": name, "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner",
+                                               "uid": owner_uid}]}})
+    assert obj(apiserver, "v1/configmaps", "child") is not None
+    assert obj(apiserver, "v1/configmaps", "child-of-an-earlier-owner") is None
 
 
 async def test_a_merge_patch_removes_a_nested_field_set_to_null(apiserver):
