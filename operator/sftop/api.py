@@ -275,6 +275,10 @@ class ResourcesSpec(Spec):
     priority_class_name: ObjectName | None = Field(None, description="PriorityClass of the trainer pod; Kueue "
                                                                      "also uses it to order and preempt "
                                                                      "workloads.")
+    profile: _pattern(DNS1123_LABEL, "a GPU profile name (lowercase letters, digits and '-')", "a100-80g",
+                      63) | None = Field(None, description=(
+        "A GPU profile of the cluster's SFTPolicy (`kubectl get sftpolicy default -o yaml`): its node placement, GPU "
+        "memory, queue and per-GPU CPU and memory, where this spec sets none. An unknown profile is refused."))
     gpu_memory: Quantity | None = Field(None, description="Memory of each GPU, for example `80Gi`: the plan checks "
                                                           "that the run fits it, and a run that cannot fit fails "
                                                           "before it asks for GPUs. When unset, the "

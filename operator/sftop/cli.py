@@ -2,6 +2,8 @@
 
     sftop --version                    print the version
     sftop crd                          print the SFTJob CustomResourceDefinition
+    sftop crd --policy                 print the SFTPolicy CustomResourceDefinition
+    sftop crd --admission              print the ValidatingAdmissionPolicy that enforces an SFTPolicy at apply
     sftop validate FILE...             check SFTJob manifests offline; exit 1 when any is invalid
     sftop plan MANIFEST                the run's plan: data, steps, parameters, GPU memory (no training, no GPU)
     sftop run MANIFEST --local         run an SFTJob's training on this machine (CPU or local GPUs)
@@ -17,9 +19,14 @@ from pathlib import Path
 
 
 def _crd(args: argparse.Namespace) -> int:
-    from sftop.crd import crd_yaml, reference_markdown
+    from sftop.crd import admission_yaml, crd_yaml, policy_crd_yaml, reference_markdown
 
-    sys.stdout.write(reference_markdown() if args.markdown else crd_yaml())
+    if args.policy:
+        sys.stdout.write(reference_markdown(policy=True) if args.markdown else policy_crd_yaml())
+    elif args.admission:
+        sys.stdout.write(admission_yaml())
+    else:
+        sys.stdout.write(reference_markdown() if args.markdown else crd_yaml())
     return 0
 
 
@@ -155,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("crd", help="print the SFTJob CustomResourceDefinition (YAML)")
     p.add_argument("--markdown", action="store_true", help="print the API reference (docs/api.md) instead")
+    p.add_argument("--policy", action="store_true", help="the SFTPolicy CRD (with --markdown: its reference, "
+                                                         "docs/policy-api.md)")
+    p.add_argument("--admission", action="store_true", help="the ValidatingAdmissionPolicy over SFTJobs, with the "
+                                                            "SFTPolicy as its parameter")
     p.set_defaults(func=_crd)
 
     p = sub.add_parser("validate", help="check SFTJob manifests against the CRD schema, its rules and the API "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from sftop import kueue, lifecycle, refs, render, report
+from sftop import kueue, lifecycle, policy, refs, render, report
 from sftop.children import apply_priority, apply_suspend, children
 from sftop.promotion import metrics_of, promotion_step
 from sftop.records import Action, Decision, Observed
@@ -44,18 +44,36 @@ def decide(seen: Observed) -> Decision:
 
     job = seen.job
     warm_start = None
+    if job is None and seen.policy_missing:
+        return refs.cannot_start(seen, status, rid, out, "PolicyMissing", seen.policy_missing, False, WAIT_RETRY)
+    if job is None and seen.policy is not None:
+        broken = policy.violations(seen.policy, seen.body, seen.namespace)
+        if broken:
+            message = "refused by the cluster's SFTPolicy " + (seen.policy.get("metadata") or {}).get("name", "") + \
+                      ": " + "; ".join(m for _, m in broken) + " (kubectl get sftpolicy -o yaml; docs/security.md)"
+            return refs.cannot_start(seen, status, rid, out, "PolicyViolation", message, True)
+    if seen.policy is not None:  # the profile's placement and the policy's default deadline
+        spec = seen.spec = policy.place(spec, seen.policy, seen.namespace)
     if job is None:
         if seen.missing is not None:
             return refs.waiting_for_reference(seen, status, rid, out)
         warm_start, problem = refs.resolve_warm_start(seen, status, rid)
         if problem is not None:
-            return refs.warm_start_problem(seen, status, rid, out, *problem)
+            return refs.cannot_start(seen, status, rid, out, *problem)
         if spec.validation.enabled and not (current.get("id") == rid and current.get("validated")):
             status, passed = validation(seen, status, rid, warm_start, out)
             if not passed:
                 out.status = status
                 out.requeue = None if status.get("phase") in lifecycle.TERMINAL else WAIT_RETRY
                 return out
+        if seen.policy is not None:
+            limit = policy.effective(seen.policy, seen.namespace)["maxGpusPerNamespace"]
+            wanted = spec.resources.gpus * spec.distribution.nodes
+            if 0 <= limit < seen.gpus_in_flight + wanted:
+                message = (f"waiting for GPUs: the namespace's runs hold {seen.gpus_in_flight} of the "
+                           f"{limit} GPUs its policy allows at once (maxGpusPerNamespace), and this run needs "
+                           f"{wanted}; it starts when others finish")
+                return refs.cannot_start(seen, status, rid, out, "WaitingForGpuQuota", message, False, WAIT_RETRY)
         job = children(seen, spec, rid, out, warm_start=warm_start, plan=status.get("plan"))
     job = apply_suspend(job, spec, seen.queue.workload if seen.queue is not None else None, out)
     apply_priority(job, spec, out)

@@ -148,6 +148,9 @@ class Kube:
         return self._read(lambda: self.custom.get_namespaced_custom_object(
             api.GROUP, api.VERSION, namespace, api.PLURAL, name))
 
+    def read_policy(self, name: str) -> dict[str, Any] | None:
+        return self._read(lambda: self.custom.get_cluster_custom_object(api.GROUP, api.VERSION, "sftpolicies", name))
+
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         pods = retrying(lambda: self.core.list_namespaced_pod(namespace, label_selector=selector))
         return [self.client.sanitize_for_serialization(p) for p in pods.items]

@@ -14,6 +14,7 @@ SFTJOB_LABEL = "sftop.dev/sftjob"
 RUN_LABEL = "sftop.dev/run"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 OUTPUT_ANNOTATION = "sftop.dev/output"
+GPUS_ANNOTATION = "sftop.dev/gpus"  # on a training Job: the GPUs its pods hold together (maxGpusPerNamespace)
 RENDEZVOUS_PORT = 29400
 
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from typing import Any, Callable, Coroutine
 
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
-from sftop import api, kueue, lifecycle, names, promotion, refs, render
+from sftop import api, kueue, lifecycle, names, policy, promotion, refs, render
 from sftop.cache import WatchCache, slim
 from sftop.conditions import conditions_of, holds
 from sftop.kube import Kube, KueueAbsent, now
@@ -23,6 +24,8 @@ from sftop.workqueue import Key
 
 log = logging.getLogger(__name__)
 
+POLICY_TTL = 10.0  # seconds a read of the SFTPolicy serves: a changed policy reaches new runs within this
+
 
 class Observer:
     """Reads for reconciles: `call` makes a blocking Kubernetes API call off the event loop."""
@@ -30,12 +33,42 @@ class Observer:
     def __init__(self, settings: Settings, kube: Kube, cache: WatchCache, readings: dict[Key, Reading],
                  call: Callable[..., Coroutine[Any, Any, Any]]):
         self.settings, self.kube, self.cache, self.readings, self.call = settings, kube, cache, readings, call
+        self._policy_read: tuple[float, dict[str, Any] | None] = (-POLICY_TTL, None)
 
     async def observe(self, key: Key, body: dict[str, Any]) -> Observed:
         seen = await self._observe(key, body)
+        if seen.spec is not None and self.settings.policy and (seen.job is None or seen.spec.resources.profile):
+            run = seen.status.get("run") or {}
+            if not (run.get("id") == render.run_id(seen.spec) and seen.status.get("phase") in lifecycle.TERMINAL):
+                await self._policy(seen)
         if seen.spec is not None and seen.spec.promotion is not None:
             await self._promotion(seen)
         return seen
+
+    async def _policy(self, seen: Observed) -> None:
+        """The cluster's SFTPolicy (read at most every POLICY_TTL seconds) and the GPUs the namespace's other
+        unfinished training Jobs hold."""
+        name = self.settings.policy
+        stamp, cached = self._policy_read
+        if time.monotonic() - stamp > POLICY_TTL:
+            try:
+                cached = await self.call(self.kube.read_policy, name)
+            except ApiException as e:
+                seen.policy_missing = f"the SFTPolicy {name} could not be read: {str(e).splitlines()[0][:200]}"
+                return
+            self._policy_read = (time.monotonic(), cached)
+        if cached is None:
+            seen.policy_missing = (f"the SFTPolicy {name} that this operator enforces (SFTOP_POLICY) does not exist: "
+                                   f"no run starts until it does (kubectl get sftpolicies)")
+            return
+        seen.policy = cached
+        own = names.job_name(seen.name, render.run_id(seen.spec))
+        seen.gpus_in_flight = sum(
+            policy.gpus_of(j) for (ns, n), j in self.cache.jobs.items()
+            if ns == seen.namespace and n != own
+            and (j["metadata"].get("labels") or {}).get(names.COMPONENT_LABEL) == "trainer"
+            and not (j.get("spec") or {}).get("suspend")
+            and not any(holds(conditions_of(j), c) for c in ("Complete", "Failed")))
 
     async def _promotion(self, seen: Observed) -> None:
         """The promotion Job the gate calls for, its pods, and any other switch still under way."""

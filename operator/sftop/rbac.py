@@ -20,6 +20,8 @@ RULES: list[dict[str, Any]] = [
     # OwnerReferencesPermissionEnforcement admission plugin (OpenShift's default) allows only to who may update the
     # owner's finalizers; SFTJobs serve no finalizers subresource, so this grants nothing else (docs/security.md)
     {"apiGroups": [api.GROUP], "resources": [f"{api.PLURAL}/finalizers"], "verbs": ["update"]},
+    # the cluster's SFTPolicy (SFTOP_POLICY), read before each new run creates anything
+    {"apiGroups": [api.GROUP], "resources": ["sftpolicies"], "verbs": ["get"]},
     # the runs' Jobs: create, suspend/resume, stop a superseded run
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
     # the trainer pods: state, termination message, IP for progress

@@ -47,6 +47,9 @@ class Observed:
     promotion_pods: list[dict[str, Any]] = field(default_factory=list)
     promotion_jobs: list[str] = field(default_factory=list)  # the SFTJob's promotion Jobs still running
     progress: Reading | None = None
+    policy: dict[str, Any] | None = None  # the cluster's SFTPolicy (SFTOP_POLICY), read while the run has no Job
+    policy_missing: str | None = None  # why the policy named by SFTOP_POLICY could not be had
+    gpus_in_flight: int = 0  # GPUs the namespace's other unfinished training Jobs hold (maxGpusPerNamespace)
     settings: Any = None  # sftop.settings.Settings: the defaults children are rendered with
 
 

@@ -135,9 +135,11 @@ def resolve_warm_start(seen: Observed, status: dict[str, Any],
                                          f"succeed (it is {phase or 'Pending'})", False)
 
 
-def warm_start_problem(seen: Observed, status: dict[str, Any], rid: str, out: Decision, reason: str, message: str,
-                       final: bool) -> Decision:
-    """A warm start that cannot resolve: the run fails when it never can, and waits when it may."""
+def cannot_start(seen: Observed, status: dict[str, Any], rid: str, out: Decision, reason: str, message: str,
+                 final: bool, retry: float = 0.0) -> Decision:
+    """A run that cannot start (a warm start that cannot resolve, the cluster's policy): it fails when it never can,
+    without creating anything, and waits when it may (looked at again in `retry` seconds, REFERENCE_RETRY by
+    default)."""
     assert seen.spec is not None
     new = base_status(status, seen.spec, rid, seen, None)
     phase = "Failed" if final else "Pending"
@@ -149,5 +151,5 @@ def warm_start_problem(seen: Observed, status: dict[str, Any], rid: str, out: De
         new["run"]["completionTime"] = seen.now
     if (status.get("phase"), status.get("message")) != (phase, message):
         out.events.append(("Warning", reason, message))
-    out.status, out.reason, out.requeue = new, reason, None if final else REFERENCE_RETRY
+    out.status, out.reason, out.requeue = new, reason, None if final else retry or REFERENCE_RETRY
     return out

@@ -15,7 +15,7 @@ from typing import Any
 
 from sftop import api
 from sftop.kueue import PRIORITY_LABEL, QUEUE_LABEL
-from sftop.names import (COMPONENT_LABEL, OUTPUT_ANNOTATION, POD_LAYOUT, RENDEZVOUS_PORT, RUN_LABEL, SFTJOB_LABEL,
+from sftop.names import (COMPONENT_LABEL, GPUS_ANNOTATION, OUTPUT_ANNOTATION, POD_LAYOUT, RENDEZVOUS_PORT, RUN_LABEL, SFTJOB_LABEL,
                          ClaimPath, Layout, child_labels, job_name, output_path, run_folder, service_name,
                          validation_job_name)
 from sftop.pod import CONFIG_FILE, CONTAINER, promotion_pod, trainer_pod
@@ -257,12 +257,14 @@ def job(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, settings, val
         job_spec["activeDeadlineSeconds"] = policy.active_deadline_seconds
     if policy.ttl_seconds_after_finished is not None and not validation:
         job_spec["ttlSecondsAfterFinished"] = policy.ttl_seconds_after_finished
+    annotations = {OUTPUT_ANNOTATION: output_path(spec, namespace, name, rid)}
+    if not validation:
+        annotations[GPUS_ANNOTATION] = str(spec.resources.gpus * nodes)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": validation_job_name(name, rid) if validation else job_name(name, rid),
-                     "namespace": namespace, "labels": job_labels,
-                     "annotations": {OUTPUT_ANNOTATION: output_path(spec, namespace, name, rid)}},
+                     "namespace": namespace, "labels": job_labels, "annotations": annotations},
         "spec": job_spec,
     }
 
