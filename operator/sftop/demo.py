@@ -10,6 +10,8 @@ requests before and after: exact-match and valid-JSON rates, and three sample an
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 import textwrap
@@ -98,7 +100,22 @@ def main(workdir: Path) -> int:
     if run.exit_code != 0:
         print(f"the run failed ({run.message.get('reason')}): {run.message.get('message')}", file=sys.stderr)
         return run.exit_code
-    print("\n".join(local.summary(run)))
-    print()
-    print(report(run.result, started))
+    shown = "\n".join(local.summary(run)) + "\n\n" + report(run.result, started)
+    print(shown)
+    # What this run showed, and the source it ran: the test suite checks the README's demo run by this record
+    # when it ran on the same source, instead of training the same 100 steps again.
+    (workdir / "demo.json").write_text(json.dumps({"source": source_digest(), "shown": shown}))
     return 0
+
+
+def source_digest() -> str:
+    """sha256 of the operator's and the trainer's Python source, as installed."""
+    import sftop
+    import sftop_trainer
+
+    digest = hashlib.sha256()
+    for package in (sftop, sftop_trainer):
+        root = Path(package.__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(str(path.relative_to(root.parent)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()

@@ -18,7 +18,8 @@ checks each one.
 | tables | answers `Accept: ...;as=Table` (kubectl get) for SFTJobs with the CRD's printer columns |
 | discovery | core group version `v1` (kmock says `/v1`); subresources without short names or categories; /version says 1.32 |
 | owner references | OwnerReferencesPermissionEnforcement, on (OpenShift's default): a request of the operator (by User-Agent, authorized by `owner_rules`, sftop.rbac.RULES) that sets an ownerReference with `blockOwnerDeletion: true` (new, or turned true) is answered 403 Forbidden unless those rules allow `update` on the owner's `<plural>/finalizers` in its group; an update that changes ownerReferences also needs `delete` on the object (kubernetes plugin/pkg/admission/gc/gc_admission.go: `newBlockingOwnerDeletionRefs`, `ownerRefToDeleteAttributeRecords`; docs: admission controllers, "OwnerReferencesPermissionEnforcement") |
-| garbage collector | deletes the objects whose ownerReferences name a deleted object (background propagation), and an object created with ownerReferences none of whose owners exists (a dangling owner: kubernetes pkg/controller/garbagecollector/garbagecollector.go `attemptToDeleteItem` deletes a dependent whose owners are all absent, `classifyReferences`) |
+| garbage collector | deletes the objects whose ownerReferences name a deleted object (background propagation), and an object created with ownerReferences none of whose owners exists (a dangling owner: kubernetes pkg/controller/garbagecollector/garbagecollector.go `attemptToDeleteItem` deletes a dependent whose owners are all absent, `classifyReferences`; an owner is looked up by apiVersion, kind, namespace and name, and one of that name with another uid is absent, `isDangling`) |
+| admission policies | runs every stored ValidatingAdmissionPolicy and its bindings on creates and updates (not on subresources), with its parameters (the cluster-scoped SFTPolicy among them), and refuses as the API server does: harness.admission says how, after kubernetes staging/src/k8s.io/apiserver/pkg/admission/plugin/policy |
 | faults | can answer chosen requests with an error (`fail_next`; 429 with Retry-After, as API Priority and Fairness does), delay every request (`latency`), end every watch stream (`cut_watches`), hold one resource's watches unanswered until released (`hold_watches`, `release_watches`: a watch gap; what changed meanwhile is never sent as events, and a resumed watch gets 410 once compacted), delay one resource's watch events (`watch_delay`: the watch cache feeds watchers after the write was answered, k8s.io/apiserver pkg/storage/cacher, so a client's own write's response can be newer than the events still on their way), and then answer watches that resume from an older resourceVersion with 410 Gone (`compact`, as after etcd compaction), and run a hook right after a chosen write is stored (`after_write`: a SIGKILL of the operator) |
 
 kmock matches each request against its whole request history, which makes a long test or a benchmark
@@ -52,10 +53,16 @@ from sftop.rbac import RULES, allows
 from sftop.crd import open_api_schema
 from sftop.validate import apply_defaults, schema_problems
 
+from harness import admission
+
 SFTJOBS = f"{api.GROUP}/{api.VERSION}/{api.PLURAL}"
 SFTJOB_INFO = dict(kind=api.KIND, singular=api.SINGULAR, namespaced=True, shortnames=set(api.SHORT_NAMES),
                    categories=set(api.CATEGORIES), subresources={"status"},
                    verbs={"get", "list", "watch", "create", "update", "patch", "delete"})
+SFTPOLICIES = f"{api.GROUP}/{api.VERSION}/sftpolicies"
+SFTPOLICY_INFO = dict(kind="SFTPolicy", singular="sftpolicy", namespaced=False, categories={"sftop"},
+                      verbs={"get", "list", "watch", "create", "update", "patch", "delete"})
+ADMISSION = ("validatingadmissionpolicies", "validatingadmissionpolicybindings")
 # Built-in kinds with a status subresource that the operator and the node agent write.
 STATUS_RESOURCES = {"batch/v1/jobs", "v1/pods", "v1/persistentvolumeclaims", SFTJOBS}
 KUEUE_GROUP, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta2"
@@ -120,6 +127,8 @@ class ApiServer(kmock.KubernetesEmulator):
         super().__attrs_post_init__()
         self.resources.load_bundled()
         self.resources[SFTJOBS] = dict(SFTJOB_INFO)
+        self.resources[SFTPOLICIES] = dict(SFTPOLICY_INFO)
+        self.admission_keys: set[Any] = set()  # the ValidatingAdmissionPolicies and bindings ever created
         self.revision = itertools.count(1)
         self.schema = open_api_schema()
         self.faults: list[tuple[str, str, int, float | None]] = []  # (method, path fragment, status, Retry-After)
@@ -332,6 +341,9 @@ class ApiServer(kmock.KubernetesEmulator):
             if res == SFTJOBS:
                 self._check_sftjob(request, data)
             self._check_owner_references(request, meta.get("ownerReferences") or [], None)
+            if request.resource.plural in ADMISSION:
+                self.admission_keys.add((request.resource, None, meta.get("name")))
+            self._admission(request, data, None)
         elif request.action == enums.action.UPDATE and isinstance(data, (dict, list)):
             key = (request.resource, request.namespace, request.name)
             if key not in self.objects or self.objects[key].deleted:
@@ -354,6 +366,8 @@ class ApiServer(kmock.KubernetesEmulator):
             meta["resourceVersion"] = str(next(self.revision))
             if old.get("spec") != new.get("spec"):
                 meta["generation"] = int(old.get("metadata", {}).get("generation") or 1) + 1
+            if request.subresource is None:
+                self._admission(request, dicts.patch_dict(old, data), old)
             if res == SFTJOBS and request.subresource != "status":
                 new = dicts.patch_dict(old, data)
                 self._check_sftjob(request, new)
@@ -363,6 +377,41 @@ class ApiServer(kmock.KubernetesEmulator):
                 data.clear()
                 data.update(merge_patch({k: v for k, v in old.items() if k != "status"},
                                         {k: v for k, v in new.items() if k != "status"}) or {})
+
+    def _admission(self, request: Any, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+        """ValidatingAdmissionPolicies and their bindings, as the API server's admission plugin runs them
+        (harness.admission)."""
+        live = [k for k in self.admission_keys if k in self.objects and not self.objects[k].deleted]
+        if not live:
+            return
+        kinds = {k[0].plural: [] for k in live}
+        for key in live:
+            kinds.setdefault(key[0].plural, []).append(copy.deepcopy(self.objects[key].raw))
+        operation = "CREATE" if request.action == enums.action.CREATE else "UPDATE"
+        meta = obj.get("metadata") or {}
+        denial = admission.admit(
+            kinds.get("validatingadmissionpolicies", []), kinds.get("validatingadmissionpolicybindings", []),
+            self._params, {"group": request.resource.group, "version": request.resource.version,
+                           "resource": request.resource.plural, "subResource": request.subresource,
+                           "operation": operation, "name": meta.get("name") or request.name,
+                           "namespace": request.namespace}, copy.deepcopy(obj), copy.deepcopy(old))
+        if denial is not None:
+            raise KubernetesError(status=denial.status, reason=denial.reason, message=denial.message)
+
+    def _params(self, kind: dict[str, Any], ref: dict[str, Any]) -> list[dict[str, Any]]:
+        """The parameters a binding's paramRef names: one by name, or those its selector matches (the selector's
+        matchLabels; `{}` is all of them)."""
+        group, _, version = kind.get("apiVersion", "").rpartition("/")
+        found = []
+        for (res, ns, name), obj in list(self.objects.items()):
+            if res.group != group or res.version != version or self.resources[res].kind != kind.get("kind") or \
+                    obj.deleted or ns != ref.get("namespace"):
+                continue
+            labels = (obj.get("metadata") or {}).get("labels") or {}
+            if ref.get("name") == name or ("selector" in ref and all(
+                    labels.get(k) == v for k, v in (ref["selector"].get("matchLabels") or {}).items())):
+                found.append(copy.deepcopy(obj.raw))
+        return found
 
     def _check_owner_references(self, request: Any, refs: list[dict[str, Any]], old: list[dict[str, Any]] | None) \
             -> None:
