@@ -9,8 +9,8 @@ answering pods' one reports a step that grows by one a second. The operator runs
 (`sftop operator`). After a warm-up, `--new` SFTJobs are applied at once.
 
 Reported: p50/p99 seconds from apply to the new SFTJob's Job and to its first status, status writes per running
-SFTJob per minute (over the window), how old the answering pods' progress in status is at the end (seconds
-behind the pod), the operator's CPU (share of one core over the window) and resident memory.
+SFTJob per minute (over the window), how old the answering pods' progress in status is (seconds behind the pod,
+sampled every second over the window), the operator's CPU (share of one core over the window) and resident memory.
 """
 
 from __future__ import annotations
@@ -183,8 +183,19 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 # a look at the new objects only: the measurement must not take the emulator's CPU
                 return emu.objects[key] if key in emu.objects and not emu.objects[key].deleted else None
 
+            # the answering SFTJobs' progress age, sampled every second over the window: one look at the end
+            # would catch the write cycle (4 a minute, reads every 15 s) at one arbitrary phase of it
+            ages: list[float] = []
+            last_sample = 0.0
             while time.monotonic() - w0 < args.window:
                 stamp = time.monotonic()
+                if stamp - last_sample >= 1.0:
+                    last_sample = stamp
+                    for n in answering:
+                        obj = exists((sftjobs_res, NS, n))
+                        step = (((obj or {}).get("status") or {}).get("progress") or {}).get("step")
+                        if step is not None:
+                            ages.append(stamp - t0 - step)
                 for n in new:
                     if n not in to_job and exists((jobs_res, NS, job_of[n])) is not None:
                         to_job[n] = stamp - applied[n]
@@ -200,10 +211,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                       and status_path in r.url.path and r.url.path.split("/")[-2] in seeded]
             per_kind = {kind: sum(1 for r in writes if r.url.path.split("/")[-2].startswith(kind)) for kind in
                         ("silent", "answer")}
-            now_step = time.monotonic() - t0
             sftjobs = live(emu, SFTJOBS)
-            ages = [now_step - ((sftjobs[n].get("status") or {}).get("progress") or {}).get("step", -10_000)
-                    for n in answering]
             silent_said = [(sftjobs[n].get("status") or {}) for n in silent]
             return {
                 "running": len(ip_of), "silent": args.silent, "answering": args.answering, "new": args.new,

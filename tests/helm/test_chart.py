@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from harness.pss import restricted_violations
-from sftop.crd import crd
+from sftop import policy
+from sftop.crd import admission_yaml, crd, policy_crd, policy_crd_yaml
 from sftop.rbac import RULES, rules_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,10 +134,25 @@ async def test_rendered_objects_are_valid_and_least_privilege(helm_python, apise
         if obj["kind"] == "ServiceMonitor":  # a prometheus-operator CRD: no schema in kubernetes-validate
             assert obj["spec"]["endpoints"][0]["port"] == "metrics"
             continue
+        if obj["kind"] == "SFTPolicy":  # this chart's own CRD: its schema is the pydantic model's
+            policy.PolicySpec.model_validate(obj["spec"])
+            continue
         kubernetes_validate.validate(obj, "1.32.0", strict=True)
-    # the CRD is the generated one
-    assert kinds["CustomResourceDefinition"][0]["spec"] == crd()["spec"]
-    assert kinds["CustomResourceDefinition"][0]["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    # the CRDs are the generated ones
+    crds = {c["metadata"]["name"]: c for c in kinds["CustomResourceDefinition"]}
+    assert crds["sftjobs.sftop.dev"]["spec"] == crd()["spec"]
+    assert crds["sftpolicies.sftop.dev"]["spec"] == policy_crd()["spec"]
+    assert all(c["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"} for c in crds.values())
+    # the policy: the SFTPolicy (after the CRDs exist: a hook), the admission policy and its binding, the operator
+    # enforcing the same one
+    sftpolicy, = kinds["SFTPolicy"]
+    assert sftpolicy["metadata"]["name"] == "default"
+    assert sftpolicy["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    vap, = kinds["ValidatingAdmissionPolicy"]
+    binding, = kinds["ValidatingAdmissionPolicyBinding"]
+    assert vap["spec"] == policy.admission_policy()["spec"]
+    assert binding["spec"]["policyName"] == vap["metadata"]["name"]
+    assert binding["spec"]["paramRef"] == {"name": "default", "parameterNotFoundAction": "Deny"}
     # the operator: one replica at a time, hardened, probed
     deployment = kinds["Deployment"][0]
     assert deployment["spec"]["strategy"]["type"] == "Recreate"
@@ -147,19 +163,27 @@ async def test_rendered_objects_are_valid_and_least_privilege(helm_python, apise
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["SFTOP_NAMESPACES"] == ",".join(VARIANTS[variant].get("watchNamespaces", []))
+    assert env["SFTOP_POLICY"] == "default"
+    # users' roles, aggregated into Kubernetes' own
+    by_name = {r["metadata"]["name"]: r for r in kinds["ClusterRole"]}
+    assert by_name["sftop-edit"]["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert by_name["sftop-view"]["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert all(set(rule["verbs"]) <= {"get", "list", "watch"} for rule in by_name["sftop-view"]["rules"])
+    operator_roles = [r for name, r in by_name.items() if name in ("sftop", "sftop-crds")]
     # RBAC: exactly the operator's rules, no wildcards, scoped as the values say
-    roles = kinds.get("ClusterRole", []) + kinds.get("Role", [])
+    roles = operator_roles + kinds.get("Role", [])
     for role in roles:
         for rule in role["rules"]:
             assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], role["metadata"]["name"]
     if VARIANTS[variant].get("watchNamespaces"):
         assert sorted(r["metadata"]["namespace"] for r in kinds["Role"]) == sorted(VARIANTS[variant]["watchNamespaces"])
         assert all(r["rules"] == RULES for r in kinds["Role"])
-        cluster_rules = [rule for r in kinds["ClusterRole"] for rule in r["rules"]]
+        cluster_rules = [rule for r in operator_roles for rule in r["rules"]]
         assert cluster_rules == [{"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
-                                  "verbs": ["list", "watch"]}]
+                                  "verbs": ["list", "watch"]},
+                                 {"apiGroups": ["sftop.dev"], "resources": ["sftpolicies"], "verbs": ["get"]}]
     else:
-        assert "Role" not in kinds and kinds["ClusterRole"][0]["rules"] == RULES
+        assert "Role" not in kinds and by_name["sftop"]["rules"] == RULES
     if variant == "service-monitor":
         assert kinds["ServiceMonitor"][0]["metadata"]["labels"]["release"] == "kps" and "Service" in kinds
     if variant == "network-policy":
@@ -192,6 +216,10 @@ def network_policies_let_through_only_what_sftop_needs(policies, deployment):
 
 def test_chart_files_are_the_generated_crd_and_rules():
     assert (CHART / "files" / "sftjobs.sftop.dev.yaml").read_text() == (ROOT / "crds" / "sftjobs.sftop.dev.yaml").read_text()
+    assert (CHART / "files" / "sftpolicies.sftop.dev.yaml").read_text() == policy_crd_yaml()
+    assert (ROOT / "crds" / "sftpolicies.sftop.dev.yaml").read_text() == policy_crd_yaml()
+    assert (CHART / "files" / "admission-policy.yaml").read_text() == admission_yaml(), \
+        "run `sftop crd --admission > helm/sftop/files/admission-policy.yaml`"
     assert (CHART / "files" / "rbac-rules.yaml").read_text() == rules_yaml()
 
 
@@ -237,3 +265,27 @@ def test_the_chart_readme_lists_every_value_with_its_default():
     assert len(chart_readme.documented_values(values)) > 40
     changed = values.replace("defaultCpu: \"4\"", "defaultCpu: \"8\"")
     assert chart_readme.render(readme, changed) != readme
+
+
+async def test_the_installed_policy_refuses_at_apply_what_its_values_forbid(helm_python, apiserver, tmp_path):
+    """The chart installed with a policy in its values: the emulated API server, running the installed
+    ValidatingAdmissionPolicy with the installed SFTPolicy as its parameter, refuses what the values forbid."""
+    values = {"policy": {"spec": {"maxGpusPerJob": 4, "profiles": {
+        "a100-80g": {"nodeSelector": {"pool": "a100"}, "gpuMemory": "80Gi"}}}}}
+    objects = await render(helm_python, apiserver, tmp_path, values)
+    assert isinstance(objects, list), objects
+
+    async def apply(name, resources):
+        return await apiserver.post("/apis/sftop.dev/v1alpha1/namespaces/team-a/sftjobs", json={
+            "apiVersion": "sftop.dev/v1alpha1", "kind": "SFTJob", "metadata": {"name": name},
+            "spec": {"model": {"hub": {"id": "Qwen/Qwen2.5-0.5B-Instruct"}},
+                     "dataset": {"inline": [{"prompt": "hi", "completion": "hello"}]},
+                     "output": {"pvc": {"claimName": "adapters"}}, "resources": resources}})
+
+    resp = await apply("too-big", {"gpus": 8})
+    assert resp.status == 403 and "policy rule maxGpusPerJob" in (await resp.json())["message"]
+    resp = await apply("unknown-pool", {"gpus": 1, "profile": "h100"})
+    message = (await resp.json())["message"]
+    assert resp.status == 403 and "policy rule profiles" in message and "profiles: a100-80g" in message
+    resp = await apply("fits", {"gpus": 4, "profile": "a100-80g"})
+    assert resp.status == 201, await resp.text()

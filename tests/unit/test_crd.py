@@ -168,3 +168,5 @@ def test_api_reference_in_docs_is_generated_from_the_models():
 
     assert (ROOT / "docs" / "api.md").read_text() == reference_markdown(), \
         "docs/api.md is stale: run `sftop crd --markdown > docs/api.md`"
+    assert (ROOT / "docs" / "policy-api.md").read_text() == reference_markdown(policy=True), \
+        "docs/policy-api.md is stale: run `sftop crd --policy --markdown > docs/policy-api.md`"
