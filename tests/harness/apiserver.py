@@ -15,6 +15,7 @@ checks each one.
 | list kind | answers LIST with kind `<Kind>List`, apiVersion and metadata.resourceVersion |
 | label selectors | filters LIST and WATCH (the initial objects and every event) by `labelSelector` (equality, inequality, existence) and `fieldSelector` (equality): the server, not the client, leaves foreign objects out (k8s.io/apiserver pkg/storage/cacher: `filterWithAttrsAndPrefixFunction`, watch events filtered by the request's selectors); `sent` counts the objects each resource's LISTs and WATCHes sent, by namespace |
 | chunked lists | pages LIST with `limit` and `continue` (k8s.io/apiserver pkg/storage/etcd3/store.go `GetList`): every page but the last carries `metadata.continue`, all pages the first page's resourceVersion (docs: "Retrieving large results sets in chunks") |
+| OpenAPI v3 | serves `/openapi/v3` and each group version's document with its PATCH operations, their kind and the `fieldValidation` parameter: what kubectl and Helm read to let the server validate fields (client-go openapi3, cli-runtime `QueryParamVerifierV3`) |
 | tables | answers `Accept: ...;as=Table` (kubectl get) for SFTJobs with the CRD's printer columns |
 | discovery | core group version `v1` (kmock says `/v1`); subresources without short names or categories; /version says 1.32 |
 | owner references | OwnerReferencesPermissionEnforcement, on (OpenShift's default): a request of the operator (by User-Agent, authorized by `owner_rules`, sftop.rbac.RULES) that sets an ownerReference with `blockOwnerDeletion: true` (new, or turned true) is answered 403 Forbidden unless those rules allow `update` on the owner's `<plural>/finalizers` in its group; an update that changes ownerReferences also needs `delete` on the object (kubernetes plugin/pkg/admission/gc/gc_admission.go: `newBlockingOwnerDeletionRefs`, `ownerRefToDeleteAttributeRecords`; docs: admission controllers, "OwnerReferencesPermissionEnforcement") |
@@ -292,6 +293,8 @@ class ApiServer(kmock.KubernetesEmulator):
             yield event
 
     async def _serve(self, request: Any):
+        if request.url.path.startswith("/openapi/v3"):
+            return self._openapi_v3(request.url.path.removeprefix("/openapi/v3").strip("/"))
         found = VISIBILITY_PATH.fullmatch(request.url.path)
         if found and self.visibility is not None:
             ns, queue = found.group("namespace"), found.group("name")
@@ -321,6 +324,31 @@ class ApiServer(kmock.KubernetesEmulator):
             if uid:
                 await self._collect_garbage(uid)
         return response
+
+    def _openapi_v3(self, group_version: str) -> Any:
+        """OpenAPI v3 discovery, as far as clients read it to choose server-side field validation: the root lists
+        each group version's document, and each document's PATCH operations carry their kind and the
+        `fieldValidation` query parameter (kube-apiserver since 1.27; client-go's openapi3 Root and cli-runtime's
+        QueryParamVerifierV3 `supportsQueryParamV3`, through which kubectl and Helm, which validates hooks
+        strictly, skip client-side schema validation)."""
+        versions: dict[str, list[Any]] = {}
+        for res in list(self.resources):
+            gv = f"apis/{res.group}/{res.version}" if res.group else f"api/{res.version}"
+            versions.setdefault(gv, []).append(res)
+        if not group_version:
+            return aiohttp.web.json_response({"paths": {gv: {"serverRelativeURL": f"/openapi/v3/{gv}?hash=0"}
+                                                        for gv in versions}})
+        if group_version not in versions:
+            return aiohttp.web.json_response({"kind": "Status", "code": 404}, status=404)
+        paths = {}
+        for res in versions[group_version]:
+            info = self.resources[res]
+            scope = "namespaces/{namespace}/" if info.namespaced else ""
+            paths[f"/{group_version}/{scope}{res.plural}/{{name}}"] = {"patch": {
+                "x-kubernetes-group-version-kind": {"group": res.group, "version": res.version, "kind": info.kind},
+                "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}]}}
+        return aiohttp.web.json_response({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.32.0"},
+                                          "paths": paths})
 
     async def _admit(self, request: Any) -> None:
         res = _res(request.resource)
