@@ -6,7 +6,7 @@ import json
 
 import yaml
 
-from harness.cluster import NS, apply, condition, objs, patch, requests, status_of, wait_for
+from harness.cluster import NS, apply, condition, kubectl, objs, patch, requests, status_of, wait_for
 from sftop.render import COMPONENT_LABEL
 
 PATH = f"/apis/sftop.dev/v1alpha1/namespaces/{NS}/sftjobs/tiny"
@@ -56,15 +56,6 @@ def training_jobs(emu):
     return [j for j in objs(emu, "batch/v1/jobs") if j["metadata"]["labels"][COMPONENT_LABEL] == "trainer"]
 
 
-async def kubectl(emu, *args):
-    proc = await asyncio.create_subprocess_exec(
-        "kubectl", "--server", str(emu.url).rstrip("/"), "--namespace", NS, *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    return out.decode()
-
-
 async def test_kubectl_apply_runs_to_succeeded_with_progress_result_and_adapter(cluster, tmp_path):
     emu, node, _ = cluster
     path = tmp_path / "tiny.yaml"
@@ -81,7 +72,7 @@ async def test_kubectl_apply_runs_to_succeeded_with_progress_result_and_adapter(
     progress = await until(emu, mid_run_progress, node)
     table = await kubectl(emu, "get", "sftjobs")
     header, row = table.splitlines()[:2]
-    assert header.split() == ["NAME", "PHASE", "MODEL", "METHOD", "PROGRESS", "LOSS", "ETA", "AGE"]
+    assert header.split() == ["NAME", "PHASE", "MODEL", "METHOD", "PROGRESS", "LOSS", "ETA", "PROFILE", "AGE"]
     cells = row.split()
     assert cells[:4] == ["tiny", "Running", "pvc:models/tiny", "lora"] and 0 < int(cells[4]) < 100
     assert float(cells[5]) > 0 and cells[6].endswith("s") and progress["step"] > 0

@@ -127,6 +127,16 @@ class Operator:
         self.thread = None
 
 
+async def kubectl(emu: ApiServer, *args: str) -> str:
+    """kubectl against the emulated API server, in the tests' namespace: its output."""
+    proc = await asyncio.create_subprocess_exec(
+        "kubectl", "--server", str(emu.url).rstrip("/"), "--namespace", NS, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
 async def apply(emu: ApiServer, manifest: dict[str, Any]) -> Any:
     ns = manifest["metadata"].get("namespace", NS)
     return await emu.post(f"/apis/sftop.dev/v1alpha1/namespaces/{ns}/sftjobs", json=manifest)

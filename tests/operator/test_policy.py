@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.cluster import NS, apply, condition, objs, patch, status_of, wait_for
+from harness.cluster import NS, apply, condition, kubectl, objs, patch, status_of, wait_for
 from sftop import policy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -177,6 +177,8 @@ async def test_a_profile_places_the_run_fills_its_resources_and_queue_and_the_de
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu" and job["spec"]["suspend"] is True
     assert job["spec"]["activeDeadlineSeconds"] == 43200
     assert job["metadata"]["annotations"]["sftop.dev/gpus"] == "2"
+    header, row = (await kubectl(apiserver, "get", "sftjobs")).splitlines()[:2]
+    assert row[header.index("PROFILE"):].split()[0] == "a100-80g"
     # the run id is the user's spec: the platform team editing the profile does not start a new run
     rid = (await wait_for(lambda: status_of(apiserver).get("run"), timeout=10))["id"]
     changed = copy.deepcopy(POLICY)
