@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from sftop import kueue, lifecycle, policy, refs, render, report
+from sftop import kueue, lifecycle, names, policy, refs, render, report
 from sftop.children import apply_priority, apply_suspend, children
 from sftop.promotion import metrics_of, promotion_step
 from sftop.records import Action, Decision, Observed
@@ -36,6 +36,9 @@ def decide(seen: Observed) -> Decision:
     current = status.get("run") or {}
     if current.get("id") and current["id"] != rid:
         status = supersede(seen, status, rid, out)
+    elif current.get("id") == rid and policy.judged_again(status, generation):
+        status = {k: v for k, v in status.items() if k not in ("phase", "message")}
+        status["run"] = {"id": rid}
     elif current.get("id") == rid and status.get("phase") in lifecycle.TERMINAL:
         # A finished run stays finished: only the generation the status speaks for moves (and what is promoted).
         out.status = {**status, "observedGeneration": generation}
@@ -54,6 +57,8 @@ def decide(seen: Observed) -> Decision:
             return refs.cannot_start(seen, status, rid, out, "PolicyViolation", message, True)
     if seen.policy is not None:  # the profile's placement and the policy's default deadline
         spec = seen.spec = policy.place(spec, seen.policy, seen.namespace)
+    if job is not None and spec.queue_name != names.job_queue(job, spec.queue_name):
+        spec = seen.spec = spec.model_copy(update={"queue_name": names.job_queue(job, spec.queue_name)})
     if job is None:
         if seen.missing is not None:
             return refs.waiting_for_reference(seen, status, rid, out)

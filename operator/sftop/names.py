@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
+from typing import Any
 
 from sftop import api
 
@@ -92,3 +93,10 @@ def child_labels(name: str, rid: str, component: str = "trainer") -> dict[str, s
         SFTJOB_LABEL: name,
         RUN_LABEL: rid,
     }
+
+
+def job_queue(job: dict[str, Any] | None, queue: str | None) -> str | None:
+    """The Kueue LocalQueue a training Job was created in (its queue-name label), else `queue`: a queue that came
+    from a GPU profile stays the Job's even when the profile changes or the policy cannot be read."""
+    labels = ((job or {}).get("metadata") or {}).get("labels") or {}
+    return labels.get("kueue.x-k8s.io/queue-name") or queue

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from typing import Any, Callable, Coroutine
 
 from kubernetes.client.rest import ApiException
@@ -24,8 +23,6 @@ from sftop.workqueue import Key
 
 log = logging.getLogger(__name__)
 
-POLICY_TTL = 10.0  # seconds a read of the SFTPolicy serves: a changed policy reaches new runs within this
-
 
 class Observer:
     """Reads for reconciles: `call` makes a blocking Kubernetes API call off the event loop."""
@@ -33,30 +30,27 @@ class Observer:
     def __init__(self, settings: Settings, kube: Kube, cache: WatchCache, readings: dict[Key, Reading],
                  call: Callable[..., Coroutine[Any, Any, Any]]):
         self.settings, self.kube, self.cache, self.readings, self.call = settings, kube, cache, readings, call
-        self._policy_read: tuple[float, dict[str, Any] | None] = (-POLICY_TTL, None)
 
     async def observe(self, key: Key, body: dict[str, Any]) -> Observed:
         seen = await self._observe(key, body)
         if seen.spec is not None and self.settings.policy and (seen.job is None or seen.spec.resources.profile):
             run = seen.status.get("run") or {}
-            if not (run.get("id") == render.run_id(seen.spec) and seen.status.get("phase") in lifecycle.TERMINAL):
+            finished = run.get("id") == render.run_id(seen.spec) and seen.status.get("phase") in lifecycle.TERMINAL
+            if not finished or policy.judged_again(seen.status, seen.generation):
                 await self._policy(seen)
         if seen.spec is not None and seen.spec.promotion is not None:
             await self._promotion(seen)
         return seen
 
     async def _policy(self, seen: Observed) -> None:
-        """The cluster's SFTPolicy (read at most every POLICY_TTL seconds) and the GPUs the namespace's other
-        unfinished training Jobs hold."""
+        """The cluster's SFTPolicy, read afresh (a refusal is final for the spec it judges, so it must never come
+        from an old copy), and the GPUs the namespace's other unfinished training Jobs hold."""
         name = self.settings.policy
-        stamp, cached = self._policy_read
-        if time.monotonic() - stamp > POLICY_TTL:
-            try:
-                cached = await self.call(self.kube.read_policy, name)
-            except ApiException as e:
-                seen.policy_missing = f"the SFTPolicy {name} could not be read: {str(e).splitlines()[0][:200]}"
-                return
-            self._policy_read = (time.monotonic(), cached)
+        try:
+            cached = await self.call(self.kube.read_policy, name)
+        except ApiException as e:
+            seen.policy_missing = f"the SFTPolicy {name} could not be read: {str(e).splitlines()[0][:200]}"
+            return
         if cached is None:
             seen.policy_missing = (f"the SFTPolicy {name} that this operator enforces (SFTOP_POLICY) does not exist: "
                                    f"no run starts until it does (kubectl get sftpolicies)")
@@ -105,7 +99,8 @@ class Observer:
             return seen
         rid = render.run_id(spec)
         recorded = (seen.status.get("run") or {}).get("id") == rid
-        if recorded and seen.status.get("phase") in lifecycle.TERMINAL:
+        if recorded and seen.status.get("phase") in lifecycle.TERMINAL and \
+                not policy.judged_again(seen.status, seen.generation):
             return seen
         jname = names.job_name(name, rid)
         seen.job = self.cache.jobs.get((namespace, jname))
@@ -127,7 +122,7 @@ class Observer:
                                                                    False)
             return seen
         seen.pods = await self._pods(namespace, name, rid, "trainer", seen.job)
-        seen.queue = await self._queue_view(seen.job, spec.queue_name, spec.suspend)
+        seen.queue = await self._queue_view(seen.job, names.job_queue(seen.job, spec.queue_name), spec.suspend)
         return seen
 
     async def _read_job(self, namespace: str, name: str) -> dict[str, Any] | None:

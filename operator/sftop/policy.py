@@ -22,11 +22,11 @@ import copy
 import functools
 import json
 import re
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field
 
-from sftop import api
+from sftop import api, lifecycle
 from sftop.names import GPUS_ANNOTATION
 from sftop_trainer.config import Spec
 
@@ -57,30 +57,41 @@ class Profile(Spec):
 # Each rule's default, when neither the namespace's override nor the cluster's policy sets it. `*` in a list allows
 # anything; -1 is no limit.
 DEFAULTS: dict[str, Any] = {
-    "images": [], "trustRemoteCode": False, "hubOrganizations": ["*"], "claims": ["*"], "maxGpusPerJob": -1,
+    "images": [], "trustRemoteCode": False, "hubOrganizations": ["*"], "claims": ["*"], "outputClaims": ["*"],
+    "allowedProfiles": ["*"], "maxGpusPerJob": -1,
     "maxGpusPerNamespace": -1, "priorityClasses": ["*"], "workloadPriorityClasses": ["*"], "requireQueue": False,
     "nodeSelectorKeys": ["*"], "tolerationKeys": ["*"], "allowAffinity": True, "maxActiveDeadlineSeconds": -1,
     "defaultActiveDeadlineSeconds": -1,
 }
 
 
+ImagePrefix = Annotated[str, Field(min_length=1, max_length=512, pattern=r"^(\*|.*[/:@])$")]
+Name = Annotated[str, Field(min_length=1, max_length=253)]
+
+
 class Rules(Spec):
     """What an SFTJob may ask for. Every rule is optional: unset, a namespace's rule is the cluster's, and the
     cluster's is its default."""
 
-    images: list[str] | None = Field(None, max_length=256, description=(
+    images: list[ImagePrefix] | None = Field(None, max_length=256, description=(
         "Trainer images `spec.image` may name, as prefixes: end each with `/`, `:` or `@` (`ghcr.io/acme/` allows "
         "that registry path; `ghcr.io/acme/trainer:` that repository at any tag); `*` allows any. An SFTJob that "
         "names no image runs the operator's own. Default: none, only the operator's own image."))
     trust_remote_code: bool | None = Field(None, description=(
         "Whether `model.trustRemoteCode: true` is allowed (a model repository's own Python runs in the validation "
         "and training pods). Default: false."))
-    hub_organizations: list[str] | None = Field(None, max_length=256, description=(
+    hub_organizations: list[Name] | None = Field(None, max_length=256, description=(
         "Hub organisations (or users) whose models and datasets may be used, the part of the id before `/`; `*` "
         "allows any. Default: any."))
-    claims: list[str] | None = Field(None, max_length=256, description=(
-        "PersistentVolumeClaims a model or dataset may be read from (`model.pvc`, `dataset.pvc`); `*` allows any "
-        "claim of the SFTJob's namespace. Default: any."))
+    claims: list[Name] | None = Field(None, max_length=256, description=(
+        "PersistentVolumeClaims a model, dataset or warm-start adapter may be read from (`model.pvc`, `dataset.pvc`, "
+        "`warmStart.pvc`); `*` allows any claim of the SFTJob's namespace. Default: any."))
+    output_claims: list[Name] | None = Field(None, max_length=256, description=(
+        "PersistentVolumeClaims runs may write to or create (`output.pvc.claimName`); `*` allows any. Default: "
+        "any."))
+    allowed_profiles: list[Name] | None = Field(None, max_length=256, description=(
+        "GPU profiles runs may pick (`resources.profile`): set per namespace to give each team its own pools; `*` "
+        "allows every profile. Default: every profile."))
     max_gpus_per_job: int | None = Field(None, ge=-1, description=(
         "Most GPUs one SFTJob may ask for (`resources.gpus` x `distribution.nodes`); -1: no limit. Default: no "
         "limit."))
@@ -88,16 +99,16 @@ class Rules(Spec):
         "Most GPUs a namespace's runs may hold at once, for clusters without Kueue: a run that would go over waits "
         "(reason WaitingForGpuQuota) until others finish. Enforced by the operator only; -1: no limit. Default: no "
         "limit."))
-    priority_classes: list[str] | None = Field(None, max_length=256, description=(
+    priority_classes: list[Name] | None = Field(None, max_length=256, description=(
         "PriorityClasses `resources.priorityClassName` may name; `*` allows any. Default: any."))
-    workload_priority_classes: list[str] | None = Field(None, max_length=256, description=(
+    workload_priority_classes: list[Name] | None = Field(None, max_length=256, description=(
         "Kueue WorkloadPriorityClasses `workloadPriorityClassName` may name; `*` allows any. Default: any."))
     require_queue: bool | None = Field(None, description=(
         "Every run goes through Kueue: `queueName` (or its profile's queue) must be set. Default: false."))
-    node_selector_keys: list[str] | None = Field(None, max_length=256, description=(
+    node_selector_keys: list[Name] | None = Field(None, max_length=256, description=(
         "Node label keys `resources.nodeSelector` may use; `*` allows any. A profile's own placement is always "
         "allowed. Default: any."))
-    toleration_keys: list[str] | None = Field(None, max_length=256, description=(
+    toleration_keys: list[Name] | None = Field(None, max_length=256, description=(
         "Taint keys `resources.tolerations` may tolerate; `*` allows any, including a toleration without a key "
         "(which tolerates every taint). Default: any."))
     allow_affinity: bool | None = Field(None, description=(
@@ -138,8 +149,11 @@ def _allowed(rule: str, value: str) -> str:
 
 
 def _listed(rule: str) -> str:
-    """The rule's list in words, for messages."""
-    return f"(variables.{rule}.size() == 0 ? 'none' : variables.{rule}.join(', '))"
+    """The rule's list in words, for messages: a long one by its size (the API server drops a message over 5 KiB
+    for the expression's text)."""
+    return (f"(variables.{rule}.size() == 0 ? 'none' : variables.{rule}.size() > 20 ? "
+            f"string(variables.{rule}.size()) + ' entries (kubectl get sftpolicy -o yaml)' : "
+            f"variables.{rule}.join(', '))")
 
 
 RES = "object.spec.resources"
@@ -175,6 +189,15 @@ VALIDATIONS: list[tuple[str, str, str]] = [
      "!has(object.spec.dataset.pvc) || " + _allowed("claims", "object.spec.dataset.pvc.claimName"),
      "'policy rule claims: spec.dataset.pvc.claimName ' + object.spec.dataset.pvc.claimName + ' is not an "
      "allowed claim; allowed: ' + " + _listed("claims")),
+    ("claims",
+     "!has(object.spec.warmStart) || !has(object.spec.warmStart.pvc) || "
+     + _allowed("claims", "object.spec.warmStart.pvc.claimName"),
+     "'policy rule claims: spec.warmStart.pvc.claimName ' + object.spec.warmStart.pvc.claimName + ' is not an "
+     "allowed claim; allowed: ' + " + _listed("claims")),
+    ("outputClaims",
+     _allowed("outputClaims", "object.spec.output.pvc.claimName"),
+     "'policy rule outputClaims: spec.output.pvc.claimName ' + object.spec.output.pvc.claimName + ' is not a "
+     "claim runs may write to here; allowed: ' + " + _listed("outputClaims")),
     ("maxGpusPerJob",
      f"variables.maxGpusPerJob < 0 || {GPUS} <= variables.maxGpusPerJob",
      f"'policy rule maxGpusPerJob: the run asks for ' + string({GPUS}) + ' GPUs (resources.gpus x "
@@ -217,9 +240,29 @@ VALIDATIONS: list[tuple[str, str, str]] = [
     ("profiles",
      f"!has({RES}) || !has({RES}.profile) || (has(params.spec.profiles) && {RES}.profile in params.spec.profiles)",
      f"'policy rule profiles: spec.resources.profile ' + {RES}.profile + ' is not a GPU profile of this cluster; "
-     f"profiles: ' + (has(params.spec.profiles) && params.spec.profiles.size() > 0 ? "
-     f"params.spec.profiles.map(p, p).join(', ') : 'none')"),
+     f"profiles: ' + (!has(params.spec.profiles) || params.spec.profiles.size() == 0 ? 'none' : "
+     f"params.spec.profiles.size() > 20 ? string(params.spec.profiles.size()) + ' (kubectl get sftpolicy -o yaml)' "
+     f": params.spec.profiles.map(p, p).join(', '))"),
+    ("allowedProfiles",
+     f"!has({RES}) || !has({RES}.profile) || " + _allowed("allowedProfiles", f"{RES}.profile"),
+     f"'policy rule allowedProfiles: spec.resources.profile ' + {RES}.profile + ' is not for this namespace; "
+     f"allowed: ' + " + _listed("allowedProfiles")),
 ]
+
+# What the rules read: an update that changes none of these is not judged (dataset.inline is left out: it may be
+# large, and it is no source the rules bound).
+BOUNDED = ("image", "model", "dataset.hub", "dataset.pvc", "resources", "distribution", "queueName",
+           "workloadPriorityClassName", "runPolicy", "warmStart", "output")
+
+
+def _changed(path: str) -> str:
+    parent, _, leaf = f"spec.{path}".rpartition(".")
+    new, old = f"object.{parent}", f"oldObject.{parent}"
+    return (f"(has({new}.{leaf}) != has({old}.{leaf}) || "
+            f"(has({new}.{leaf}) && {new}.{leaf} != {old}.{leaf}))")
+
+
+JUDGED = "request.operation == 'CREATE' || " + " || ".join(_changed(p) for p in BOUNDED)
 
 RULE_NAMES = tuple(dict.fromkeys(name for name, _, _ in VALIDATIONS))
 VARIABLES = [rule for rule in DEFAULTS if rule not in ("maxGpusPerNamespace", "defaultActiveDeadlineSeconds")]
@@ -238,10 +281,9 @@ def admission_policy(name: str = "sftop") -> dict[str, Any]:
             "matchConstraints": {"resourceRules": [{
                 "apiGroups": [api.GROUP], "apiVersions": [api.VERSION], "operations": ["CREATE", "UPDATE"],
                 "resources": [api.PLURAL]}]},
-            # an SFTJob being deleted, or an update that leaves its spec alone (labels, annotations), is not
-            # judged again: a policy changed later applies to new runs, not to running ones
-            "matchConditions": [{"name": "spec-written",
-                                 "expression": "request.operation == 'CREATE' || object.spec != oldObject.spec"}],
+            # an update that changes nothing the rules read (suspend, promotion, labels) is not judged again: a
+            # run the policy has since tightened against can still be suspended, pinned or relabelled
+            "matchConditions": [{"name": "asks-for-something-the-policy-bounds", "expression": JUDGED}],
             "variables": [{"name": rule, "expression": _effective(rule)} for rule in VARIABLES],
             "validations": [{"expression": expr, "messageExpression": message, "reason": "Forbidden"}
                             for _, expr, message in VALIDATIONS],
@@ -250,15 +292,17 @@ def admission_policy(name: str = "sftop") -> dict[str, Any]:
 
 
 def admission_binding(name: str = "sftop", policy: str = DEFAULT_NAME) -> dict[str, Any]:
-    """Binds the policy to every SFTJob, with the SFTPolicy `policy` as its parameter; without it, every SFTJob is
-    refused (parameterNotFoundAction Deny), as the operator refuses them."""
+    """Binds the policy to every SFTJob, with the SFTPolicy `policy` as its parameter. Without it SFTJobs are
+    admitted (parameterNotFoundAction Allow) and the operator holds their runs (PolicyMissing): a Deny would refuse
+    every SFTJob write in the cluster, label edits included, whenever the policy is briefly absent (an upgrade
+    re-creating it, a paramKind the API server has not yet resolved)."""
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicyBinding",
         "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "sftop",
                                               "app.kubernetes.io/component": "policy"}},
         "spec": {"policyName": name, "validationActions": ["Deny"],
-                 "paramRef": {"name": policy, "parameterNotFoundAction": "Deny"}},
+                 "paramRef": {"name": policy, "parameterNotFoundAction": "Allow"}},
     }
 
 
@@ -333,7 +377,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-_QUANTITY = re.compile(r"^([0-9.]+)(.*)$")
+_QUANTITY = re.compile(r"^\+?([0-9.]+)(.*)$")
 
 
 def _times(quantity: str | int, n: int) -> str:
@@ -375,6 +419,12 @@ def place(spec: api.SFTJobSpec, policy: dict[str, Any] | None, namespace: str) -
         if deadline > 0:
             spec.run_policy.active_deadline_seconds = deadline
     return spec
+
+
+def judged_again(status: dict[str, Any], generation: int | None) -> bool:
+    """A run the policy refused is judged again once its spec changes: the fix may be a field outside the run id
+    (queueName, runPolicy, workloadPriorityClassName), so the run id alone would keep it refused."""
+    return lifecycle.phase_reason(status) == "PolicyViolation" and status.get("observedGeneration") != generation
 
 
 def gpus_of(job: dict[str, Any]) -> int:

@@ -15,7 +15,8 @@ types.go). Used by harness.apiserver for every create and update of a resource t
 - variables in order, each seeing the earlier ones (composition.go; lazily in the server, which this matches for
   any expression that does not fail); an error inside one fails every expression that uses it.
 - validations: every one is evaluated, the first denied one answers (dispatcher.go deniedDecisions[0]): its
-  messageExpression when it gives a non-empty string without a newline, else its message, else "failed expression:
+  messageExpression when it gives a non-empty string without a newline of at most 5 KiB
+  (MaxEvaluatedMessageExpressionSizeBytes), else its message, else "failed expression:
   <expression>"; reason defaults to Invalid; a runtime error is "expression '<expression>' resulted in error:
   <error>" (Invalid) under failurePolicy Fail, admitted under Ignore.
 - The client reads (apimachinery errors.NewForbidden, as the dispatcher keeps it): `<resource>.<group> "<name>" is
@@ -32,6 +33,9 @@ from typing import Any, Callable
 
 import celpy
 import celpy.celtypes as ct
+
+
+MAX_MESSAGE_BYTES = 5 * 1024  # validating/validator.go: a longer messageExpression result is dropped
 
 
 @dataclass
@@ -150,7 +154,8 @@ def _one(policy: dict[str, Any], binding: dict[str, Any], params: Callable[..., 
             if validation.get("messageExpression"):
                 try:
                     text = _evaluate(validation["messageExpression"], bound)
-                    if isinstance(text, str) and text.strip() and "\n" not in text:
+                    if isinstance(text, str) and text.strip() and "\n" not in text and \
+                            len(text.strip().encode()) <= MAX_MESSAGE_BYTES:
                         message = text.strip()
                 except Exception:  # noqa: BLE001 - the server falls back to message
                     pass

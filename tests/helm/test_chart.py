@@ -145,13 +145,13 @@ async def test_rendered_objects_are_valid_and_least_privilege(helm_python, apise
     assert "SFTPolicy" not in kinds, "a hook, not in the release's manifest: Helm cannot map its kind before its CRD"
     sftpolicy, = [o.raw for (r, _, _), o in apiserver.objects.items() if r.plural == "sftpolicies"]
     assert sftpolicy["metadata"]["name"] == "default"
-    assert sftpolicy["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    assert sftpolicy["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade,post-rollback"
     policy.PolicySpec.model_validate(sftpolicy["spec"])
     vap, = kinds["ValidatingAdmissionPolicy"]
     binding, = kinds["ValidatingAdmissionPolicyBinding"]
     assert vap["spec"] == policy.admission_policy()["spec"]
     assert binding["spec"]["policyName"] == vap["metadata"]["name"]
-    assert binding["spec"]["paramRef"] == {"name": "default", "parameterNotFoundAction": "Deny"}
+    assert binding["spec"]["paramRef"] == {"name": "default", "parameterNotFoundAction": "Allow"}
     # the operator: one replica at a time, hardened, probed
     deployment = kinds["Deployment"][0]
     assert deployment["spec"]["strategy"]["type"] == "Recreate"

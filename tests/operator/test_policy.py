@@ -29,8 +29,11 @@ POLICY = {
                               "tolerations": [{"key": "pool", "operator": "Equal", "value": "a100",
                                                "effect": "NoSchedule"}],
                               "cpuPerGpu": "8", "memoryPerGpu": "120Gi"},
-                 "l4-24g": {"nodeSelector": {"pool": "l4"}, "gpuMemory": "24Gi"}},
-    "namespaces": {"research": {"maxGpusPerJob": 32, "trustRemoteCode": True}},
+                 "l4-24g": {"nodeSelector": {"pool": "l4"}, "gpuMemory": "24Gi"},
+                 "research-h100": {"nodeSelector": {"pool": "research"}, "gpuMemory": "80Gi"}},
+    "allowedProfiles": ["a100-80g", "l4-24g"],
+    "outputClaims": ["adapters"],
+    "namespaces": {"research": {"maxGpusPerJob": 32, "trustRemoteCode": True, "allowedProfiles": ["*"]}},
 }
 
 
@@ -53,6 +56,8 @@ BROKEN = [
     ("hubOrganizations", {"model": {"hub": {"id": "someone/llama-uncensored"}}}),
     ("hubOrganizations", {"dataset": {"hub": {"name": "someone/leaked-data"}}}),
     ("claims", {"dataset": {"pvc": {"claimName": "payroll", "path": "rows.jsonl"}}}),
+    ("claims", {"warmStart": {"pvc": {"claimName": "other-teams-adapters", "path": "run/adapter"}}}),
+    ("outputClaims", {"output": {"pvc": {"claimName": "datasets"}}}),
     ("maxGpusPerJob", {"resources": {"gpus": 5}, "distribution": {"nodes": 2}, "output": {"pvc": {
         "claimName": "adapters", "create": {"size": "1Gi", "accessModes": ["ReadWriteMany"]}}}}),
     ("priorityClasses", {"resources": {"priorityClassName": "system-cluster-critical"}}),
@@ -62,6 +67,7 @@ BROKEN = [
     ("allowAffinity", {"resources": {"affinity": {"nodeAffinity": {}}}}),
     ("maxActiveDeadlineSeconds", {"runPolicy": {"activeDeadlineSeconds": 604800}}),
     ("profiles", {"resources": {"profile": "h100-80g"}}),
+    ("allowedProfiles", {"resources": {"profile": "research-h100"}}),
 ]
 
 
@@ -111,14 +117,26 @@ async def test_what_the_policy_allows_is_admitted_and_namespaces_override_the_cl
     assert resp.status == 200, await resp.text()
 
 
-async def test_without_its_sftpolicy_the_binding_refuses_every_sftjob(apiserver):
+async def test_a_run_the_policy_has_since_tightened_against_can_still_be_suspended_and_relabelled(apiserver):
+    """Updates that change nothing the rules read are not judged again; one that does is."""
+    await install(apiserver)
+    resp = await apply(apiserver, sftjob(resources={"gpus": 8}))
+    assert resp.status == 201, await resp.text()
+    await patch(apiserver, "/apis/sftop.dev/v1alpha1/sftpolicies/default", {"spec": {"maxGpusPerJob": 4}})
+    path = f"/apis/sftop.dev/v1alpha1/namespaces/{NS}/sftjobs/chat"
+    await patch(apiserver, path, {"spec": {"suspend": True}, "metadata": {"labels": {"team": "a"}}})
+    merge = {"Content-Type": "application/merge-patch+json"}
+    resp = await apiserver.patch(path, json={"spec": {"resources": {"gpus": 6}}}, headers=merge)
+    assert resp.status == 403 and "policy rule maxGpusPerJob" in (await resp.json())["message"]
+
+
+async def test_without_its_sftpolicy_sftjobs_are_admitted_for_the_operator_to_hold(apiserver):
+    """parameterNotFoundAction Allow: a policy briefly absent (an upgrade re-creating it) refuses no write."""
     await install(apiserver)
     resp = await apiserver.delete("/apis/sftop.dev/v1alpha1/sftpolicies/default")
     assert resp.status < 300
-    resp = await apply(apiserver, sftjob())
-    body = await resp.json()
-    assert resp.status == 422 and "no params found for policy binding with `Deny` parameterNotFoundAction" in \
-        body["message"], body
+    resp = await apply(apiserver, sftjob(image="docker.io/x/y:1"))
+    assert resp.status == 201, await resp.text()
 
 
 @pytest.fixture
@@ -154,13 +172,29 @@ async def test_the_operator_refuses_what_admission_let_through_before_creating_a
         assert f"policy rule {rule}:" in status["message"], (rule, status["message"])
     for resource in ("batch/v1/jobs", "v1/configmaps", "v1/persistentvolumeclaims"):
         assert objs(apiserver, resource) == [], f"a refused run created {resource}"
-    # never retried: the refusal stands through a resync (5 s here) without another write, with one event each
+    # never retried: one event each, then the refusal stands through a resync (5 s here) without another write
+    await wait_for(lambda: len([e for e in objs(apiserver, "v1/events") if e.get("reason") == "PolicyViolation"])
+                   == len(BROKEN), timeout=10)
     before = len(apiserver.log)
     await asyncio.sleep(6)
     assert [r.url.path for r in apiserver.log[before:] if r.method.value.upper() in ("POST", "PATCH", "PUT")] == []
     assert all(status_of(apiserver, f"bad-{i}")["phase"] == "Failed" for i in range(len(BROKEN)))
-    events = [e for e in objs(apiserver, "v1/events") if e.get("reason") == "PolicyViolation"]
-    assert len(events) == len(BROKEN)
+
+
+async def test_a_refused_run_is_judged_again_once_its_spec_changes(apiserver, policed):
+    """queueName is no training input: fixing it keeps the run id, and the run is judged again all the same."""
+    await install(apiserver, {**POLICY, "requireQueue": True}, binding=False)
+    resp = await apply(apiserver, sftjob())
+    assert resp.status == 201, await resp.text()
+    status = await wait_for(lambda: status_of(apiserver).get("phase") == "Failed" and status_of(apiserver),
+                            timeout=20)
+    assert "policy rule requireQueue" in status["message"]
+    rid = status["run"]["id"]
+    await patch(apiserver, f"/apis/sftop.dev/v1alpha1/namespaces/{NS}/sftjobs/chat", {"spec": {"queueName": "gpu"}})
+    job = await wait_for(lambda: next(iter(objs(apiserver, "batch/v1/jobs")), None), timeout=20,
+                         explain=lambda: status_of(apiserver))
+    assert job["metadata"]["labels"]["sftop.dev/run"] == rid
+    assert await wait_for(lambda: status_of(apiserver).get("phase") == "Queued", timeout=20)
 
 
 async def test_a_profile_places_the_run_fills_its_resources_and_queue_and_the_default_deadline(apiserver, policed):
