@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic.alias_generators import to_camel
 
 from sftop_trainer.config import (
@@ -253,6 +253,8 @@ class Toleration(Spec):
 
 class ResourcesSpec(Spec):
     """What the trainer pod asks of the cluster."""
+
+    _gpu_memory_from: str | None = PrivateAttr(None)  # where gpu_memory came from when not the spec (a profile)
 
     gpus: int = Field(1, ge=0, le=64, description="GPUs for each trainer pod (requests equal limits). With more "
                                                   "than one, the trainer runs one process per GPU, spread as "

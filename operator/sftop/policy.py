@@ -402,6 +402,7 @@ def place(spec: api.SFTJobSpec, policy: dict[str, Any] | None, namespace: str) -
         res.tolerations = [t for t in prof.tolerations if t not in res.tolerations] + list(res.tolerations)
         if res.gpu_memory is None and prof.gpu_memory is not None:
             res.gpu_memory = prof.gpu_memory
+            res._gpu_memory_from = f"GPU profile {res.profile}: {prof.gpu_memory}"
         if "gpu_resource_name" not in res.model_fields_set and prof.gpu_resource_name:
             res.gpu_resource_name = prof.gpu_resource_name
         gpus = max(res.gpus, 1)

@@ -131,7 +131,7 @@ def hardware(spec: api.SFTJobSpec) -> Hardware:
     label = res.node_selector.get(GPU_MEMORY_LABEL)
     if res.gpu_memory is not None:
         return Hardware(gpus=res.gpus, gpu_memory=quantity_bytes(res.gpu_memory),
-                        gpu_memory_source=f"spec.resources.gpuMemory {res.gpu_memory}")
+                        gpu_memory_source=res._gpu_memory_from or f"spec.resources.gpuMemory {res.gpu_memory}")
     if label and label.isdigit() and res.gpus:
         return Hardware(gpus=res.gpus, gpu_memory=int(label) * 2**20,
                         gpu_memory_source=f"nodeSelector {GPU_MEMORY_LABEL}={label} MiB")

@@ -15,10 +15,12 @@ def free_port() -> int:
 
 
 @pytest.fixture
-async def cluster(apiserver, tmp_path, tiny_model, monkeypatch):
+async def cluster(apiserver, tmp_path, tiny_model, monkeypatch, request):
     """An API server, a node that runs trainer pods as local processes, and the operator: one machine's
     cluster. The claims `models` (the tiny model at tiny/) and `data` (tasks.jsonl, and held-out rows in
-    tasks-test.jsonl) exist."""
+    tasks-test.jsonl) exist. Parametrized indirectly with {"policy": NAME}, the operator enforces that SFTPolicy."""
+    if getattr(request, "param", {}).get("policy"):
+        monkeypatch.setenv("SFTOP_POLICY", request.param["policy"])
     monkeypatch.setenv("SFTOP_K8S_SERVER", str(apiserver.url).rstrip("/"))
     monkeypatch.setenv("SFTOP_PROGRESS_INTERVAL", "1")
     monkeypatch.setenv("SFTOP_STATUS_WRITES_PER_MINUTE", "60")  # fast-forwarded like the interval: runs take seconds

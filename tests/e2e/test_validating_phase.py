@@ -83,6 +83,26 @@ async def test_mistakes_fail_during_validation_before_any_gpu_job(cluster, case)
     assert len(trainer_pods(emu, "validation")) == 1
 
 
+@pytest.mark.parametrize("cluster", [{"policy": "default"}], indirect=True)
+async def test_a_gpu_profile_places_the_run_and_its_plan_checks_the_profiles_gpu_memory(cluster):
+    """`resources: {profile: ...}`: the validation pod plans against the profile's GPU memory, and a run that does
+    not fit it fails there, naming the profile, before any GPU is asked for."""
+    from sftop import policy
+
+    emu, node, _ = cluster
+    resp = await emu.post("/apis/sftop.dev/v1alpha1/sftpolicies", json=policy.policy_object({"profiles": {
+        "small-gpu": {"gpuMemory": "64Mi", "nodeSelector": {"pool": "small"}}}}))
+    assert resp.status == 201, await resp.text()
+    job = manifest()
+    job["spec"]["resources"].update(gpus=1, profile="small-gpu")
+    await apply(emu, job)
+    status = await until(emu, lambda: phase(emu) == "Failed" and status_of(emu, "tiny"), node)
+    failed = condition(status, "Failed")
+    assert failed["reason"] == "InsufficientGPUMemory" and "GPU profile small-gpu: 64Mi" in failed["message"], status
+    assert status["plan"]["memory"]["gpuMemory"] < 1, status["plan"]["memory"]
+    assert not training_jobs(emu)
+
+
 async def test_data_quality_warnings_let_the_run_train_and_are_said_once(cluster):
     """Exact duplicates warn by default: the run goes on to train, its plan names the rows, the DataQuality
     condition says what was found and one Warning event tells `kubectl describe`."""

@@ -38,6 +38,7 @@ def test_a_profile_fills_in_placement_resources_queue_and_the_plans_gpu_memory()
     assert placed.run_policy.active_deadline_seconds == 7200, "the longest allowed, when no default is set"
     hardware = render.hardware(placed)
     assert hardware.gpu_memory == 80 * 2**30 and hardware.gpus == 2
+    assert hardware.gpu_memory_source == "GPU profile a100-80g: 80Gi"
     # what the user set wins over the profile
     own = policy.place(spec(queueName="mine", resources={"profile": "a100-80g", "cpu": "4", "gpuMemory": "40Gi"},
                             runPolicy={"activeDeadlineSeconds": 60}), POLICY, "team-a")
