@@ -212,3 +212,16 @@ def test_the_plan_counts_the_weights_a_hub_model_downloads():
     assert download_bytes(hub, LlamaConfig(), 1_000) == 4_000  # no dtype in the config: float32
     local = hub.model_copy(update={"model": hub.model.model_copy(update={"name": "/models/llama"})})
     assert download_bytes(local, LlamaConfig(dtype="bfloat16"), 8_030_000_000) == 0
+
+
+def test_docs_name_exactly_the_fields_outside_a_runs_identity():
+    """docs/operator.md lists the spec fields whose change does not start a new run: the list is the code's."""
+    import re
+    from pathlib import Path
+
+    from pydantic.alias_generators import to_camel
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "operator.md").read_text()
+    sentence = re.search(r"Its id is a hash of every spec field except (.*?) \(fields at", text, re.S).group(1)
+    documented = set(re.findall(r"`([A-Za-z.]+)`", sentence))
+    assert documented == {to_camel(f) for f in render.NOT_TRAINING_INPUTS} | {"resources.gpuMemory"}
