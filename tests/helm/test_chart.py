@@ -288,3 +288,44 @@ async def test_the_installed_policy_refuses_at_apply_what_its_values_forbid(helm
     assert resp.status == 403 and "policy rule profiles" in message and "profiles: a100-80g" in message
     resp = await apply("fits", {"gpus": 4, "profile": "a100-80g"})
     assert resp.status == 201, await resp.text()
+
+
+def exported_metric_names() -> set[str]:
+    """Every series name the operator's /metrics and a trainer pod's /metrics can carry, from their registries."""
+    from types import SimpleNamespace
+
+    from sftop.metrics import Metrics
+    from sftop_trainer import progress
+
+    controller = SimpleNamespace(sftjobs=SimpleNamespace(phases=lambda: [], active=lambda: []), queue=[],
+                                 poller=SimpleNamespace(readings={}))
+    trainer = progress.Progress("0badc0de")
+    trainer.update(**{key: 1.0 for key, _, _ in progress.METRICS})
+    registries = [Metrics(controller).registry, progress.registry(trainer)]
+    names = set()
+    for registry in registries:
+        for family in registry.collect():
+            names |= {family.name, f"{family.name}_total"} if family.type == "counter" else {family.name}
+    return names
+
+
+async def test_the_dashboard_queries_only_metrics_sftop_exports_and_ships_for_grafanas_sidecar(helm_python, apiserver,
+                                                                                             tmp_path):
+    import re
+
+    dashboard = json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
+    queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    queries.append(dashboard["templating"]["list"][1]["definition"])
+    used = {m for q in queries for m in re.findall(r"\bsftop_[a-z_]+", q)}
+    assert used and used <= exported_metric_names(), used - exported_metric_names()
+    # runs by phase and namespace, queue waits, GPU-seconds and tokens by namespace, live progress, errors
+    for metric in ("sftop_sftjobs", "sftop_gpu_seconds_total", "sftop_trained_tokens_total",
+                   "sftop_sftjob_progress_percent", "sftop_sftjob_loss", "sftop_reconcile_errors_total"):
+        assert metric in used
+    assert any('phase="Queued"' in q for q in queries)
+    objects = await render(helm_python, apiserver, tmp_path, {"metrics": {"dashboard": {"enabled": True}}})
+    config_map, = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(config_map["data"]["sftop.json"]) == dashboard
+    default = await render(helm_python, apiserver, tmp_path, {})
+    assert not [o for o in default if o["kind"] == "ConfigMap"], "off by default"
