@@ -37,7 +37,11 @@ def decide(seen: Observed) -> Decision:
     if current.get("id") and current["id"] != rid:
         status = supersede(seen, status, rid, out)
     elif current.get("id") == rid and policy.judged_again(status, generation):
-        status = {k: v for k, v in status.items() if k not in ("phase", "message")}
+        # a new attempt of the same run: nothing of the refusal stays (its Failed condition, its completion time)
+        status = {k: v for k, v in status.items() if k not in ("phase", "message", "plan", "result", "progress",
+                                                                 "checkpoints")}
+        status["conditions"] = [c for c in status.get("conditions", []) if c.get("type") not in (
+            "Failed", "Validated", "DataQuality", "ProgressReported")]
         status["run"] = {"id": rid}
     elif current.get("id") == rid and status.get("phase") in lifecycle.TERMINAL:
         # A finished run stays finished: only the generation the status speaks for moves (and what is promoted).
@@ -55,10 +59,10 @@ def decide(seen: Observed) -> Decision:
             message = "refused by the cluster's SFTPolicy " + (seen.policy.get("metadata") or {}).get("name", "") + \
                       ": " + "; ".join(m for _, m in broken) + " (kubectl get sftpolicy -o yaml; docs/security.md)"
             return refs.cannot_start(seen, status, rid, out, "PolicyViolation", message, True)
-    if seen.policy is not None:  # the profile's placement and the policy's default deadline
+    if seen.policy is not None:  # before the Job: the profile's placement and the policy's default deadline
         spec = seen.spec = policy.place(spec, seen.policy, seen.namespace)
-    if job is not None and spec.queue_name != names.job_queue(job, spec.queue_name):
-        spec = seen.spec = spec.model_copy(update={"queue_name": names.job_queue(job, spec.queue_name)})
+    elif job is not None and names.job_queue(job, spec) != spec.queue_name:  # a profile's queue, from its Job
+        spec = seen.spec = spec.model_copy(update={"queue_name": names.job_queue(job, spec)})
     if job is None:
         if seen.missing is not None:
             return refs.waiting_for_reference(seen, status, rid, out)

@@ -95,8 +95,10 @@ def child_labels(name: str, rid: str, component: str = "trainer") -> dict[str, s
     }
 
 
-def job_queue(job: dict[str, Any] | None, queue: str | None) -> str | None:
-    """The Kueue LocalQueue a training Job was created in (its queue-name label), else `queue`: a queue that came
-    from a GPU profile stays the Job's even when the profile changes or the policy cannot be read."""
-    labels = ((job or {}).get("metadata") or {}).get("labels") or {}
-    return labels.get("kueue.x-k8s.io/queue-name") or queue
+def job_queue(job: dict[str, Any] | None, spec: api.SFTJobSpec) -> str | None:
+    """The Kueue LocalQueue of a run: the spec's own `queueName`, else, for a run whose GPU profile gave it one, the
+    queue its training Job was created in (the Job's queue-name label): that queue stays the Job's when the
+    profile changes or the policy is not read."""
+    if spec.queue_name or not spec.resources.profile or job is None:
+        return spec.queue_name
+    return ((job.get("metadata") or {}).get("labels") or {}).get("kueue.x-k8s.io/queue-name")

@@ -33,7 +33,7 @@ class Observer:
 
     async def observe(self, key: Key, body: dict[str, Any]) -> Observed:
         seen = await self._observe(key, body)
-        if seen.spec is not None and self.settings.policy and (seen.job is None or seen.spec.resources.profile):
+        if seen.spec is not None and self.settings.policy and seen.job is None:
             run = seen.status.get("run") or {}
             finished = run.get("id") == render.run_id(seen.spec) and seen.status.get("phase") in lifecycle.TERMINAL
             if not finished or policy.judged_again(seen.status, seen.generation):
@@ -122,7 +122,7 @@ class Observer:
                                                                    False)
             return seen
         seen.pods = await self._pods(namespace, name, rid, "trainer", seen.job)
-        seen.queue = await self._queue_view(seen.job, names.job_queue(seen.job, spec.queue_name), spec.suspend)
+        seen.queue = await self._queue_view(seen.job, names.job_queue(seen.job, spec), spec.suspend)
         return seen
 
     async def _read_job(self, namespace: str, name: str) -> dict[str, Any] | None:

@@ -28,6 +28,7 @@ types.go). Used by harness.apiserver for every create and update of a resource t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -139,7 +140,7 @@ def _one(policy: dict[str, Any], binding: dict[str, Any], params: Callable[..., 
         bound["variables"] = ct.MapType({ct.StringType(k): v for k, v in variables.items()})
         for validation in spec.get("validations") or []:
             expression = validation["expression"]
-            uses = [m for n, m in broken.items() if f"variables.{n}" in expression]
+            uses = [m for n, m in broken.items() if re.search(rf"\bvariables\.{re.escape(n)}\b", expression)]
             try:
                 if uses:
                     raise RuntimeError(uses[0])

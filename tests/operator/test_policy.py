@@ -194,7 +194,10 @@ async def test_a_refused_run_is_judged_again_once_its_spec_changes(apiserver, po
     job = await wait_for(lambda: next(iter(objs(apiserver, "batch/v1/jobs")), None), timeout=20,
                          explain=lambda: status_of(apiserver))
     assert job["metadata"]["labels"]["sftop.dev/run"] == rid
-    assert await wait_for(lambda: status_of(apiserver).get("phase") == "Queued", timeout=20)
+    status = await wait_for(lambda: status_of(apiserver).get("phase") == "Queued" and status_of(apiserver),
+                            timeout=20)
+    assert condition(status, "Failed") is None and condition(status, "Accepted")["status"] == "True", \
+        "nothing of the refusal stays"
 
 
 async def test_a_profile_places_the_run_fills_its_resources_and_queue_and_the_default_deadline(apiserver, policed):
@@ -218,8 +221,14 @@ async def test_a_profile_places_the_run_fills_its_resources_and_queue_and_the_de
     changed = copy.deepcopy(POLICY)
     changed["profiles"]["a100-80g"]["nodeSelector"] = {"pool": "a100-new"}
     await patch(apiserver, "/apis/sftop.dev/v1alpha1/sftpolicies/default", {"spec": changed})
-    await asyncio.sleep(6)  # a resync and more than the operator's policy cache
+    await asyncio.sleep(6)  # a resync
     assert status_of(apiserver)["run"]["id"] == rid and len(objs(apiserver, "batch/v1/jobs")) == 1
+    # the queue the profile gave stays the Job's, even with the policy gone: Kueue still holds it
+    resp = await apiserver.delete("/apis/sftop.dev/v1alpha1/sftpolicies/default")
+    assert resp.status < 300
+    await asyncio.sleep(6)
+    job, = objs(apiserver, "batch/v1/jobs")
+    assert job["spec"]["suspend"] is True and status_of(apiserver)["phase"] == "Queued"
 
 
 async def test_a_namespace_at_its_gpu_limit_holds_the_next_run_until_one_finishes(apiserver, policed):
