@@ -225,3 +225,49 @@ def test_docs_name_exactly_the_fields_outside_a_runs_identity():
     sentence = re.search(r"Its id is a hash of every spec field except (.*?) \(fields at", text, re.S).group(1)
     documented = set(re.findall(r"`([A-Za-z.]+)`", sentence))
     assert documented == {to_camel(f) for f in render.NOT_TRAINING_INPUTS} | {"resources.gpuMemory"}
+
+
+def test_the_concepts_table_says_which_edits_start_a_new_run_as_the_run_id_does():
+    """docs/concepts.md's table: every spec field is in it, and a change of each starts a new run exactly when the
+    table says so."""
+    import re
+    from pathlib import Path
+
+    from pydantic.alias_generators import to_camel
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "concepts.md").read_text()
+    rows = dict(re.findall(r"^\| `([A-Za-z.]+)` \| (starts a new run|applies to the current run) \|", text, re.M))
+    assert set(rows) >= {to_camel(f) for f in api.SFTJobSpec.model_fields}, "every spec field has a row"
+    base = {"model": {"hub": {"id": "Qwen/Qwen2.5-0.5B-Instruct"}}, "dataset": {"inline": [{"text": "a"}]},
+            "output": {"pvc": {"claimName": "adapters"}}}
+    changes = {
+        "model": {"model": {"hub": {"id": "Qwen/Qwen2.5-1.5B-Instruct"}}},
+        "dataset": {"dataset": {"inline": [{"text": "a"}], "version": "2"}},
+        "chatTemplate": {"chatTemplate": "{{ messages }}"},
+        "method": {"method": "full"},
+        "lora": {"lora": {"r": 8}},
+        "quantization": {"method": "qlora", "quantization": {"doubleQuant": False}},
+        "training": {"training": {"learningRate": 1e-5}},
+        "evaluation": {"evaluation": {"prompts": 7}},
+        "resources": {"resources": {"tolerations": [{"key": "gpu", "operator": "Exists"}]}},
+        "resources.gpuMemory": {"resources": {"gpuMemory": "80Gi"}},
+        "distribution": {"distribution": {"nodes": 2}, "output": {"pvc": {"claimName": "adapters", "create": {
+            "size": "1Gi", "accessModes": ["ReadWriteMany"]}}}},
+        "output": {"output": {"pvc": {"claimName": "other"}}},
+        "hubTokenSecret": {"hubTokenSecret": {"name": "hf", "key": "token"}},
+        "image": {"image": "ghcr.io/acme/trainer:2"},
+        "imagePullSecrets": {"imagePullSecrets": [{"name": "registry"}]},
+        "warmStart": {"warmStart": {"sftJob": "earlier"}},
+        "queueName": {"queueName": "gpu"},
+        "workloadPriorityClassName": {"queueName": "gpu", "workloadPriorityClassName": "research"},
+        "tracking": {"tracking": {"runName": "x"}},
+        "suspend": {"suspend": True},
+        "runPolicy": {"runPolicy": {"backoffLimit": 1}},
+        "validation": {"validation": {"enabled": False}},
+        "promotion": {"promotion": {"minimum": {"exactMatch": 0.5}}},
+    }
+    assert set(changes) == set(rows)
+    before = render.run_id(api.SFTJobSpec.model_validate(base))
+    for field, change in changes.items():
+        after = render.run_id(api.SFTJobSpec.model_validate({**base, **change}))
+        assert (after != before) == (rows[field] == "starts a new run"), field
