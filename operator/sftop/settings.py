@@ -6,6 +6,9 @@
 | SFTOP_TRAINER_IMAGE | ghcr.io/sftop/sftop-trainer:<version> | trainer image for SFTJobs that name none |
 | SFTOP_DEFAULT_CPU | 4 | CPU request and limit of trainer pods whose SFTJob sets none |
 | SFTOP_DEFAULT_MEMORY | 32Gi | memory request and limit of trainer pods whose SFTJob sets none |
+| SFTOP_VALIDATION_CPU | 2 | CPU request and limit of validation pods whose SFTJob sets none |
+| SFTOP_VALIDATION_MEMORY | 8Gi | memory request and limit of validation pods whose SFTJob sets none |
+| SFTOP_VALIDATION_DEADLINE_SECONDS | 3600 | wall-clock limit of a validation Job |
 | SFTOP_PROGRESS_PORT | 8080 | the trainer pods' progress endpoint port |
 | SFTOP_PROGRESS_INTERVAL | 15 | seconds between two progress reads of one running SFTJob |
 | SFTOP_PROGRESS_TIMEOUT | 1 | seconds a progress read may take; a pod that does not answer is read less often |
@@ -19,7 +22,7 @@
 | SFTOP_LOG_LEVEL | INFO | Python log level |
 | SFTOP_HEALTH_PORT | 8081 | port of the liveness endpoint (/healthz); 0 turns it off |
 | SFTOP_METRICS_PORT | 8080 | port of the Prometheus metrics endpoint (/metrics); 0 turns it off |
-| SFTOP_POLICY | (empty: none) | name of the cluster's SFTPolicy (sftop.policy): every new run is checked against it before any child is created, and a missing one refuses every run; empty enforces no policy |
+| SFTOP_POLICY | (empty: none) | name of the cluster's SFTPolicy (sftop.policy): every new run is checked against it before any child is created, and while it is missing new runs wait (PolicyMissing); empty enforces no policy |
 | SFTOP_K8S_SERVER | (empty) | talk to this API server URL instead of the in-cluster or kubeconfig one (tests) |
 """
 

@@ -170,3 +170,20 @@ def test_api_reference_in_docs_is_generated_from_the_models():
         "docs/api.md is stale: run `sftop crd --markdown > docs/api.md`"
     assert (ROOT / "docs" / "policy-api.md").read_text() == reference_markdown(policy=True), \
         "docs/policy-api.md is stale: run `sftop crd --policy --markdown > docs/policy-api.md`"
+
+
+def test_the_settings_docs_are_the_codes_and_the_chart_sets_every_one():
+    """docs/operator.md's settings table is operator/sftop/settings.py's; every setting has a row; the chart's
+    Deployment sets every setting but the tests' own SFTOP_K8S_SERVER."""
+    import dataclasses
+    import re
+
+    from sftop import settings
+
+    table = [line for line in settings.__doc__.splitlines() if line.startswith("|")]
+    assert "\n".join(table) in (ROOT / "docs" / "operator.md").read_text()
+    documented = {row.split("|")[1].strip() for row in table[2:]}
+    fields = {f"SFTOP_{f.name.upper()}" for f in dataclasses.fields(settings.Settings)}
+    assert documented == fields
+    deployment = (ROOT / "helm" / "sftop" / "templates" / "manager" / "deployment.yaml").read_text()
+    assert set(re.findall(r"name: (SFTOP_[A-Z_]+)", deployment)) == fields - {"SFTOP_K8S_SERVER"}
