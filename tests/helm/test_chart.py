@@ -329,3 +329,21 @@ async def test_the_dashboard_queries_only_metrics_sftop_exports_and_ships_for_gr
     assert json.loads(config_map["data"]["sftop.json"]) == dashboard
     default = await render(helm_python, apiserver, tmp_path, {})
     assert not [o for o in default if o["kind"] == "ConfigMap"], "off by default"
+
+
+async def test_a_default_install_admits_every_example(helm_python, apiserver, tmp_path):
+    """`helm install` enforces its default SFTPolicy: every manifest in examples/ is one it admits (the chart's own
+    trainer image is allowed at any tag, as GitOps examples pin it), and another image is not."""
+    objects = await render(helm_python, apiserver, tmp_path, {})
+    assert isinstance(objects, list), objects
+    sftpolicy, = [o.raw for (r, _, _), o in apiserver.objects.items() if r.plural == "sftpolicies"]
+    assert sftpolicy["spec"]["images"][:2] == ["ghcr.io/sftop/sftop-trainer:", "ghcr.io/sftop/sftop-trainer@"]
+    for path in sorted((ROOT / "examples").glob("*.yaml")):
+        for doc in (d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == "SFTJob"):
+            ns = doc["metadata"].get("namespace", "team-a")
+            resp = await apiserver.post(f"/apis/sftop.dev/v1alpha1/namespaces/{ns}/sftjobs", json=doc)
+            assert resp.status == 201, (path.name, await resp.text())
+    doc["metadata"]["name"] = "elsewhere"
+    doc["spec"]["image"] = "docker.io/someone/trainer:latest"
+    resp = await apiserver.post(f"/apis/sftop.dev/v1alpha1/namespaces/{ns}/sftjobs", json=doc)
+    assert resp.status == 403 and "policy rule image" in (await resp.json())["message"]

@@ -43,3 +43,4 @@ def test_gitops_example_pins_every_revision():
     assert spec.model.hub is not None and len(spec.model.hub.revision) == 40
     assert spec.dataset.hub is None or spec.dataset.hub.revision  # data in git, or a pinned Hub revision
     assert spec.image and not spec.image.endswith(":latest")
+
