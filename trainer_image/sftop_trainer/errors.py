@@ -26,6 +26,10 @@ class ExitCode(enum.IntEnum):
     PEER_LOST = 71
     GPU_UNAVAILABLE = 72
     DATA_QUALITY = 73
+    REVISION_NOT_FOUND = 74
+    HUB_ACCESS_DENIED = 75
+    CACHE_FULL = 76
+    CACHE_CORRUPT = 77
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,15 @@ EXIT_CLASSES: dict[int, ExitClass] = {
         ExitClass(ExitCode.DATA_QUALITY, "DataQuality", False, True,
                   "the data fails a check its dataset.quality policy says to fail on (conflicting answers, "
                   "evaluation rows also in training, ...); the message lists what failed, with row numbers"),
+        ExitClass(ExitCode.REVISION_NOT_FOUND, "RevisionNotFound", False, True,
+                  "the model's revision (branch, tag or commit) does not exist on the Hub"),
+        ExitClass(ExitCode.HUB_ACCESS_DENIED, "HubAccessDenied", False, True,
+                  "the Hub refused the model's files: a gated or private model without a token (spec.hubTokenSecret), "
+                  "or a token without access to it"),
+        ExitClass(ExitCode.CACHE_FULL, "CacheFull", False, True,
+                  "the shared model cache claim is full (or over its quota): the platform team frees or grows it"),
+        ExitClass(ExitCode.CACHE_CORRUPT, "CacheCorrupt", False, True,
+                  "files in the shared model cache do not match the Hub's hashes even after fetching them again"),
     )
 }
 
@@ -98,6 +111,22 @@ class DataQualityError(TrainerError):
 
 class ModelLoadError(TrainerError):
     code = ExitCode.MODEL_LOAD_FAILED
+
+
+class RevisionNotFoundError(TrainerError):
+    code = ExitCode.REVISION_NOT_FOUND
+
+
+class HubAccessError(TrainerError):
+    code = ExitCode.HUB_ACCESS_DENIED
+
+
+class CacheFullError(TrainerError):
+    code = ExitCode.CACHE_FULL
+
+
+class CacheCorruptError(TrainerError):
+    code = ExitCode.CACHE_CORRUPT
 
 
 class OutOfMemory(TrainerError):

@@ -70,8 +70,8 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 def _from_pretrained_kwargs(cfg: TrainerConfig) -> dict[str, Any]:
     kw: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code}
-    if cfg.model.revision:
-        kw["revision"] = cfg.model.revision
+    if cfg.model.resolved_revision or cfg.model.revision:
+        kw["revision"] = cfg.model.resolved_revision or cfg.model.revision
     return kw
 
 

@@ -39,7 +39,10 @@ def ensure_writable(folder: Path) -> None:
 def config_fingerprint(cfg: TrainerConfig) -> str:
     """sha256 of what a run trains on and writes to (the config but its progress endpoint, hardware and tracking):
     prepared data and a result are reused only for the same config."""
-    dumped = cfg.dump(exclude={"progress", "hardware", "tracking"})
+    # how the model reaches the pod (filled into the shared cache, or read from it at the commit the fill
+    # resolved) is not what it trains on: the Validating phase's config and the training pod's agree
+    dumped = cfg.dump(exclude={"progress": True, "hardware": True, "tracking": True,
+                               "model": {"cache", "resolved_revision"}})
     if not (dumped.get("evaluation") or {}).get("parity"):  # a later setting at its default: the same config as before
         (dumped.get("evaluation") or {}).pop("parity", None)
     text = json.dumps(dumped, sort_keys=True, separators=(",", ":"))

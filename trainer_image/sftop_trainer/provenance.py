@@ -72,10 +72,10 @@ def make_portable(adapter_dir: Path, cfg: TrainerConfig) -> dict[str, Any]:
         config["target_modules"] = short or listed
     elif listed is not None and _selects_all(adapter_dir, short, cfg):
         config["target_modules"] = short
-    if cfg.model.revision is None:
+    if (cfg.model.resolved_revision or cfg.model.revision) is None:
         config.pop("revision", None)
     else:
-        config["revision"] = cfg.model.revision
+        config["revision"] = cfg.model.resolved_revision or cfg.model.revision
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return config
 
@@ -108,8 +108,8 @@ def serving(adapter_config: dict[str, Any], cfg: TrainerConfig) -> dict[str, Any
                            "targetModules": sorted(adapter_config.get("target_modules") or [])
                            if not isinstance(adapter_config.get("target_modules"), str)
                            else adapter_config["target_modules"]}
-    if cfg.model.revision:
-        out["baseModelRevision"] = cfg.model.revision
+    if cfg.model.resolved_revision or cfg.model.revision:
+        out["baseModelRevision"] = cfg.model.resolved_revision or cfg.model.revision
     rank = vllm_max_lora_rank(r)
     if rank is not None:
         out["vllmMaxLoraRank"] = rank
@@ -129,7 +129,8 @@ def provenance(cfg: TrainerConfig, result: dict[str, Any], started: float, ended
     files = {p: file_sha256(p) for p in (cfg.dataset.path, cfg.dataset.eval_path) if p and Path(p).is_file()}
     if files:
         data["files"] = files
-    model: dict[str, Any] = {"id": base_model_id(cfg), "revision": cfg.model.revision}
+    model: dict[str, Any] = {"id": base_model_id(cfg),
+                             "revision": cfg.model.resolved_revision or cfg.model.revision}
     if is_local_path(cfg.model.name):
         model["path"] = cfg.model.origin or cfg.model.name
     return {
@@ -181,7 +182,8 @@ def model_card(cfg: TrainerConfig, result: dict[str, Any], serve: dict[str, Any]
         f"# {cfg.run.sftjob or 'sftop run'}{f' (run {cfg.run.id})' if cfg.run.id else ''}",
         "",
         f"A {cfg.method.upper()} adapter of rank {serve['loraRank']} for `{base}`"
-        + (f" at revision `{cfg.model.revision}`" if cfg.model.revision else "")
+        + (f" at revision `{cfg.model.resolved_revision or cfg.model.revision}`"
+           if cfg.model.resolved_revision or cfg.model.revision else "")
         + f", trained with TRL's SFTTrainer by sftop{f' for SFTJob {cfg.run.namespace}/{cfg.run.sftjob}' if cfg.run.sftjob else ''}.",
         "",
         "## Training",

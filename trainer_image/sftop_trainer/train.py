@@ -246,7 +246,8 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
     result = {
         "status": "Succeeded",
         "runId": cfg.run.id,
-        "model": {"name": cfg.model.hub_id or cfg.model.name, "revision": cfg.model.revision},
+        "model": {"name": cfg.model.hub_id or cfg.model.name,
+                  "revision": cfg.model.resolved_revision or cfg.model.revision},
         "method": cfg.method,
         "adapterPath": final_dir.name,
         "mergedPath": merged_dir.name if merged_dir else None,
@@ -289,7 +290,8 @@ def _train(cfg: TrainerConfig, out: Path, progress: Progress, progress_bar: bool
                 final_dir, answers.items, answers.latest_answers, answers.new_tokens,
                 str(model_mod.resolve_dtype(cfg.model.dtype)).removeprefix("torch."), base_path=cfg.model.name,
                 batch_size=answers.batch_size, shown=answers.sample_count, autocast=autocast,
-                revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
+                revision=cfg.model.resolved_revision or cfg.model.revision,
+                trust_remote_code=cfg.model.trust_remote_code)
         write_history_plot(cfg, out)
         (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
         shutil.rmtree(out / PREPARED, ignore_errors=True)  # the prepared data served its run
@@ -364,9 +366,7 @@ def merge_adapter(cfg: TrainerConfig, adapter_dir: Path, merged_dir: Path) -> Pa
     from transformers import AutoModelForCausalLM
 
     dtype = model_mod.resolve_dtype(cfg.model.dtype)
-    base = AutoModelForCausalLM.from_pretrained(cfg.model.name, dtype=dtype,
-                                                trust_remote_code=cfg.model.trust_remote_code,
-                                                **({"revision": cfg.model.revision} if cfg.model.revision else {}))
+    base = AutoModelForCausalLM.from_pretrained(cfg.model.name, dtype=dtype, **model_mod._from_pretrained_kwargs(cfg))
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(str(merged_dir))
     model_mod.load_tokenizer(cfg).save_pretrained(str(merged_dir))
