@@ -26,13 +26,13 @@ async def hub(tiny_model):
         yield h
 
 
-def config(tmp_path, stem, cache, **model):
+def config(tmp_path, stem, **model):
     data = tmp_path / "train.jsonl"
     if not data.exists():
         taskapi.write_jsonl(taskapi.rows(24), data)
     path = tmp_path / f"{stem}.json"
     path.write_text(json.dumps({
-        "model": {"name": "acme/tiny", "cache": cache, **model}, "dataset": {"path": str(data)}, "method": "lora",
+        "model": {"name": "acme/tiny", "cache": True, **model}, "dataset": {"path": str(data)}, "method": "lora",
         "training": {"maxSteps": 2, "perDeviceTrainBatchSize": 4, "loggingSteps": 1},
         "output": {"dir": str(tmp_path / "out")}, "progress": {"port": 0}}))
     return path
@@ -61,19 +61,19 @@ async def trainer(tmp_path, hub, cfg, *args, env=None, limit=None):
 
 
 async def test_validation_fills_the_cache_once_and_training_reads_that_commit_offline(tmp_path, hub):
-    code, first, log = await trainer(tmp_path, hub, config(tmp_path, "first", "fill"), "--validate")
+    code, first, log = await trainer(tmp_path, hub, config(tmp_path, "first"), "--validate")
     assert code == 0, log[-3000:]
     cache = first["plan"]["cache"]
     size = sum(len(d) for d in hub.repos["acme/tiny"].files.values())
     assert cache["revision"] == hub.commit and cache["bytes"] == size == cache["downloadedBytes"] == hub.served["acme/tiny"]
     assert cache["cached"] is False and cache["downloadSeconds"] >= 0
     # a second run of the same model and revision downloads nothing
-    code, second, log = await trainer(tmp_path, hub, config(tmp_path, "second", "fill"), "--validate")
+    code, second, log = await trainer(tmp_path, hub, config(tmp_path, "second"), "--validate")
     assert code == 0, log[-3000:]
     assert second["plan"]["cache"]["downloadedBytes"] == 0 and second["plan"]["cache"]["cached"] is True
     assert hub.served["acme/tiny"] == size
-    # the training pod: the claim read-only in spirit, no network at all, exactly the commit validation resolved
-    cfg = config(tmp_path, "train", "read", resolvedRevision=hub.commit)
+    # the training pod: no network at all, exactly the commit validation resolved (its plan.json)
+    cfg = config(tmp_path, "train")  # beside the plan.json validation wrote, which names the commit
     code, result, log = await trainer(tmp_path, hub, cfg, env={"HF_HUB_OFFLINE": "1",
                                                               "HF_ENDPOINT": "http://127.0.0.1:9"})
     assert code == 0, log[-3000:]
@@ -90,42 +90,42 @@ async def test_validation_fills_the_cache_once_and_training_reads_that_commit_of
      "has no access to it"),
 ])
 async def test_what_cannot_be_fetched_fails_validation_with_its_reason(tmp_path, hub, case, model, env, reason, words):
-    cfg = config(tmp_path, "bad", "fill", **model)
+    cfg = config(tmp_path, "bad", **model)
     code, message, log = await trainer(tmp_path, hub, cfg, "--validate", env=env)
     assert code == reason and message["reason"] == EXIT_CLASSES[reason].reason, log[-3000:]
     assert words in message["message"]
 
 
 async def test_a_gated_model_with_a_granted_token_fills_the_cache(tmp_path, hub):
-    cfg = config(tmp_path, "granted", "fill", name="acme/gated")
+    cfg = config(tmp_path, "granted", name="acme/gated")
     code, message, log = await trainer(tmp_path, hub, cfg, "--validate", env={"HF_TOKEN": "hf_granted"})
     assert code == 0 and message["plan"]["cache"]["downloadedBytes"] > 0, log[-3000:]
 
 
 async def test_a_corrupt_file_in_the_cache_is_found_and_fetched_again(tmp_path, hub):
-    code, _, log = await trainer(tmp_path, hub, config(tmp_path, "first", "fill"), "--validate")
+    code, _, log = await trainer(tmp_path, hub, config(tmp_path, "first"), "--validate")
     assert code == 0, log[-3000:]
     weights = next((tmp_path / "cache").glob("models--acme--tiny/snapshots/*/model.safetensors"))
     blob = weights.resolve()
     good = blob.read_bytes()
     blob.write_bytes(bytes(len(good)))  # the same size, other bytes: a disk or a copy gone wrong
-    code, message, log = await trainer(tmp_path, hub, config(tmp_path, "again", "fill"), "--validate")
+    code, message, log = await trainer(tmp_path, hub, config(tmp_path, "again"), "--validate")
     assert code == 0, log[-3000:]
     assert message["plan"]["cache"]["downloadedBytes"] == len(good)
     assert weights.read_bytes() == good
 
 
 async def test_a_full_cache_claim_fails_validation_before_any_gpu(tmp_path, hub):
-    code, message, log = await trainer(tmp_path, hub, config(tmp_path, "full", "fill"), "--validate", limit=64_000)
+    code, message, log = await trainer(tmp_path, hub, config(tmp_path, "full"), "--validate", limit=64_000)
     assert code == ExitCode.CACHE_FULL and message["reason"] == "CacheFull", log[-3000:]
     assert "frees or grows the cache claim" in message["message"]
 
 
 async def test_two_runs_filling_the_same_entry_at_once_download_it_once(tmp_path, hub):
     first, second = await asyncio.gather(
-        trainer(tmp_path / "a", hub, config(Path(tmp_path / "a"), "a", "fill"), "--validate",
+        trainer(tmp_path / "a", hub, config(Path(tmp_path / "a"), "a"), "--validate",
                 env={"HF_HUB_CACHE": str(tmp_path / "cache")}),
-        trainer(tmp_path / "b", hub, config(Path(tmp_path / "b"), "b", "fill"), "--validate",
+        trainer(tmp_path / "b", hub, config(Path(tmp_path / "b"), "b"), "--validate",
                 env={"HF_HUB_CACHE": str(tmp_path / "cache")}))
     assert first[0] == 0 and second[0] == 0, first[2][-2000:] + second[2][-2000:]
     size = sum(len(d) for d in hub.repos["acme/tiny"].files.values())

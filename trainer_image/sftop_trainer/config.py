@@ -438,10 +438,11 @@ class ModelSource(Spec):
     origin: str | None = Field(None, description="How a local folder is named outside this machine, for example "
                                                  "`pvc://models/smollm2`; recorded in the provenance.")
     revision: str | None = Field(None, description="Hub revision (commit sha, tag or branch).")
-    cache: Literal["fill", "read"] | None = Field(None, description=(
-        "The shared model cache at HF_HUB_CACHE: `fill` (the Validating phase, on a CPU) resolves the revision, "
-        "downloads what the cache lacks and verifies it against the Hub's hashes; `read` (the training pod) loads "
-        "`resolvedRevision` from it with no network."))
+    cache: bool = Field(False, description=(
+        "The model comes through the shared model cache at HF_HUB_CACHE: the Validating phase (`--validate`, on a "
+        "CPU) resolves the revision, downloads what the cache lacks and verifies it against the Hub's hashes; the "
+        "run then loads the commit validation resolved (its plan.json), offline when HF_HUB_OFFLINE is set. A run "
+        "without a plan fills the cache itself first."))
     resolved_revision: str | None = Field(None, description=(
         "The commit `revision` resolved to when the cache was filled: the run loads exactly that commit."))
     trust_remote_code: bool = Field(False, description="Run code from the model repository.")

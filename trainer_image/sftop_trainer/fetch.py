@@ -1,12 +1,12 @@
 """The shared model cache: a Hub model's files fetched on a CPU, before any GPU is asked for.
 
-In the Validating phase (`model.cache: fill`) the pod mounts the platform's cache claim at HF_HUB_CACHE, in the
+In the Validating phase (`model.cache`, `--validate`) the pod mounts the platform's cache claim at HF_HUB_CACHE, in the
 Hugging Face cache layout (`models--<org>--<name>/blobs`, `snapshots/<commit>`): the revision is resolved to its
 commit, what the cache lacks is downloaded (huggingface_hub resumes a partial file and locks each one, so two runs
 filling the same entry at once download it once), and every file of the commit is checked against the Hub's
 hashes (sha256 for weights, the git blob hash for the rest). A file that does not match is removed and fetched
-again, once. The training pod then mounts the claim read-only and loads that exact commit offline
-(`model.cache: read`, `model.resolvedRevision`, HF_HUB_OFFLINE=1).
+again, once. The training pod then mounts the claim read-only and loads that exact commit offline (the commit from
+the plan.json validation wrote, HF_HUB_OFFLINE=1); a run without a plan (validation off) fills the cache itself.
 """
 
 from __future__ import annotations
@@ -72,6 +72,27 @@ def fill(cfg: TrainerConfig) -> dict[str, Any]:
         raise
     return {"model": repo, "revision": commit, "bytes": size, "downloadedBytes": missing + refetched,
             "downloadSeconds": round(time.monotonic() - started, 1), "cached": missing + refetched == 0}
+
+
+def at(cfg: TrainerConfig, commit: str) -> TrainerConfig:
+    """The config loading the model at exactly `commit`."""
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"resolved_revision": commit})})
+
+
+def for_training(cfg: TrainerConfig) -> TrainerConfig:
+    """A cached model at the commit the Validating phase resolved (its plan.json beside the run's output), or,
+    without one, filled here first."""
+    if not cfg.model.cache or cfg.model.resolved_revision:
+        return cfg
+    plan = Path(cfg.output.dir) / "plan.json"
+    commit = None
+    if plan.exists():
+        import json
+
+        commit = (json.loads(plan.read_text()).get("cache") or {}).get("revision")
+    if commit is None:
+        commit = fill(cfg)["revision"]
+    return at(cfg, commit)
 
 
 def _verify(api: Any, repo: str, commit: str, cache: str, token: str | None) -> int:

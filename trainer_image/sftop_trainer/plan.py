@@ -210,14 +210,15 @@ def validate(cfg: TrainerConfig) -> dict[str, Any]:
     out = Path(cfg.output.dir)
     ensure_writable(out)
     cache = None
-    if cfg.model.cache == "fill":  # the shared model cache, filled here on a CPU (sftop_trainer.fetch)
+    if cfg.model.cache and not cfg.model.resolved_revision:  # the shared model cache, filled on a CPU
         from sftop_trainer import fetch
 
         cache = fetch.fill(cfg)
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"resolved_revision": cache["revision"]})})
+        cfg = fetch.at(cfg, cache["revision"])
     plan, data = make_plan(cfg, keep_data=True)
     if cache is not None:
         plan["cache"] = cache
+        plan["downloadBytes"] = 0  # the training pod reads the cache: it downloads nothing
     fingerprint = config_fingerprint(cfg)
     save_prepared(data, out / PREPARED, fingerprint)
     text = json.dumps({**plan, "configSha256": fingerprint}, indent=2) + "\n"

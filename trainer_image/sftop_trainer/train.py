@@ -114,6 +114,9 @@ def run(cfg: TrainerConfig, *, progress_bar: bool = False) -> dict[str, Any]:
     progress_mod.JSON_LINES = not progress_bar
     out = Path(cfg.output.dir)
     ensure_writable(out)
+    from sftop_trainer import fetch
+
+    cfg = fetch.for_training(cfg)  # a model from the shared cache: the commit validation resolved
     done = finished_result(cfg, out)
     if done is not None:
         log.info("run %s already finished in %s; reporting its result", cfg.run.id or "", out)
