@@ -140,6 +140,8 @@ class ModelSpec(Spec):
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         cel_exactly_one(("hub", "pvc"), "model")]})
 
+    _cache_claim: str | None = PrivateAttr(None)  # the shared model cache claim the cluster's policy names
+
     hub: HubModel | None = Field(None, description="Download the model from the Hugging Face Hub.")
     pvc: PVCModel | None = Field(None, description="Load the model from a folder on a PersistentVolumeClaim "
                                                    "(the files `save_pretrained` writes).")
@@ -633,6 +635,9 @@ class RunStatus(Spec):
                                                           "pod is gone; the oldest fold into `earlier`.")
     gpu_seconds: float | None = Field(None, description="GPU-seconds so far: GPUs per pod times the pods' running "
                                                         "seconds, over all attempts.")
+    download_seconds: float | None = Field(None, description="Seconds the Validating phase spent on a CPU filling the "
+                                                             "shared model cache for this run: what its GPUs did "
+                                                             "not wait for.")
     pods: list[RunPod] = Field([], description="The run's current pods, one per node (distribution.nodes), with "
                                                "the nodes they run on.")
 
@@ -843,6 +848,18 @@ class PlanMemory(Spec):
     would_fit: list[str] = Field([], description="Changes that would fit, when it does not.")
 
 
+class PlanCache(Spec):
+    """The shared model cache, as the Validating phase filled it (the SFTPolicy's cacheClaim)."""
+
+    model: str = Field(description="The Hub model.")
+    revision: str = Field(description="The commit the model's revision resolved to: the run loads exactly it.")
+    bytes: int = Field(description="Bytes of the model's files at that commit.")
+    downloaded_bytes: int = Field(description="Bytes downloaded into the cache for this run (0: all were cached).")
+    download_seconds: float = Field(description="Seconds spent on a CPU fetching and verifying the files, before "
+                                                "any GPU was asked for.")
+    cached: bool = Field(description="Whether every file was already in the cache.")
+
+
 class Plan(Spec):
     """What the Validating phase found: the data as training sees it, the run's length and its GPU memory."""
 
@@ -868,6 +885,9 @@ class Plan(Spec):
     download_bytes: int = Field(0, description="Bytes the training pod downloads into its cache (a Hub model's "
                                                "weights, estimated; 0 for a model on a claim): the cache volume's "
                                                "size limit and ephemeral-storage request come from it.")
+    cache: PlanCache | None = Field(None, description="The shared model cache: what was in it, what was fetched and "
+                                                      "how long that took on a CPU; the training pod downloads "
+                                                      "nothing.")
     memory: PlanMemory
 
 

@@ -38,9 +38,19 @@ class Observer:
             finished = run.get("id") == render.run_id(seen.spec) and seen.status.get("phase") in lifecycle.TERMINAL
             if not finished or policy.judged_again(seen.status, seen.generation):
                 await self._policy(seen)
+                await self._cache_claim(seen)
         if seen.spec is not None and seen.spec.promotion is not None:
             await self._promotion(seen)
         return seen
+
+    async def _cache_claim(self, seen: Observed) -> None:
+        """The shared model cache claim the policy names, for a Hub model: it must exist and be ReadWriteMany."""
+        if seen.policy is None or seen.missing is not None or seen.spec is None or seen.spec.model.hub is None:
+            return
+        claim = policy.effective(seen.policy, seen.namespace)["cacheClaim"]
+        if claim:
+            found = await self.call(self.kube.exists, "PersistentVolumeClaim", seen.namespace, claim)
+            seen.missing = refs.cache_claim_problem(seen.namespace, claim, found)
 
     async def _policy(self, seen: Observed) -> None:
         """The cluster's SFTPolicy, read afresh (a refusal is final for the spec it judges, so it must never come

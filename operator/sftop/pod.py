@@ -16,6 +16,7 @@ CONTAINER = "trainer"
 CONFIG_FILE = "config.json"
 CONFIG_DIR = "/etc/sftop"
 TRAINER_UID = 1000
+MODEL_CACHE = "/model-cache"  # the shared model cache claim's mount (HF_HUB_CACHE)
 
 
 def tracking_env(spec: api.SFTJobSpec) -> list[dict[str, Any]]:
@@ -97,6 +98,13 @@ def trainer_pod(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, setti
         {"name": "SFTOP_TERMINATION_LOG", "value": "/dev/termination-log"},
         *thread_env(quantities["cpu"], 0 if validation else res.gpus),
     ]
+    if settings.hf_endpoint:
+        env.append({"name": "HF_ENDPOINT", "value": settings.hf_endpoint})
+    cache_claim = spec.model._cache_claim
+    if cache_claim:  # the shared model cache: filled by validation, read offline by training (sftop_trainer.fetch)
+        env.append({"name": "HF_HUB_CACHE", "value": MODEL_CACHE})
+        if not validation and spec.validation.enabled:
+            env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
     if spec.hub_token_secret is not None:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
             "name": spec.hub_token_secret.name, "key": spec.hub_token_secret.key}}})
@@ -128,6 +136,11 @@ def trainer_pod(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, setti
     cache = None if validation else cache_size(plan)
     if cache is not None:
         volumes[3]["emptyDir"]["sizeLimit"] = cache
+    if cache_claim:
+        read_only = not validation and spec.validation.enabled  # without validation, training fills it itself
+        mounts.append({"name": "model-cache", "mountPath": MODEL_CACHE, "readOnly": read_only})
+        volumes.append({"name": "model-cache", "persistentVolumeClaim": {"claimName": cache_claim,
+                                                                          "readOnly": read_only}})
     for i, claim in enumerate(claims_read(spec, warm_start)):
         mounts.append({"name": f"input-{i}", "mountPath": POD_LAYOUT.claim(claim), "readOnly": True})
         volumes.append({"name": f"input-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})

@@ -61,7 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "allowedProfiles": ["*"], "maxGpusPerJob": -1,
     "maxGpusPerNamespace": -1, "priorityClasses": ["*"], "workloadPriorityClasses": ["*"], "requireQueue": False,
     "nodeSelectorKeys": ["*"], "tolerationKeys": ["*"], "allowAffinity": True, "maxActiveDeadlineSeconds": -1,
-    "defaultActiveDeadlineSeconds": -1,
+    "defaultActiveDeadlineSeconds": -1, "cacheClaim": "",
 }
 
 
@@ -119,6 +119,14 @@ class Rules(Spec):
         "defaultActiveDeadlineSeconds, else this. -1: no limit. Default: no limit."))
     default_active_deadline_seconds: int | None = Field(None, ge=-1, description=(
         "Deadline of runs that set none (applied by the operator); -1: none. Default: none."))
+
+
+    cache_claim: str | None = Field(None, max_length=253, pattern=api.DNS1123_SUBDOMAIN + "|^$", description=(
+        "A PersistentVolumeClaim, in each namespace that runs SFTJobs, holding the shared model cache (the Hugging "
+        "Face cache layout, keyed by Hub id and commit): the Validating phase fills it on a CPU with what a run's "
+        "Hub model lacks, and training pods read it, read-only and offline, so no GPU waits for a download. "
+        "ReadWriteMany (validation pods write while training pods read); empty: no shared cache, training pods "
+        "download into their own volume. Default: none."))
 
 
 class PolicySpec(Rules):
@@ -265,7 +273,8 @@ def _changed(path: str) -> str:
 JUDGED = "request.operation == 'CREATE' || " + " || ".join(_changed(p) for p in BOUNDED)
 
 RULE_NAMES = tuple(dict.fromkeys(name for name, _, _ in VALIDATIONS))
-VARIABLES = [rule for rule in DEFAULTS if rule not in ("maxGpusPerNamespace", "defaultActiveDeadlineSeconds")]
+VARIABLES = [rule for rule in DEFAULTS if rule not in ("maxGpusPerNamespace", "defaultActiveDeadlineSeconds",
+                                                      "cacheClaim")]
 
 
 def admission_policy(name: str = "sftop") -> dict[str, Any]:
@@ -413,6 +422,8 @@ def place(spec: api.SFTJobSpec, policy: dict[str, Any] | None, namespace: str) -
         if spec.queue_name is None and prof.queue_name:
             spec.queue_name = prof.queue_name
     rules = effective(policy, namespace)
+    if rules["cacheClaim"] and spec.model.hub is not None:
+        spec.model._cache_claim = rules["cacheClaim"]
     if spec.run_policy.active_deadline_seconds is None:
         deadline = rules["defaultActiveDeadlineSeconds"]
         if deadline < 0:

@@ -65,6 +65,20 @@ def missing_reference(namespace: str, check: tuple[str, str, str | None, str],
     return None
 
 
+def cache_claim_problem(namespace: str, claim: str, obj: dict[str, Any] | None) -> tuple[str, str] | None:
+    """(reason, message) when the shared model cache claim the cluster's policy names cannot serve: missing, or not
+    ReadWriteMany (validation pods write it while training pods on other nodes read it)."""
+    where = "the SFTPolicy's cacheClaim"
+    if obj is None:
+        return missing_reference(namespace, ("PersistentVolumeClaim", claim, None, where), None)
+    modes = (obj.get("spec") or {}).get("accessModes") or []
+    if "ReadWriteMany" not in modes:
+        return "PVCNotShared", f"{where}: PersistentVolumeClaim {claim} is {', '.join(modes) or 'without access modes'}" \
+                               f"; validation pods fill it while training pods on other nodes read it, so it must be " \
+                               f"ReadWriteMany; the run starts when it is"
+    return None
+
+
 def waiting_for_reference(seen: Observed, status: dict[str, Any], rid: str, out: Decision) -> Decision:
     """A reference that does not exist or lacks its key (seen.missing): the run waits in Pending, and is looked at
     again every REFERENCE_RETRY seconds."""

@@ -56,7 +56,8 @@ def trainer_config(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, la
     """The trainer's config for one run of an SFTJob. `warm_start`: spec.warmStart, resolved to a folder."""
     if spec.model.hub is not None:
         model = ModelSource(name=spec.model.hub.id, revision=spec.model.hub.revision,
-                            trust_remote_code=spec.model.trust_remote_code, dtype=spec.model.dtype)
+                            trust_remote_code=spec.model.trust_remote_code, dtype=spec.model.dtype,
+                            cache=bool(spec.model._cache_claim))
     else:
         assert spec.model.pvc is not None
         pvc = spec.model.pvc

@@ -27,6 +27,9 @@ def base_status(status: dict[str, Any], spec: api.SFTJobSpec, rid: str, seen: Ob
     new = copy.deepcopy(status)
     new["observedGeneration"] = seen.generation
     new["model"] = render.model_summary(spec)
+    revision = ((status.get("plan") or {}).get("cache") or {}).get("revision")
+    if revision:  # the commit the shared cache holds the run's model at
+        new["model"] += f"@{revision[:12]}"
     run = dict(new.get("run") or {})
     if run.get("id") != rid:
         run = {}

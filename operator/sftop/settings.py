@@ -23,6 +23,7 @@
 | SFTOP_HEALTH_PORT | 8081 | port of the liveness endpoint (/healthz); 0 turns it off |
 | SFTOP_METRICS_PORT | 8080 | port of the Prometheus metrics endpoint (/metrics); 0 turns it off |
 | SFTOP_POLICY | (empty: none) | name of the cluster's SFTPolicy (sftop.policy): every new run is checked against it before any child is created, and while it is missing new runs wait (PolicyMissing); empty enforces no policy |
+| SFTOP_HF_ENDPOINT | (empty: the Hub) | a Hugging Face Hub mirror for validation and training pods (HF_ENDPOINT) |
 | SFTOP_K8S_SERVER | (empty) | talk to this API server URL instead of the in-cluster or kubeconfig one (tests) |
 """
 
@@ -67,6 +68,7 @@ class Settings:
     metrics_port: int = 8080
     k8s_server: str | None = None
     policy: str | None = None
+    hf_endpoint: str | None = None
     storage_requests: bool = False
 
     @property
@@ -91,7 +93,7 @@ class Settings:
         if env.get("SFTOP_NAMESPACES"):
             kw["namespaces"] = tuple(n.strip() for n in env["SFTOP_NAMESPACES"].split(",") if n.strip())
         for name in ("SFTOP_TRAINER_IMAGE", "SFTOP_DEFAULT_CPU", "SFTOP_DEFAULT_MEMORY", "SFTOP_LOG_LEVEL",
-                     "SFTOP_VALIDATION_CPU", "SFTOP_VALIDATION_MEMORY", "SFTOP_POLICY"):
+                     "SFTOP_VALIDATION_CPU", "SFTOP_VALIDATION_MEMORY", "SFTOP_POLICY", "SFTOP_HF_ENDPOINT"):
             if env.get(name):
                 kw[name.removeprefix("SFTOP_").lower()] = env[name]
         if env.get("SFTOP_LOG_FORMAT"):

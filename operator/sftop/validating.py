@@ -39,6 +39,12 @@ def validation(seen: Observed, status: dict[str, Any], rid: str, warm_start: nam
             new["plan"] = plan
             reason, message = "Validated", (f"data, template and model checked: {plan['samples']} samples, "
                                             f"{plan['totalSteps']} steps, ~{plan['memory']['perGpu']} GiB per GPU")
+            cache = plan.get("cache")
+            if cache:  # the model is in the shared cache at this commit: what the GPUs will not wait for
+                new["run"]["downloadSeconds"] = cache["downloadSeconds"]
+                message += (f"; {cache['model']}@{cache['revision'][:12]} " +
+                            ("was cached" if cache["cached"] else
+                             f"cached: {cache['downloadedBytes'] / 2**30:.2f} GiB in {cache['downloadSeconds']:.0f} s"))
             conditions = lifecycle.set_condition(conditions, "Validated", "True", reason, message, generation, stamp)
             new["run"]["validated"] = passed = True
             new.update(phase="Pending", message="creating the training Job")

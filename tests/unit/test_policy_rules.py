@@ -62,6 +62,6 @@ def test_the_operator_reads_the_admission_policys_own_rules(fields, rule):
 def test_every_rule_the_admission_policy_checks_has_a_validation_and_a_variable():
     vap = policy.admission_policy()
     names = [v["name"] for v in vap["spec"]["variables"]]
-    assert set(names) | {"maxGpusPerNamespace", "defaultActiveDeadlineSeconds"} == set(policy.DEFAULTS)
+    assert set(names) | {"maxGpusPerNamespace", "defaultActiveDeadlineSeconds", "cacheClaim"} == set(policy.DEFAULTS)
     assert len(vap["spec"]["validations"]) == len(policy.VALIDATIONS)
     assert all(v["reason"] == "Forbidden" and v["messageExpression"] for v in vap["spec"]["validations"])
