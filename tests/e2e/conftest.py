@@ -4,6 +4,7 @@ import socket
 import pytest
 
 from harness.cluster import Operator
+from harness.hub import Hub
 from harness.node import Node
 from sftop_trainer import taskapi
 
@@ -18,9 +19,15 @@ def free_port() -> int:
 async def cluster(apiserver, tmp_path, tiny_model, monkeypatch, request):
     """An API server, a node that runs trainer pods as local processes, and the operator: one machine's
     cluster. The claims `models` (the tiny model at tiny/) and `data` (tasks.jsonl, and held-out rows in
-    tasks-test.jsonl) exist. Parametrized indirectly with {"policy": NAME}, the operator enforces that SFTPolicy."""
-    if getattr(request, "param", {}).get("policy"):
-        monkeypatch.setenv("SFTOP_POLICY", request.param["policy"])
+    tasks-test.jsonl) exist. Parametrized indirectly with {"policy": NAME}, the operator enforces that SFTPolicy; with
+    {"hub": True}, a Hub stand-in serves models to the pods (`operator.hub`)."""
+    params = getattr(request, "param", {})
+    if params.get("policy"):
+        monkeypatch.setenv("SFTOP_POLICY", params["policy"])
+    hub = None
+    if params.get("hub"):  # a Hub stand-in the pods reach through the operator's SFTOP_HF_ENDPOINT (harness.hub)
+        hub = await Hub().__aenter__()
+        monkeypatch.setenv("SFTOP_HF_ENDPOINT", hub.url)
     monkeypatch.setenv("SFTOP_K8S_SERVER", str(apiserver.url).rstrip("/"))
     monkeypatch.setenv("SFTOP_PROGRESS_INTERVAL", "1")
     monkeypatch.setenv("SFTOP_STATUS_WRITES_PER_MINUTE", "60")  # fast-forwarded like the interval: runs take seconds
@@ -42,9 +49,12 @@ async def cluster(apiserver, tmp_path, tiny_model, monkeypatch, request):
             "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
             "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}}})
     operator = Operator(apiserver)
+    operator.hub = hub
     async with node:
         await operator.start()
         try:
             yield apiserver, node, operator
         finally:
             await operator.stop()
+            if hub is not None:
+                await hub.__aexit__(None, None, None)

@@ -22,6 +22,8 @@ How a pod's world maps onto this machine:
   namespace here: `_resolve`). Pods of index i are bound to node_names[i % len(node_names)].
 - env: values may use $(VAR) of earlier variables, and fieldRef reads the pod's metadata, as kubelet does.
 - the image: the container runs `python -m sftop_trainer` from this environment, whatever its image says.
+- the network: no Hub can be reached (the test process's HF_HUB_OFFLINE reaches the pods) unless `hub_offline` is
+  False, when pods reach a Hub stand-in (harness.hub) through the HF_ENDPOINT of their pod spec.
 - the termination message: the trainer writes `SFTOP_TERMINATION_LOG`, which points at a file per pod;
   with FallbackToLogsOnError an empty message on failure becomes the log's tail.
 """
@@ -89,6 +91,10 @@ class Node:
         self.addresses = (f"127.0.{self.net}.{i}" for i in itertools.count(2))
         self.names = itertools.count(1)
         self.task: asyncio.Task | None = None
+        # The network pods see: by default none (the test process's HF_HUB_OFFLINE reaches them, as no Hub can be
+        # reached from here); False lets them reach a Hub stand-in (harness.hub) through the HF_ENDPOINT their pod
+        # spec names, as a cluster's pods reach the Hub.
+        self.hub_offline = True
 
     def volume(self, claim: str) -> Path:
         path = self.root / "volumes" / claim
@@ -246,7 +252,9 @@ class Node:
         spec = pod["spec"]
         container = spec["containers"][0]
         mounts = self._mounts(meta["namespace"], spec, container, folder)
-        env = {**{k: v for k, v in os.environ.items() if k.startswith(("PATH", "HOME", "HF_", "PYTHON", "LANG"))},
+        offline = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if not self.hub_offline else ()
+        env = {**{k: v for k, v in os.environ.items() if k.startswith(("PATH", "HOME", "HF_", "PYTHON", "LANG"))
+                  and k not in offline},
                "SFTOP_TERMINATION_LOG": str(folder / "termination-log"), "SFTOP_PROGRESS_HOST": ip,
                "PYTHONUNBUFFERED": "1"}
         defined: dict[str, str] = {}
