@@ -18,6 +18,7 @@ public, as on the Hub). `served` counts the bytes of file content sent, by repos
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hashlib
 from dataclasses import dataclass, field
@@ -43,7 +44,8 @@ def blob_sha1(data: bytes) -> str:
 class Hub:
     """`async with Hub() as hub:` serves `hub.url`; `hub.add(repo_id, folder)` publishes a folder as one commit."""
 
-    def __init__(self):
+    def __init__(self, rate: float | None = None):
+        self.rate = rate  # bytes per second of file content (a benchmark's Hub link); None: as fast as it goes
         self.repos: dict[str, Repo] = {}
         self.served: collections.Counter[str] = collections.Counter()
         self.requests: list[tuple[str, str]] = []
@@ -146,4 +148,13 @@ class Hub:
         status = 206 if start else 200
         if start:
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-        return aiohttp.web.Response(status=status, body=body, headers=headers)
+        if not self.rate:
+            return aiohttp.web.Response(status=status, body=body, headers=headers)
+        response = aiohttp.web.StreamResponse(status=status, headers={**headers, "Content-Length": str(len(body))})
+        await response.prepare(request)
+        for i in range(0, len(body), 1 << 20):
+            chunk = body[i:i + (1 << 20)]
+            await response.write(chunk)
+            await asyncio.sleep(len(chunk) / self.rate)
+        await response.write_eof()
+        return response
