@@ -7,6 +7,7 @@ import os
 import resource
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,27 @@ async def test_two_runs_filling_the_same_entry_at_once_download_it_once(tmp_path
     assert first[0] == 0 and second[0] == 0, first[2][-2000:] + second[2][-2000:]
     size = sum(len(d) for d in hub.repos["acme/tiny"].files.values())
     assert hub.served["acme/tiny"] == size, "each file crossed the network once"
+
+
+async def test_a_download_a_killed_pod_left_half_done_is_fetched_again_and_its_leftover_removed(tmp_path, hub):
+    """huggingface_hub 2 writes each download to a temporary file of its own process (no cross-process resume): a
+    fill killed mid-file leaves `<blob>.<id>.incomplete`; the next fill fetches the file whole and removes the
+    leftover once nothing has written to it for an hour, so partial copies do not fill the claim."""
+    code, _, log = await trainer(tmp_path, hub, config(tmp_path, "first"), "--validate")
+    assert code == 0, log[-3000:]
+    weights = next((tmp_path / "cache").glob("models--acme--tiny/snapshots/*/model.safetensors"))
+    blob = weights.resolve()
+    good = blob.read_bytes()
+    weights.unlink()
+    blob.unlink()
+    leftover = blob.parent / f"{blob.name}.0badc0de.incomplete"
+    leftover.write_bytes(good[: len(good) // 2])
+    os.utime(leftover, (time.time() - 7200, time.time() - 7200))  # written to two hours ago
+    fresh = blob.parent / f"{blob.name}.feedf00d.incomplete"  # another fill's, under way
+    fresh.write_bytes(good[:100])
+    before = hub.served["acme/tiny"]
+    code, message, log = await trainer(tmp_path, hub, config(tmp_path, "again"), "--validate")
+    assert code == 0, log[-3000:]
+    assert message["plan"]["cache"]["downloadedBytes"] == len(good) == hub.served["acme/tiny"] - before
+    assert weights.read_bytes() == good
+    assert not leftover.exists() and fresh.exists()

@@ -2,8 +2,9 @@
 
 In the Validating phase (`model.cache`, `--validate`) the pod mounts the platform's cache claim at HF_HUB_CACHE, in the
 Hugging Face cache layout (`models--<org>--<name>/blobs`, `snapshots/<commit>`): the revision is resolved to its
-commit, what the cache lacks is downloaded (huggingface_hub resumes a partial file and locks each one, so two runs
-filling the same entry at once download it once), and every file of the commit is checked against the Hub's
+commit, what the cache lacks is downloaded (huggingface_hub locks each file, so two runs filling the same entry at
+once download it once; a file a killed pod left half-downloaded is fetched again whole, and its partial copy removed
+once abandoned: `_remove_abandoned`), and every file of the commit is checked against the Hub's
 hashes (sha256 for weights, the git blob hash for the rest). A file that does not match is removed and fetched
 again, once. The training pod then mounts the claim read-only and loads that exact commit offline (the commit from
 the plan.json validation wrote, HF_HUB_OFFLINE=1); a run without a plan (validation off) fills the cache itself.
@@ -41,6 +42,7 @@ def fill(cfg: TrainerConfig) -> dict[str, Any]:
     started = time.monotonic()
     try:
         commit = api.repo_info(repo, revision=revision).sha
+        _remove_abandoned(Path(cache), repo)
         listing = snapshot_download(repo, revision=commit, cache_dir=cache, token=token, dry_run=True)
         size = sum(f.file_size or 0 for f in listing)
         missing = sum(f.file_size or 0 for f in listing if f.will_download)
@@ -72,6 +74,25 @@ def fill(cfg: TrainerConfig) -> dict[str, Any]:
         raise
     return {"model": repo, "revision": commit, "bytes": size, "downloadedBytes": missing + refetched,
             "downloadSeconds": round(time.monotonic() - started, 1), "cached": missing + refetched == 0}
+
+
+ABANDONED = 3600  # seconds without a write after which a partial download is a killed pod's
+
+
+def _remove_abandoned(cache: Path, repo: str) -> None:
+    """Partial downloads a killed pod left behind. huggingface_hub 2 downloads each file to a temporary file of its
+    own process (a shared `.incomplete` file corrupted caches on filesystems whose locks do not hold: NFS, Lustre,
+    GPFS), so a fill that was killed is not resumed: its file is fetched again whole, and its partial copy would
+    only fill the claim. One not written to for an hour is removed."""
+    blobs = cache / f"models--{repo.replace('/', '--')}" / "blobs"
+    now = time.time()
+    for partial in blobs.glob("*.incomplete") if blobs.is_dir() else ():
+        try:
+            if now - partial.stat().st_mtime > ABANDONED:
+                partial.unlink()
+                log.info("model cache: removed an abandoned partial download %s", partial.name)
+        except FileNotFoundError:  # another fill finished or removed it
+            pass
 
 
 def at(cfg: TrainerConfig, commit: str) -> TrainerConfig:
