@@ -201,6 +201,12 @@ def describe(plan: dict[str, Any]) -> list[str]:
         lines.append(f"          - {note}")
     if plan.get("downloadBytes"):
         lines.append(f"download  ~{gib(plan['downloadBytes'])} GiB of weights from the Hub into the pod's cache")
+    cache = plan.get("cache")
+    if cache:
+        lines.append(f"cache     {cache['model']}@{cache['revision'][:12]}: {gib(cache['bytes'])} GiB, " +
+                     ("all cached" if cache["cached"] else
+                      f"{gib(cache['downloadedBytes'])} GiB fetched in {cache['downloadSeconds']:.0f} s") +
+                     "; the training pod reads it offline")
     return lines
 
 
