@@ -858,6 +858,8 @@ class PlanCache(Spec):
     download_seconds: float = Field(description="Seconds spent on a CPU fetching and verifying the files, before "
                                                 "any GPU was asked for.")
     cached: bool = Field(description="Whether every file was already in the cache.")
+    claim: str | None = Field(None, description="The cache claim it was filled into: the training pod reads that "
+                                                "one, whatever the policy says by then.")
 
 
 class Plan(Spec):

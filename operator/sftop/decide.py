@@ -83,6 +83,8 @@ def decide(seen: Observed) -> Decision:
                            f"{limit} GPUs its policy allows at once (maxGpusPerNamespace), and this run needs "
                            f"{wanted}; it starts when others finish")
                 return refs.cannot_start(seen, status, rid, out, "WaitingForGpuQuota", message, False, WAIT_RETRY)
+        if spec.validation.enabled:  # the cache the run was validated with (its config says so), not today's
+            spec.model._cache_claim = ((status.get("plan") or {}).get("cache") or {}).get("claim")
         job = children(seen, spec, rid, out, warm_start=warm_start, plan=status.get("plan"))
     job = apply_suspend(job, spec, seen.queue.workload if seen.queue is not None else None, out)
     apply_priority(job, spec, out)

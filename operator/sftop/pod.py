@@ -98,8 +98,8 @@ def trainer_pod(name: str, namespace: str, spec: api.SFTJobSpec, rid: str, setti
         {"name": "SFTOP_TERMINATION_LOG", "value": "/dev/termination-log"},
         *thread_env(quantities["cpu"], 0 if validation else res.gpus),
     ]
-    if settings.hf_endpoint:
-        env.append({"name": "HF_ENDPOINT", "value": settings.hf_endpoint})
+    if settings.hf_endpoint:  # a mirror: Xet transfers would still go to the Hub's own storage hosts
+        env += [{"name": "HF_ENDPOINT", "value": settings.hf_endpoint}, {"name": "HF_HUB_DISABLE_XET", "value": "1"}]
     cache_claim = spec.model._cache_claim
     if cache_claim:  # the shared model cache: filled by validation, read offline by training (sftop_trainer.fetch)
         env.append({"name": "HF_HUB_CACHE", "value": MODEL_CACHE})

@@ -41,6 +41,7 @@ def validation(seen: Observed, status: dict[str, Any], rid: str, warm_start: nam
                                             f"{plan['totalSteps']} steps, ~{plan['memory']['perGpu']} GiB per GPU")
             cache = plan.get("cache")
             if cache:  # the model is in the shared cache at this commit: what the GPUs will not wait for
+                cache["claim"] = spec.model._cache_claim
                 new["run"]["downloadSeconds"] = cache["downloadSeconds"]
                 message += (f"; {cache['model']}@{cache['revision'][:12]} " +
                             ("was cached" if cache["cached"] else

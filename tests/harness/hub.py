@@ -8,6 +8,7 @@ file_download.py `get_hf_file_metadata` and `http_get`, utils/_http.py `hf_raise
 |---|---|
 | `GET /api/models/<repo>/revision/<rev>` | the model's info: `sha` (the commit the revision resolves to), `siblings`, `gated` |
 | `GET /api/models/<repo>/tree/<commit>?recursive=...` | every file: `path`, `size`, `oid` (its git blob sha1) and, for weights, `lfs` (`oid`: sha256, `size`) |
+| `GET /api/models/<repo>/auth-check` | 200 when the token may read the (gated) repository's files, else as below |
 | `HEAD` / `GET /<repo>/resolve/<rev>/<path>` | the file, with `X-Repo-Commit`, `ETag` (the blob sha1, or the sha256 of an LFS file, also as `X-Linked-Etag` with `X-Linked-Size`), `Content-Length`, and `Range` requests (a resumed download) |
 
 Errors as the Hub answers them, with `X-Error-Code` (which the client turns into its exception classes): an
@@ -62,6 +63,7 @@ class Hub:
         app = aiohttp.web.Application()
         app.router.add_get("/api/models/{org}/{name}/revision/{rev}", self._info)
         app.router.add_get("/api/models/{org}/{name}/tree/{rev}", self._tree)
+        app.router.add_get("/api/models/{org}/{name}/auth-check", self._auth_check)
         app.router.add_route("*", "/{org}/{name}/resolve/{rev}/{path:.+}", self._resolve)
         self._runner = aiohttp.web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -100,6 +102,26 @@ class Hub:
                                           "gated": "manual" if repo.gated else False,
                                           "siblings": [{"rfilename": p} for p in repo.files]})
 
+    def _refused(self, repo_id: str, repo: Repo, request: aiohttp.web.Request) -> aiohttp.web.Response | None:
+        if not repo.gated:
+            return None
+        token = (request.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+        if not token:
+            return self._error(401, "GatedRepo", f"Access to model {repo_id} is restricted. You must have access to "
+                                                  f"it and be authenticated to access it.")
+        if token not in repo.tokens:
+            return self._error(403, "GatedRepo", f"Access to model {repo_id} is restricted and you are not in the "
+                                                  f"authorized list.")
+        return None
+
+    async def _auth_check(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        repo_id = f"{request.match_info['org']}/{request.match_info['name']}"
+        self.requests.append((request.method, request.path))
+        repo = self.repos.get(repo_id)
+        if repo is None:
+            return self._error(404, "RepoNotFound", "Repository not found")
+        return self._refused(repo_id, repo, request) or aiohttp.web.json_response({})
+
     async def _tree(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
         _, repo, commit = self._find(request)
         if repo is None:
@@ -120,14 +142,9 @@ class Hub:
             return self._error(404, "RepoNotFound", "Repository not found")
         if commit is None:
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {request.match_info['rev']}")
-        if repo.gated:
-            token = (request.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
-            if not token:
-                return self._error(401, "GatedRepo", f"Access to model {repo_id} is restricted. You must have "
-                                                      f"access to it and be authenticated to access it.")
-            if token not in repo.tokens:
-                return self._error(403, "GatedRepo", f"Access to model {repo_id} is restricted and you are not in "
-                                                      f"the authorized list.")
+        refused = self._refused(repo_id, repo, request)
+        if refused is not None:
+            return refused
         data = repo.files.get(request.match_info["path"])
         if data is None:
             return self._error(404, "EntryNotFound", f"{request.match_info['path']} does not exist")

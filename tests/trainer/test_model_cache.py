@@ -97,10 +97,16 @@ async def test_what_cannot_be_fetched_fails_validation_with_its_reason(tmp_path,
     assert words in message["message"]
 
 
-async def test_a_gated_model_with_a_granted_token_fills_the_cache(tmp_path, hub):
+async def test_a_gated_model_in_the_shared_cache_is_still_refused_to_a_run_without_access(tmp_path, hub):
+    """The cache is shared by every namespace: a granted run fills it, and a run without access of its own is refused
+    although the files are there."""
     cfg = config(tmp_path, "granted", name="acme/gated")
     code, message, log = await trainer(tmp_path, hub, cfg, "--validate", env={"HF_TOKEN": "hf_granted"})
     assert code == 0 and message["plan"]["cache"]["downloadedBytes"] > 0, log[-3000:]
+    for token in ({}, {"HF_TOKEN": "hf_other"}):
+        code, message, log = await trainer(tmp_path, hub, config(tmp_path, "other", name="acme/gated"), "--validate",
+                                           env=token)
+        assert code == ExitCode.HUB_ACCESS_DENIED and message["reason"] == "HubAccessDenied", log[-3000:]
 
 
 async def test_a_corrupt_file_in_the_cache_is_found_and_fetched_again(tmp_path, hub):
@@ -109,11 +115,26 @@ async def test_a_corrupt_file_in_the_cache_is_found_and_fetched_again(tmp_path, 
     weights = next((tmp_path / "cache").glob("models--acme--tiny/snapshots/*/model.safetensors"))
     blob = weights.resolve()
     good = blob.read_bytes()
-    blob.write_bytes(bytes(len(good)))  # the same size, other bytes: a disk or a copy gone wrong
+    blob.write_bytes(good[: len(good) // 3])  # truncated: a copy or a disk gone wrong
     code, message, log = await trainer(tmp_path, hub, config(tmp_path, "again"), "--validate")
     assert code == 0, log[-3000:]
     assert message["plan"]["cache"]["downloadedBytes"] == len(good)
     assert weights.read_bytes() == good
+
+
+async def test_a_file_corrupted_before_its_commit_was_ever_verified_is_hashed_and_fetched_again(tmp_path, hub):
+    """A commit's first fill hashes every file (later fills check sizes and hash what they fetch): same-size
+    corruption of a file already in the cache (another tool's copy, a disk fault) is found."""
+    code, _, log = await trainer(tmp_path, hub, config(tmp_path, "first"), "--validate")
+    assert code == 0, log[-3000:]
+    marker, = (tmp_path / "cache").glob("models--acme--tiny/.sftop-verified/*")
+    marker.unlink()  # as if the cache had been filled by another tool
+    weights = next((tmp_path / "cache").glob("models--acme--tiny/snapshots/*/model.safetensors"))
+    good = weights.resolve().read_bytes()
+    weights.resolve().write_bytes(bytes(len(good)))
+    code, message, log = await trainer(tmp_path, hub, config(tmp_path, "again"), "--validate")
+    assert code == 0, log[-3000:]
+    assert message["plan"]["cache"]["downloadedBytes"] == len(good) and weights.read_bytes() == good
 
 
 async def test_a_full_cache_claim_fails_validation_before_any_gpu(tmp_path, hub):

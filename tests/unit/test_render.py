@@ -78,7 +78,8 @@ def test_pod_failure_policy_follows_the_trainer_exit_codes():
     assert set(fail) == {ExitCode.INVALID_CONFIG, ExitCode.INVALID_DATA, ExitCode.MODEL_LOAD_FAILED,
                          ExitCode.OUT_OF_MEMORY, ExitCode.LOSS_NOT_FINITE, ExitCode.LOSS_SPIKE,
                          ExitCode.GPU_UNAVAILABLE, ExitCode.DATA_QUALITY, ExitCode.REVISION_NOT_FOUND,
-                         ExitCode.HUB_ACCESS_DENIED, ExitCode.CACHE_FULL, ExitCode.CACHE_CORRUPT}
+                         ExitCode.HUB_ACCESS_DENIED, ExitCode.CACHE_FULL, ExitCode.CACHE_CORRUPT,
+                         ExitCode.CACHE_NOT_WRITABLE}
     ignore = [r for r in rules if r["action"] == "Ignore"]
     assert any(ExitCode.INTERRUPTED in r.get("onExitCodes", {}).get("values", []) for r in ignore)
     assert any(c["type"] == "DisruptionTarget" for r in ignore for c in r.get("onPodConditions", []))

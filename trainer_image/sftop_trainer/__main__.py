@@ -139,6 +139,17 @@ def main(argv: list[str] | None = None) -> int:
         processes = process_count(args.processes)
         from sftop_trainer.launch import Group, launch
 
+        if cfg.model.cache and (processes > 1 or cfg.distribution.nodes > 1):
+            # the model from the shared cache, once for all of this pod's processes (sftop_trainer.fetch)
+            from sftop_trainer import fetch
+
+            try:
+                os.environ[fetch.COMMIT_VARIABLE] = fetch.for_training(cfg).model.resolved_revision or ""
+            except TrainerError as e:
+                return fail(e.code, e.message)
+            if not os.environ[fetch.COMMIT_VARIABLE]:
+                del os.environ[fetch.COMMIT_VARIABLE]
+
         if cfg.distribution.nodes > 1:
             try:
                 group = Group.from_env(cfg.distribution.nodes, cfg.run.id)

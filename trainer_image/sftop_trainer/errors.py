@@ -30,6 +30,8 @@ class ExitCode(enum.IntEnum):
     HUB_ACCESS_DENIED = 75
     CACHE_FULL = 76
     CACHE_CORRUPT = 77
+    CACHE_NOT_WRITABLE = 78
+    HUB_UNAVAILABLE = 79
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,11 @@ EXIT_CLASSES: dict[int, ExitClass] = {
                   "the shared model cache claim is full (or over its quota): the platform team frees or grows it"),
         ExitClass(ExitCode.CACHE_CORRUPT, "CacheCorrupt", False, True,
                   "files in the shared model cache do not match the Hub's hashes even after fetching them again"),
+        ExitClass(ExitCode.CACHE_NOT_WRITABLE, "CacheNotWritable", False, True,
+                  "the shared model cache claim cannot be written by the pods' user (uid and gid 1000): the platform "
+                  "team makes it writable"),
+        ExitClass(ExitCode.HUB_UNAVAILABLE, "HubUnavailable", True, True,
+                  "the Hub could not be reached or answered 429 or 5xx; retried"),
     )
 }
 
@@ -127,6 +134,14 @@ class CacheFullError(TrainerError):
 
 class CacheCorruptError(TrainerError):
     code = ExitCode.CACHE_CORRUPT
+
+
+class CacheNotWritableError(TrainerError):
+    code = ExitCode.CACHE_NOT_WRITABLE
+
+
+class HubUnavailableError(TrainerError):
+    code = ExitCode.HUB_UNAVAILABLE
 
 
 class OutOfMemory(TrainerError):

@@ -20,15 +20,23 @@ from pathlib import Path
 from typing import Any
 
 from sftop_trainer.config import TrainerConfig
-from sftop_trainer.errors import CacheCorruptError, CacheFullError, HubAccessError, ModelLoadError, RevisionNotFoundError
+from sftop_trainer.errors import (CacheCorruptError, CacheFullError, CacheNotWritableError, HubAccessError,
+                                  HubUnavailableError, ModelLoadError, RevisionNotFoundError)
 
 log = logging.getLogger(__name__)
 
 FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+# What a run never loads: other frameworks' weights, the original checkpoints some repositories carry beside the
+# transformers ones (Llama's original/*.pth double an 8B or 70B download), exports.
+IGNORED = ["original/*", "*.pth", "*.gguf", "*.onnx", "*.onnx_data", "onnx/*", "*.msgpack", "flax_model*", "*.h5",
+           "tf_model*", "*.tflite", "*.ot", "coreml/*", "openvino/*", "*.mlmodel"]
+VERIFIED = ".sftop-verified"  # <repo folder>/.sftop-verified/<commit>: every file of the commit matched once
 
 
 def fill(cfg: TrainerConfig) -> dict[str, Any]:
     """Fill the cache with the model at its revision; what the plan and the status say about it."""
+    import httpx2  # huggingface_hub 2's HTTP client
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
     from huggingface_hub.errors import RevisionNotFoundError as HubRevisionNotFound
@@ -36,19 +44,29 @@ def fill(cfg: TrainerConfig) -> dict[str, Any]:
     repo, revision = cfg.model.name, cfg.model.revision or "main"
     cache = os.environ.get("HF_HUB_CACHE")
     if not cache:
-        raise ModelLoadError("model.cache is fill but HF_HUB_CACHE names no cache folder")
+        raise ModelLoadError("model.cache is set but HF_HUB_CACHE names no cache folder")
     token = os.environ.get("HF_TOKEN") or None
     api = HfApi(token=token)
     started = time.monotonic()
     try:
-        commit = api.repo_info(repo, revision=revision).sha
+        info = api.repo_info(repo, revision=revision)
+        commit = info.sha
+        if getattr(info, "gated", False):
+            # the cache holds the files for every namespace that shares it: this run must have access of its own
+            api.auth_check(repo, token=token)
         _remove_abandoned(Path(cache), repo)
-        listing = snapshot_download(repo, revision=commit, cache_dir=cache, token=token, dry_run=True)
-        size = sum(f.file_size or 0 for f in listing)
-        missing = sum(f.file_size or 0 for f in listing if f.will_download)
+        listing = snapshot_download(repo, revision=commit, cache_dir=cache, token=token, dry_run=True,
+                                    ignore_patterns=ignored(info))
+        wanted = {f.filename for f in listing}
+        # the Hub's sizes (a dry run reports a cached file's own size, however short)
+        sizes = {e.path: e.size for e in api.list_repo_tree(repo, revision=commit, recursive=True, token=token)
+                 if e.path in wanted and hasattr(e, "size")}
+        size = sum(sizes.values())
+        fetched = [f.filename for f in listing if f.will_download]
+        missing = sum(sizes.get(f, 0) for f in fetched)
         log.info("model cache: %s@%s, %d bytes, %d to download", repo, commit, size, missing)
-        snapshot_download(repo, revision=commit, cache_dir=cache, token=token)
-        refetched = _verify(api, repo, commit, cache, token)
+        snapshot_download(repo, revision=commit, cache_dir=cache, token=token, ignore_patterns=ignored(info))
+        refetched = _verify(api, repo, commit, cache, token, sizes, fetched, ignored(info))
     except HubRevisionNotFound as e:
         raise RevisionNotFoundError(f"model {repo} has no revision {revision!r} on the Hub (a branch, tag or commit "
                                     f"of the repository): {_first_line(e)}") from e
@@ -66,16 +84,32 @@ def fill(cfg: TrainerConfig) -> dict[str, Any]:
         status = getattr(getattr(e, "response", None), "status_code", None)
         if status in (401, 403):
             raise HubAccessError(f"the Hub refused model {repo} ({status}): {_first_line(e)}") from e
+        if status == 429 or (status or 0) >= 500:
+            raise HubUnavailableError(f"the Hub answered {status} for model {repo}: {_first_line(e)}") from e
         raise
+    except (httpx2.TransportError, ConnectionError) as e:
+        raise HubUnavailableError(f"the Hub could not be reached for model {repo} ({type(e).__name__}: "
+                                  f"{_first_line(e)}); a mirror: the operator's SFTOP_HF_ENDPOINT") from e
     except OSError as e:
         if e.errno in FULL:
             raise CacheFullError(f"the model cache at {cache} is full or over its quota while fetching {repo} "
                                  f"({os.strerror(e.errno)}): the platform team frees or grows the cache claim") from e
+        if e.errno in NOT_WRITABLE:
+            raise CacheNotWritableError(f"the model cache at {cache} cannot be written ({os.strerror(e.errno)}): "
+                                        f"its claim must be writable by uid and gid 1000 (docs/admin.md)") from e
         raise
     return {"model": repo, "revision": commit, "bytes": size, "downloadedBytes": missing + refetched,
             "downloadSeconds": round(time.monotonic() - started, 1), "cached": missing + refetched == 0}
 
 
+def ignored(info: Any) -> list[str]:
+    """The files a run does not need: IGNORED, and PyTorch pickles where safetensors exist."""
+    names = [s.rfilename for s in (getattr(info, "siblings", None) or [])]
+    extra = ["*.bin", "*.pt"] if any(n.endswith(".safetensors") for n in names) else []
+    return IGNORED + extra
+
+
+COMMIT_VARIABLE = "SFTOP_MODEL_COMMIT"
 ABANDONED = 3600  # seconds without a write after which a partial download is a killed pod's
 
 
@@ -106,8 +140,8 @@ def for_training(cfg: TrainerConfig) -> TrainerConfig:
     if not cfg.model.cache or cfg.model.resolved_revision:
         return cfg
     plan = Path(cfg.output.dir) / "plan.json"
-    commit = None
-    if plan.exists():
+    commit = os.environ.get(COMMIT_VARIABLE)  # filled by this pod's launcher, once for all its processes
+    if commit is None and plan.exists():
         import json
 
         commit = (json.loads(plan.read_text()).get("cache") or {}).get("revision")
@@ -116,32 +150,51 @@ def for_training(cfg: TrainerConfig) -> TrainerConfig:
     return at(cfg, commit)
 
 
-def _verify(api: Any, repo: str, commit: str, cache: str, token: str | None) -> int:
-    """Check every file of the commit against the Hub's hashes; fetch a bad one again, once. Returns the bytes
-    fetched again."""
+def _verify(api: Any, repo: str, commit: str, cache: str, token: str | None, sizes: dict[str, int | None],
+            fetched: list[str], ignore: list[str]) -> int:
+    """Check the commit's files against the Hub's hashes; fetch a bad one again, once. A commit verified whole
+    before (its marker) has only the files fetched now hashed, and every file's size checked (a partial or
+    truncated file); the first fill hashes every file. Returns the bytes fetched again."""
     from huggingface_hub import snapshot_download
 
-    check = api.verify_repo_checksums(repo, revision=commit, cache_dir=cache, token=token)
-    bad = [m["path"] for m in check.mismatches] + list(check.missing_paths)
+    marker = Path(cache) / f"models--{repo.replace('/', '--')}" / VERIFIED / commit
+    snapshot = Path(cache) / f"models--{repo.replace('/', '--')}" / "snapshots" / commit
+
+    def bad_files() -> list[str]:
+        if marker.exists():
+            wrong = [p for p, n in sizes.items() if n is not None and
+                     (not (snapshot / p).exists() or (snapshot / p).stat().st_size != n)]
+            suspects = set(wrong) | set(fetched)
+            if not suspects:
+                return []
+        check = api.verify_repo_checksums(repo, revision=commit, cache_dir=cache, token=token)
+        found = [m["path"] for m in check.mismatches] + list(check.missing_paths)
+        return [p for p in found if p in sizes]  # the files ignored on purpose are not missing
+
+    bad = bad_files()
     if not bad:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
         return 0
     log.warning("model cache: %d file(s) of %s@%s do not match the Hub's hashes; fetching them again: %s",
                 len(bad), repo, commit, ", ".join(bad[:5]))
-    snapshot = Path(check.verified_path)
     again = 0
     for path in bad:
         link = snapshot / path
         if link.is_symlink():
             blob = link.resolve()
-            again += blob.stat().st_size if blob.exists() else 0
+            again += sizes.get(path) or 0
             blob.unlink(missing_ok=True)
         link.unlink(missing_ok=True)
-    snapshot_download(repo, revision=commit, cache_dir=cache, token=token)
-    check = api.verify_repo_checksums(repo, revision=commit, cache_dir=cache, token=token)
-    still = [m["path"] for m in check.mismatches] + list(check.missing_paths)
+    marker.unlink(missing_ok=True)
+    snapshot_download(repo, revision=commit, cache_dir=cache, token=token, ignore_patterns=ignore)
+    fetched = list(set(fetched) | set(bad))
+    still = bad_files()
     if still:
         raise CacheCorruptError(f"model cache: {', '.join(still[:5])} of {repo}@{commit} still do not match the "
                                 f"Hub's hashes after fetching them again")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
     return again
 
 

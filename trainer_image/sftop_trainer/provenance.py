@@ -86,7 +86,9 @@ def _selects_all(adapter_dir: Path, short: list[str], cfg: TrainerConfig) -> boo
     from transformers import AutoConfig
 
     try:
-        layers = AutoConfig.from_pretrained(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
+        from sftop_trainer.model import _from_pretrained_kwargs
+
+        layers = AutoConfig.from_pretrained(cfg.model.name, **_from_pretrained_kwargs(cfg))
         layers = getattr(layers.get_text_config(), "num_hidden_layers", None)
     except Exception:  # the check is a nicety: without the config, keep the targets as they are
         return False
