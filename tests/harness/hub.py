@@ -14,7 +14,8 @@ file_download.py `get_hf_file_metadata` and `http_get`, utils/_http.py `hf_raise
 Errors as the Hub answers them, with `X-Error-Code` (which the client turns into its exception classes): an
 unknown repository 404 `RepoNotFound`; an unknown revision 404 `RevisionNotFound`; a gated repository's files 401
 `GatedRepo` without a token and 403 `GatedRepo` with a token that has no access (its info and file list stay
-public, as on the Hub). `served` counts the bytes of file content sent, by repository.
+public, as on the Hub); with `outage` set, every request gets 503 or 429 (with Retry-After). `served` counts the
+bytes of file content sent, by repository.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Hub:
 
     def __init__(self, rate: float | None = None):
         self.rate = rate  # bytes per second of file content (a benchmark's Hub link); None: as fast as it goes
+        self.outage: int | None = None  # a status every request is answered with (429, 503): the Hub unavailable
         self.repos: dict[str, Repo] = {}
         self.served: collections.Counter[str] = collections.Counter()
         self.requests: list[tuple[str, str]] = []
@@ -85,6 +87,10 @@ class Hub:
     def _find(self, request: aiohttp.web.Request) -> tuple[str, Repo | None, str | None]:
         repo_id = f"{request.match_info['org']}/{request.match_info['name']}"
         self.requests.append((request.method, request.path))
+        if self.outage == 503:
+            raise aiohttp.web.HTTPServiceUnavailable(text="the Hub is unavailable")
+        if self.outage == 429:
+            raise aiohttp.web.HTTPTooManyRequests(text="rate limited", headers={"Retry-After": "1"})
         repo = self.repos.get(repo_id)
         rev = request.match_info["rev"]
         commit = None

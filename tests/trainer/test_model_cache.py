@@ -176,3 +176,11 @@ async def test_a_download_a_killed_pod_left_half_done_is_fetched_again_and_its_l
     assert message["plan"]["cache"]["downloadedBytes"] == len(good) == hub.served["acme/tiny"] - before
     assert weights.read_bytes() == good
     assert not leftover.exists() and fresh.exists()
+
+
+@pytest.mark.parametrize("status", [503, 429])
+async def test_a_hub_that_is_down_or_rate_limits_fails_validation_as_retryable(tmp_path, hub, status):
+    hub.outage = status
+    code, message, log = await trainer(tmp_path, hub, config(tmp_path, "down"), "--validate")
+    assert code == ExitCode.HUB_UNAVAILABLE and message["reason"] == "HubUnavailable", log[-3000:]
+    assert EXIT_CLASSES[ExitCode.HUB_UNAVAILABLE].retryable and str(status) in message["message"]
