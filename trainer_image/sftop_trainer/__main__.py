@@ -123,10 +123,17 @@ def main(argv: list[str] | None = None) -> int:
         return fail(ExitCode.INVALID_CONFIG, f"invalid trainer config {args.config}: {e}")
 
     if args.validate:
-        from sftop_trainer import plan
-
         try:
-            result = plan.validate(cfg)
+            cache = None
+            if cfg.model.cache and not cfg.model.resolved_revision:
+                # the shared model cache first, before torch is imported: a Hub refusal is said in seconds
+                from sftop_trainer import fetch
+
+                cache = fetch.fill(cfg)
+                cfg = fetch.at(cfg, cache["revision"])
+            from sftop_trainer import plan
+
+            result = plan.validate(cfg, cache)
         except TrainerError as e:
             return fail(e.code, e.message)
         except Exception as e:

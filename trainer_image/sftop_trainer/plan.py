@@ -210,17 +210,12 @@ def describe(plan: dict[str, Any]) -> list[str]:
     return lines
 
 
-def validate(cfg: TrainerConfig) -> dict[str, Any]:
+def validate(cfg: TrainerConfig, cache: dict[str, Any] | None = None) -> dict[str, Any]:
     """The Validating phase: the plan, with the prepared data and plan.json left in output.dir for the run.
+    `cache`: what filling the shared model cache found (sftop_trainer.fetch.fill, with `cfg` at its commit).
     Returns the termination message."""
     out = Path(cfg.output.dir)
     ensure_writable(out)
-    cache = None
-    if cfg.model.cache and not cfg.model.resolved_revision:  # the shared model cache, filled on a CPU
-        from sftop_trainer import fetch
-
-        cache = fetch.fill(cfg)
-        cfg = fetch.at(cfg, cache["revision"])
     plan, data = make_plan(cfg, keep_data=True)
     if cache is not None:
         plan["cache"] = cache
