@@ -155,6 +155,29 @@ def _version() -> str:
         return "unknown"
 
 
+def _reasons(args: argparse.Namespace) -> int:
+    """What a reason in an SFTJob's status means and what to do, or every reason as a table."""
+    from sftop import reasons
+
+    if args.markdown:
+        print(reasons.markdown(), end="")
+        return 0
+    if not args.names:
+        width = max(len(n) for n in reasons.REASONS)
+        for r in reasons.REASONS.values():
+            print(f"{r.name:<{width}}  {r.shown}: {r.outcome}")
+        return 0
+    unknown = [n for n in args.names if reasons.describe(n) is None]
+    for name in args.names:
+        if name not in unknown:
+            print(reasons.describe(name))
+    if unknown:
+        print(f"sftop reasons: sftop writes no reason {', '.join(unknown)}; `sftop reasons` lists them all",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sftop", description="Fine-tune LLMs on Kubernetes with SFTJobs.")
     parser.add_argument("--version", action="version", version=f"sftop {_version()}")
@@ -206,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, help="plot width in characters (default: the terminal's)")
     p.add_argument("--height", type=int, help="plot height in lines (default: the terminal's)")
     p.set_defaults(func=_history)
+
+    p = sub.add_parser("reasons", help="what a reason in an SFTJob's status means and what to do (all of them "
+                                       "without a NAME)")
+    p.add_argument("names", nargs="*", metavar="NAME", help="a reason, as `kubectl get sftjobs` shows it")
+    p.add_argument("--markdown", action="store_true", help="every reason as a table (docs/reasons.md)")
+    p.set_defaults(func=_reasons)
 
     p = sub.add_parser("operator", help="run the operator (see sftop.settings for its SFTOP_* variables)")
     p.add_argument("-n", "--namespace", action="append", help="watch this namespace (repeat); default: all")
