@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from sftop import cli, lifecycle, reasons
 from sftop_trainer.errors import EXIT_CLASSES
 
@@ -113,6 +112,7 @@ def test_docs_name_only_reasons_that_exist(doc):
     """A reason the docs put in a reason's place (a table's first column, "reason X") is one the table knows."""
     text = (ROOT / "docs" / doc).read_text()
     named = set(re.findall(r"reason `?([A-Z][A-Za-z]+)`?", text))
-    named |= {w for row in re.findall(r"^\| (`[A-Z][^|]*)\|", text, re.M) for w in re.findall(r"`([A-Z][A-Za-z]+)`", row)}
+    rows = re.findall(r"^\| (`[A-Z][^|]*)\|", text, re.MULTILINE)
+    named |= {w for row in rows for w in re.findall(r"`([A-Z][A-Za-z]+)`", row)}
     unknown = sorted(named - set(reasons.REASONS) - NOT_REASONS)
     assert not unknown, f"docs/{doc} names reasons sftop never writes: {unknown}"
