@@ -278,8 +278,8 @@ def test_sftop_plan_on_every_example(example, offline_world, example_plans):
         batch = training.get("perDeviceTrainBatchSize", 4) * training.get("gradientAccumulationSteps", 1)
         assert plan["effectiveBatch"] == batch * max(1, plan["gpus"])
         assert f"steps     {plan['totalSteps']}" in out and "memory    ~" in out
-        if "nvidia.com/gpu.memory" in (resources.get("nodeSelector") or {}):
-            # what the example's comment promises: it fits the GPU its node selector names
+        if "nvidia.com/gpu.memory" in (resources.get("nodeSelector") or {}) or resources.get("gpuMemory"):
+            # what the example's comment promises: it fits the GPU its node selector or gpuMemory names
             assert plan["memory"]["fits"] is True, plan["memory"]
 
 
@@ -293,7 +293,7 @@ def test_sftop_plan_says_what_would_fit_when_a_run_does_not(offline_world, tmp_p
     manifest.write_text(yaml.safe_dump(job))
     run = sftop_plan(offline_world, manifest)
     assert run.returncode == 1
-    assert "does NOT fit the 22.49 GiB GPU (nodeSelector nvidia.com/gpu.memory=23034 MiB)" in run.stdout
+    assert "does NOT fit the 22.0 GiB GPU (spec.resources.gpuMemory 22Gi)" in run.stdout
     assert "would fit: method: lora" in run.stdout and "would fit: method: qlora" in run.stdout
     assert "llama31-8b-qlora: the run needs about" in run.stderr
 
