@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from sftop_trainer.errors import EXIT_CLASSES
 
 # What happens to the run: it ends Failed; it waits and starts by itself once the cause is gone; the Job runs it
-# again (counted against runPolicy.backoffLimit unless said otherwise); or it is a step of a healthy run.
-FINAL, WAITS, RETRIED, PROGRESS = "fails", "waits", "retried", "progress"
+# again and it fails once runPolicy.backoffLimit is spent (while it is retried, the reason is in the message of
+# Retrying or Training: "attempt 2, after: OOMKilled: ..."); its promotion gate refuses it (the phase stays
+# Succeeded); or it is a step of a healthy run.
+FINAL, WAITS, RETRIED, REFUSED, PROGRESS = "fails", "waits", "retried", "refused", "progress"
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,11 @@ OPERATOR: list[Reason] = [
         "the data-quality checks warn (duplicates, near-duplicates, ...): status.plan.data has the rows; "
         "dataset.quality makes a check fail or drop rows instead"),
     *_r("WaitingForPod", "Pending", WAITS,
-        "the pod exists but has not started (image pull, volume attach): `kubectl describe pod` if it lasts minutes"),
+        "the Job has no pod yet: when it lasts, `kubectl describe job` shows why the Job controller cannot create it "
+        "(a ResourceQuota, Pod Security admission, a webhook)"),
+    *_r("ContainerCreating PodInitializing", "Pending", WAITS,
+        "kubelet is pulling the trainer image (several GB the first time on a node) or attaching the claims: "
+        "`kubectl describe pod` if it lasts more than minutes"),
     *_r("Training Completing", "Running", PROGRESS, "the trainer runs; status.progress has the live step and loss"),
     *_r("Suspended", "Suspended", WAITS,
         "spec.suspend is true: the trainer saved a checkpoint and stopped; set it false to resume from there"),
@@ -71,8 +77,8 @@ OPERATOR: list[Reason] = [
     *_r("SecretNotFound SecretKeyNotFound ConfigMapNotFound ConfigMapKeyNotFound PVCNotFound", "Pending", WAITS,
         _MISSING),
     *_r("PVCNotShared", "Pending", WAITS,
-        "a claim that pods on several nodes share (a multi-node run's output, the policy's cacheClaim) is not "
-        "ReadWriteMany: use a claim on a shared file system"),
+        "a claim that pods on several nodes share is not shared: a multi-node run's output and the policy's "
+        "cacheClaim must be ReadWriteMany, its inputs ReadOnlyMany or ReadWriteMany (a shared file system)"),
     *_r("WaitingForWarmStart", "Pending", WAITS, "the warm start's run has not succeeded yet: it starts when it does"),
     *_r("WarmStartNotFound", "Pending or Failed", WAITS,
         "the warm start's SFTJob does not exist yet (waits), or has no such run or no adapter (fails): point "
@@ -100,23 +106,27 @@ OPERATOR: list[Reason] = [
     *_r("Preempted", "Queued", WAITS,
         "Kueue preempted the run for a higher-priority one; the trainer saved a checkpoint and the run resumes from "
         "it when readmitted (not counted as a failure)"),
-    *_r("Evicted", "Queued or Running", RETRIED,
-        "evicted by Kueue (waits for readmission, resumes from its checkpoint) or by kubelet under node memory "
-        "pressure (retried from the latest checkpoint, counted against runPolicy.backoffLimit)"),
-    *_r("EvictedForDisk", "Running", RETRIED,
-        "kubelet evicted the pod for local storage (the pod's model cache, sized from the plan, or the node's "
-        "disk): put the model on a claim or a shared cache, or give GPU nodes more disk"),
-    *_r("Unschedulable", "Pending", WAITS,
+    *_r("Evicted", "Queued or Failed", RETRIED,
+        "evicted by Kueue (Queued: it waits for readmission and resumes from its checkpoint) or by kubelet under node "
+        "memory pressure (retried from the latest checkpoint; Failed once the evictions pass runPolicy.backoffLimit)"),
+    *_r("EvictedForDisk", "Failed", RETRIED,
+        "kubelet evicted the pod for local storage: the node's disk (retried, up to runPolicy.backoffLimit) or the "
+        "pod's model cache over its size (sized from the plan; fails at once, a retry would outgrow it again): put "
+        "the model on a claim or a shared cache, or give GPU nodes more disk"),
+    *_r("Unschedulable", "Pending or Validating", WAITS,
         "no node fits the pod (GPUs, CPU, memory, a nodeSelector, a taint, an unbound claim); the message is the "
-        "scheduler's: on kind set resources.gpus: 0 and small cpu and memory"),
+        "scheduler's: on a small cluster (kind) lower resources.cpu and memory, and spec.validation.cpu and memory "
+        "for the Validating pod"),
     *_r("ImagePullBackOff ErrImagePull InvalidImageName CreateContainerConfigError CreateContainerError "
         "CrashLoopBackOff RunContainerError", "Pending", WAITS, _POD_STUCK),
-    *_r("OOMKilled", "Running", RETRIED,
+    *_r("OOMKilled", "Failed", RETRIED,
         "the container went over its memory limit (CPU RAM, not the GPU's): raise resources.memory or lower the "
         "batch size"),
-    *_r("Killed PodFailed JobFailed", "Running", RETRIED,
-        "the trainer was killed or its pod or Job failed without a trainer reason: the message says what "
-        "Kubernetes said; the pod's log has the rest"),
+    *_r("Killed PodFailed", "Failed", RETRIED,
+        "the trainer was killed or its pod failed without a trainer reason: the message says what Kubernetes said; "
+        "the pod's log has the rest"),
+    *_r("JobFailed", "Failed", FINAL,
+        "the Job failed without a reason of its own or of a pod: the message is the Job's condition"),
     *_r("DeadlineExceeded", "Failed", FINAL,
         "the run ran past runPolicy.activeDeadlineSeconds; its checkpoints stay on the claim (warmStart continues "
         "from one)"),
@@ -130,14 +140,15 @@ OPERATOR: list[Reason] = [
     *_r("Promoting", "Promoted: Unknown", PROGRESS, "a small Job switches the stable path to the run's adapter"),
     *_r("Promoted Pinned", "Promoted: True", PROGRESS,
         "the run's adapter is the one at the stable path (Pinned: by spec.promotion.pin)"),
-    *_r("BelowThreshold Regressed NotComparable MetricMissing ServingMismatch", "Promoted: False", FINAL,
+    *_r("BelowThreshold Regressed NotComparable MetricMissing ServingMismatch", "Promoted: False", REFUSED,
         "the promotion gate refused the run (its metric, value and bar in the message, every comparison in "
         "status.promotion.checks); the promoted adapter keeps serving: fix the data or settings, change the bar "
         "(judged again, nothing retrains) or pin a run"),
-    *_r("PinNotFound", "Promoted: False", FINAL,
+    *_r("PinNotFound", "Promoted: False", REFUSED,
         "spec.promotion.pin names no successful run of this SFTJob: pin one of status.previousRuns"),
-    *_r("PromotionFailed", "Promoted: False", RETRIED,
-        "the Job that switches the stable path failed (the claim full or read-only?); retried when the spec changes"),
+    *_r("PromotionFailed", "Promoted: False", REFUSED,
+        "the Job that switches the stable path failed (the claim full or read-only? its log says): the switch runs "
+        "again once that Job is gone (`kubectl delete job` it to retry now; it removes itself after an hour)"),
 ]
 
 # What to do, for the trainer's own classes (their meaning is EXIT_CLASSES').
@@ -159,7 +170,7 @@ def _trainer() -> list[Reason]:
     out = []
     for cls in EXIT_CLASSES.values():
         outcome = RETRIED if cls.retryable else FINAL
-        shown = "Running" if cls.retryable else "Failed"
+        shown = "Failed"
         do = _TRAINER_DO.get(cls.reason)
         out.append(Reason(cls.reason, shown, outcome, cls.meaning + (f": {do}" if do else "")))
     return out
@@ -167,14 +178,18 @@ def _trainer() -> list[Reason]:
 
 REASONS: dict[str, Reason] = {r.name: r for r in [*OPERATOR, *_trainer()]}
 
-_OUTCOME_WORDS = {FINAL: "the run fails", WAITS: "waits, starts by itself", RETRIED: "retried",
+_OUTCOME_WORDS = {FINAL: "the run fails", WAITS: "waits, starts by itself",
+                  RETRIED: "retried, then the run fails", REFUSED: "not promoted; the phase stays Succeeded",
                   PROGRESS: "a healthy run"}
 
 
 def markdown() -> str:
     lines = ["# Reasons", "",
-             "Every reason an SFTJob's status can carry (`kubectl get sftjobs -o wide` shows them in the REASON",
-             "column; `sftop reasons NAME` prints one). Generated by `sftop reasons --markdown`.", "",
+             "Every reason an SFTJob's status can carry, in its conditions (`kubectl get sftjobs -o wide` shows the",
+             "first that holds in the REASON column; `kubectl describe sftjob NAME` all of them, and the Events).",
+             "`sftop reasons NAME` prints one. While a failing run is retried, its reason is in the message of",
+             "`Retrying` or `Training` (\"attempt 2, after: OOMKilled: ...\"). Generated by `sftop reasons --markdown`.",
+             "",
              "| reason | shown in | what happens | what it means, what to do |", "|---|---|---|---|"]
     for r in REASONS.values():
         lines.append(f"| `{r.name}` | {r.shown} | {_OUTCOME_WORDS[r.outcome]} | {r.what} |")

@@ -103,6 +103,8 @@ async def test_the_quickstart_runs_as_written_from_data_on_a_claim_to_an_adapter
     for line in (raw.strip() for block in blocks("bash") for raw in block.splitlines()):
         if not line or line.startswith("#"):
             continue
+        # the shell's expansions the doc uses: $NAME, and ${NAME#*:} (what follows the first colon)
+        line = re.sub(r"\$\{(\w+)#\*:\}", lambda m: shell[m[1]].split(":", 1)[1], line)
         line = re.sub(r"\$(\w+)", lambda m: shell[m[1]], line)
         assigned = re.fullmatch(r"(\w+)=\$\((.*)\)", line)
         if assigned:
@@ -140,6 +142,8 @@ async def test_the_quickstart_runs_as_written_from_data_on_a_claim_to_an_adapter
             assert (tmp_path / "quickstart-result" / "adapter" / "adapter_model.safetensors").exists()
         ran.append(line)
         said = await kubectl(emu, *words[1:])
+        if "{.status.phase}" in line:
+            assert said.startswith("Succeeded:"), said
         if words[1:3] == ["get", "sftjobs"]:
             sample = columns(next(b for b in blocks("") if b.startswith("NAME")))
             shown = columns(said)

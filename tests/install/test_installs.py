@@ -5,10 +5,10 @@ users run with it. This is what an image build would prove, without Docker.
 - `sftop[operator]`, and the operator image's steps (operator/requirements.txt, then the package `--no-deps`):
   `sftop operator` against the emulated API server until it reconciles an SFTJob.
 - the trainer image's steps (trainer_image/requirements.txt, then the package `--no-deps`): `sftop-train
-  --validate` and a few training steps on the tiny model. `sftop[trainer]` resolves to exactly the same packages
-  and versions (pip's own resolver, in a dry run), so it is the same environment.
-- `sftop[demo]` resolves to the trainer's packages, the CLI's and gguf; the README's first command, which CI runs in
-  a fresh environment, installs exactly it and runs `sftop demo` to the end.
+  --validate` and a few training steps on the tiny model. `sftop[trainer]` has the same roots, pinned by
+  constraints.txt at the image's versions, so pip resolves it to the same environment.
+- `sftop[demo]` is the trainer's packages, the CLI's and gguf; the README's first command, which CI runs in a fresh
+  environment, installs exactly it and runs `sftop demo` to the end.
 
 The package is built once into a wheel from a copy of the sources (a build writes into its source tree); each
 environment installs it from there with pip, under the pins CI tests (constraints.txt).
@@ -21,9 +21,12 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from harness.cluster import NS, apply, objs, sftjob, status_of, wait_for
 
@@ -125,27 +128,43 @@ async def test_the_operator_install_runs_the_operator(tmp_path, wheel, apiserver
     says_which_extra(run(bin_, "sftop", "plan", "examples/task-api-smollm2.yaml"), "trainer")
 
 
-def resolved(*requirements: str) -> dict[str, str]:
-    """What pip would install into an empty environment for `requirements`: {package: version}, from pip's resolver in
-    a dry run (no install)."""
-    out = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "-q",
-                          "--disable-pip-version-check", "--report", "-", "-c", str(ROOT / "constraints.txt"),
-                          *requirements], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(out.stdout)
-    return {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"] for i in report["install"]}
+def pins(path: Path) -> dict[str, str]:
+    """A requirements or constraints file's exact pins: {package: version}."""
+    found = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            req = Requirement(line)
+            (spec,) = req.specifier
+            assert spec.operator == "==", f"{path.name}: {line} is not an exact pin"
+            found[canonicalize_name(req.name)] = spec.version
+    return found
 
 
-def test_the_trainer_extra_is_the_trainer_images_environment_and_the_demo_extra_adds_the_cli(wheel):
-    image = resolved("-r", str(ROOT / "trainer_image" / "requirements.txt"), f"sftop @ {wheel.as_uri()}")
-    extra = resolved(f"sftop[trainer] @ {wheel.as_uri()}")
-    assert extra == image
-    assert "torch" in extra and "kopf" not in extra and "jsonschema" not in extra
-    demo = resolved(f"sftop[demo] @ {wheel.as_uri()}")
-    cli = resolved(f"sftop[cli] @ {wheel.as_uri()}")
-    assert {k: demo.get(k) for k in extra} == extra and {k: demo.get(k) for k in cli} == cli
-    gguf = resolved(f"gguf=={demo['gguf']}")
-    assert set(demo) - set(extra) - set(cli) <= set(gguf), "the demo adds only gguf (and what it needs)"
+def extra(name: str) -> tuple[dict[str, Requirement], set[str]]:
+    """An extra's own requirements (with the base install's) by package, and the extras it includes."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"][name]]
+    own = {canonicalize_name(r.name): r for r in reqs if canonicalize_name(r.name) != "sftop"}
+    included = {e for r in reqs if canonicalize_name(r.name) == "sftop" for e in r.extras}
+    return own, included
+
+
+def test_the_trainer_extra_is_the_trainer_images_environment_and_the_demo_extra_adds_the_cli():
+    """pip resolves the same root requirements at the same exact versions, under the same constraints, to the same
+    environment: so `sftop[trainer]` under constraints.txt is the trainer image when its roots are the image's
+    requirements and constraints.txt pins each at the image's version (which the extra's range admits). The image's
+    own install is proven by test_the_trainer_image_validates_and_trains, the demo's by the README's first command."""
+    image, constraints = pins(ROOT / "trainer_image" / "requirements.txt"), pins(ROOT / "constraints.txt")
+    trainer, included = extra("trainer")
+    assert not included and set(trainer) == set(image), "the trainer extra's packages are the image's"
+    for name, req in trainer.items():
+        assert constraints.get(name) == image[name], f"constraints.txt pins {name} at the image's {image[name]}"
+        assert req.specifier.contains(image[name]), f"the trainer extra's {req} admits the image's {image[name]}"
+    assert "kopf" not in trainer and "jsonschema" not in trainer
+    demo, included = extra("demo")
+    assert included == {"cli", "trainer"}, "the demo is the trainer's environment and the CLI's"
+    assert set(demo) - set(trainer) == {"gguf"} and "gguf" in constraints, "the demo adds only gguf, pinned"
 
 
 def test_the_trainer_image_validates_and_trains(tmp_path, wheel, tiny_model):

@@ -32,7 +32,7 @@ NOT_REASONS = {"Pending", "Queued", "Running", "Failed", "Accepted", "Ready", "R
                "WaitingForPreemptedWorkloads", "PendingEvaluation", "Deactivated"}
 # Reasons Kubernetes writes that the operator passes on: kubelet's waiting reasons, the scheduler's, the Job
 # controller's, and the references the operator names by kind (f"{short}NotFound").
-PASSED_ON = {*lifecycle.STUCK_WAITING, "Unschedulable", "BackoffLimitExceeded", "DeadlineExceeded", "PodFailed",
+PASSED_ON = {*lifecycle.STUCK_WAITING, "ContainerCreating", "PodInitializing", "Unschedulable", "BackoffLimitExceeded", "DeadlineExceeded", "PodFailed",
              "SecretNotFound", "ConfigMapNotFound", "ConfigMapKeyNotFound", "PVCNotFound"}
 
 
