@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from harness import vllm
+from harness.cluster import kubectl as harness_kubectl
 from harness.cluster import obj
 from sftop import cli
 
@@ -51,16 +52,11 @@ def columns(table: str) -> list[dict[str, str]]:
     return [{n: row[a:b].strip() for n, a, b in zip(names, starts, cut)} for row in rows]
 
 
-async def kubectl(emu, *args: str, timeout: float = LIMIT) -> str:
-    """kubectl against the emulated API server in the quickstart's namespace (client-side validation off: kubectl
-    cannot read the emulator's OpenAPI v2; the server validates)."""
-    extra = ["--validate=false"] if args and args[0] == "apply" else []
-    proc = await asyncio.create_subprocess_exec(
-        "kubectl", "--server", str(emu.url).rstrip("/"), "--namespace", NS, args[0], *extra, *args[1:],
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode == 0, f"kubectl {' '.join(args)}: {err.decode()}"
-    return out.decode()
+async def kubectl(emu, *args: str) -> str:
+    """A line of the doc's kubectl in its namespace (client-side validation off: kubectl cannot read the emulator's
+    OpenAPI v2; the server validates)."""
+    extra = ["--validate=false"] if args[0] == "apply" else []
+    return await harness_kubectl(emu, args[0], *extra, *args[1:], namespace=NS, timeout=LIMIT)
 
 
 def claim_path(emu, node, remote: str) -> Path:

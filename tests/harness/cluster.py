@@ -127,13 +127,13 @@ class Operator:
         self.thread = None
 
 
-async def kubectl(emu: ApiServer, *args: str) -> str:
-    """kubectl against the emulated API server, in the tests' namespace: its output."""
+async def kubectl(emu: ApiServer, *args: str, namespace: str = NS, timeout: float | None = None) -> str:
+    """kubectl against the emulated API server, in the tests' namespace unless told another: its output."""
     proc = await asyncio.create_subprocess_exec(
-        "kubectl", "--server", str(emu.url).rstrip("/"), "--namespace", NS, *args,
+        "kubectl", "--server", str(emu.url).rstrip("/"), "--namespace", namespace, *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode == 0, f"kubectl {' '.join(args)}: {err.decode()}"
     return out.decode()
 
 

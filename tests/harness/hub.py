@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,11 +81,16 @@ class Hub:
             await self._runner.cleanup()
 
     @staticmethod
-    def _error(status: int, code: str, message: str) -> aiohttp.web.Response:
-        return aiohttp.web.json_response({"error": message}, status=status,
-                                         headers={"X-Error-Code": code, "X-Error-Message": message})
+    def _error(status: int, code: str, message: str) -> aiohttp.web.HTTPException:
+        """An error as the Hub answers it, to raise: JSON, with `X-Error-Code` (huggingface_hub's
+        hf_raise_for_status turns it into its exception classes)."""
+        kind = {401: aiohttp.web.HTTPUnauthorized, 403: aiohttp.web.HTTPForbidden, 404: aiohttp.web.HTTPNotFound}
+        return kind[status](text=json.dumps({"error": message}), content_type="application/json",
+                            headers={"X-Error-Code": code, "X-Error-Message": message})
 
-    def _find(self, request: aiohttp.web.Request) -> tuple[str, Repo | None, str | None]:
+    def _find(self, request: aiohttp.web.Request, revision: bool = True) -> tuple[str, Repo, str]:
+        """The request's repository and the commit its revision names (with `revision`), or the Hub's error: an
+        outage, an unknown repository, an unknown revision. Every request is recorded."""
         repo_id = f"{request.match_info['org']}/{request.match_info['name']}"
         self.requests.append((request.method, request.path))
         if self.outage == 503:
@@ -92,48 +98,41 @@ class Hub:
         if self.outage == 429:
             raise aiohttp.web.HTTPTooManyRequests(text="rate limited", headers={"Retry-After": "1"})
         repo = self.repos.get(repo_id)
+        if repo is None:
+            raise self._error(404, "RepoNotFound", "Repository not found")
+        if not revision:
+            return repo_id, repo, ""
         rev = request.match_info["rev"]
-        commit = None
-        if repo is not None:
-            commit = rev if rev in repo.refs.values() else repo.refs.get(rev)
+        commit = rev if rev in repo.refs.values() else repo.refs.get(rev)
+        if commit is None:
+            raise self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
         return repo_id, repo, commit
 
     async def _info(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
         repo_id, repo, commit = self._find(request)
-        if repo is None:
-            return self._error(404, "RepoNotFound", "Repository not found")
-        if commit is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {request.match_info['rev']}")
         return aiohttp.web.json_response({"id": repo_id, "modelId": repo_id, "sha": commit, "private": False,
                                           "gated": "manual" if repo.gated else False,
                                           "siblings": [{"rfilename": p} for p in repo.files]})
 
-    def _refused(self, repo_id: str, repo: Repo, request: aiohttp.web.Request) -> aiohttp.web.Response | None:
+    def _check_access(self, repo_id: str, repo: Repo, request: aiohttp.web.Request) -> None:
+        """A gated repository's files: 401 without a token, 403 with a token that has no access."""
         if not repo.gated:
-            return None
+            return
         token = (request.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
         if not token:
-            return self._error(401, "GatedRepo", f"Access to model {repo_id} is restricted. You must have access to "
-                                                  f"it and be authenticated to access it.")
+            raise self._error(401, "GatedRepo", f"Access to model {repo_id} is restricted. You must have access to "
+                                                 f"it and be authenticated to access it.")
         if token not in repo.tokens:
-            return self._error(403, "GatedRepo", f"Access to model {repo_id} is restricted and you are not in the "
-                                                  f"authorized list.")
-        return None
+            raise self._error(403, "GatedRepo", f"Access to model {repo_id} is restricted and you are not in the "
+                                                 f"authorized list.")
 
     async def _auth_check(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
-        repo_id = f"{request.match_info['org']}/{request.match_info['name']}"
-        self.requests.append((request.method, request.path))
-        repo = self.repos.get(repo_id)
-        if repo is None:
-            return self._error(404, "RepoNotFound", "Repository not found")
-        return self._refused(repo_id, repo, request) or aiohttp.web.json_response({})
+        repo_id, repo, _ = self._find(request, revision=False)
+        self._check_access(repo_id, repo, request)
+        return aiohttp.web.json_response({})
 
     async def _tree(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
-        _, repo, commit = self._find(request)
-        if repo is None:
-            return self._error(404, "RepoNotFound", "Repository not found")
-        if commit is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {request.match_info['rev']}")
+        _, repo, _ = self._find(request)
         entries = []
         for path, data in repo.files.items():
             entry = {"type": "file", "path": path, "size": len(data), "oid": blob_sha1(data)}
@@ -144,16 +143,10 @@ class Hub:
 
     async def _resolve(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
         repo_id, repo, commit = self._find(request)
-        if repo is None:
-            return self._error(404, "RepoNotFound", "Repository not found")
-        if commit is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {request.match_info['rev']}")
-        refused = self._refused(repo_id, repo, request)
-        if refused is not None:
-            return refused
+        self._check_access(repo_id, repo, request)
         data = repo.files.get(request.match_info["path"])
         if data is None:
-            return self._error(404, "EntryNotFound", f"{request.match_info['path']} does not exist")
+            raise self._error(404, "EntryNotFound", f"{request.match_info['path']} does not exist")
         lfs = request.match_info["path"].endswith(LFS_SUFFIXES)
         etag = hashlib.sha256(data).hexdigest() if lfs else blob_sha1(data)
         headers = {"X-Repo-Commit": commit, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
