@@ -167,10 +167,11 @@ def _reasons(args: argparse.Namespace) -> int:
         for r in reasons.REASONS.values():
             print(f"{r.name:<{width}}  {r.shown}: {r.outcome}")
         return 0
-    unknown = [n for n in args.names if reasons.describe(n) is None]
-    for name in args.names:
-        if name not in unknown:
-            print(reasons.describe(name))
+    said = {name: reasons.describe(name) for name in args.names}
+    for text in said.values():
+        if text is not None:
+            print(text)
+    unknown = [name for name, text in said.items() if text is None]
     if unknown:
         print(f"sftop reasons: sftop writes no reason {', '.join(unknown)}; `sftop reasons` lists them all",
               file=sys.stderr)
