@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from harness.node import kill_tree
 from sftop_trainer.errors import ExitCode
 
@@ -83,7 +85,7 @@ def test_sigterm_stops_two_processes_at_one_step_with_one_checkpoint_and_the_rer
                 break
         time.sleep(1)
         # the second process alone: the extreme of the signal reaching the processes (or pods) at different moments
-        os.kill(second_process(tmp_path), signal.SIGTERM)
+        os.kill(training_process(tmp_path, 1), signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
     finally:
         kill_tree(proc.pid)  # a hung group must not outlive the test
@@ -101,11 +103,11 @@ def test_sigterm_stops_two_processes_at_one_step_with_one_checkpoint_and_the_rer
     assert result["resumedFromStep"] == step and result["steps"] == step + 4
 
 
-def second_process(tmp_path) -> int:
-    """The pid of the training process of local rank 1 of the run whose termination log is under `tmp_path`."""
+def training_process(tmp_path, rank: int) -> int:
+    """The pid of the training process of local rank `rank` of the run whose termination log is under `tmp_path`."""
     term = f"SFTOP_TERMINATION_LOG={tmp_path / 'term'}".encode()
     found = [int(e.parent.name) for e in Path("/proc").glob("[0-9]*/environ") if readable(e)
-             and term in e.read_bytes().split(b"\0") and b"LOCAL_RANK=1" in e.read_bytes().split(b"\0")]
+             and term in e.read_bytes().split(b"\0") and f"LOCAL_RANK={rank}".encode() in e.read_bytes().split(b"\0")]
     assert len(found) == 1
     return found[0]
 
@@ -147,10 +149,13 @@ def test_fsdp_on_cpus_stops_before_training_instead_of_training_data_parallel(tr
     assert message["reason"] == "InvalidConfig" and "FSDP needs GPUs" in message["message"]
 
 
-def test_a_process_killed_by_a_signal_fails_its_pod_as_a_counted_failure(train_config, tmp_path):
+@pytest.mark.parametrize("survivor", ["stops", "hangs"])
+def test_a_process_killed_by_a_signal_fails_its_pod_as_a_counted_failure(train_config, tmp_path, survivor):
     """One of two processes SIGKILLed mid-run (the node's OOM killer, a segfault): it leaves no word, the other is
     stopped with it, and the pod fails with TrainerError (counted against backoffLimit), not a retryable
-    interruption that would loop forever."""
+    interruption that would loop forever. A survivor that cannot stop (held here, as one blocked in a collective
+    would be) is killed by torchrun after its grace and leaves no word either: the message still names the process
+    that died first."""
     config = train_config(training={"maxSteps": 400, "saveSteps": 1000, "loggingSteps": 1})
     env = {**os.environ, "SFTOP_PROCESSES": "2", "SFTOP_TERMINATION_LOG": str(tmp_path / "term")}
     cmd = [sys.executable, "-m", "sftop_trainer", "--config", str(config), "--no-progress-bar"]
@@ -159,10 +164,13 @@ def test_a_process_killed_by_a_signal_fails_its_pod_as_a_counted_failure(train_c
         for line in proc.stdout:
             if '"event": "progress"' in line and '"step": 3,' in line:
                 break
-        os.kill(second_process(tmp_path), signal.SIGKILL)
+        if survivor == "hangs":
+            os.kill(training_process(tmp_path, 0), signal.SIGSTOP)
+        os.kill(training_process(tmp_path, 1), signal.SIGKILL)
         out, _ = proc.communicate(timeout=180)
     finally:
         kill_tree(proc.pid)
     assert proc.returncode == ExitCode.UNEXPECTED, out[-3000:]
     message = json.loads((tmp_path / "term").read_text())
-    assert message["reason"] == "TrainerError" and "local rank 1 ended without a word" in message["message"]
+    assert message["reason"] == "TrainerError" and "local rank 1 ended without a word" in message["message"], \
+        f"{message} {out[-3000:]}"

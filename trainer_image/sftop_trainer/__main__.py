@@ -166,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         if processes > 1:
             return launch(processes, args.config)
     if args.status_file:  # this pod's processes reached training: a later lost rendezvous is a lost peer
+        from sftop_trainer.launch import announce
+
         Path(args.status_file).with_name("started").touch()
+        announce(args.status_file)
 
     from sftop_trainer import threads, train
 

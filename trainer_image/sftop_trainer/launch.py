@@ -102,7 +102,56 @@ def write_status(status_file: str, code: int, result: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def read_statuses(folder: Path) -> list[dict[str, Any]]:
+def announce(status_file: str) -> None:
+    """A launched process says it started: its pid, its local rank and torchrun's round, for the launcher's watch
+    (`Ranks`)."""
+    rank = os.environ.get("LOCAL_RANK", "0")
+    path = Path(f"{status_file}-{rank}.pid")
+    tmp = path.with_suffix(".pid-tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "localRank": int(rank),
+                               "round": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))}))
+    tmp.replace(path)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process runs (a zombie has ended: it only waits for its parent to read its exit code)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+class Ranks:
+    """The launcher's watch over the pod's training processes: each announces itself when it starts, and `look`
+    notes, in the order it finds them, the ones that ended without leaving a status (killed by a signal). The first
+    of them explains the pod's failure even when the others were killed too: torchrun SIGKILLs a survivor that does
+    not stop within its grace (one blocked in a collective with the dead process), and that one leaves no status
+    either."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.gone: list[tuple[int, int]] = []  # (round, local rank), in the order found
+
+    def look(self) -> None:
+        for f in self.folder.glob("rank-*.pid"):
+            try:
+                info = json.loads(f.read_text())
+            except (ValueError, OSError):
+                continue
+            key = (int(info["round"]), int(info["localRank"]))
+            if key in self.gone or alive(int(info["pid"])):
+                continue
+            # ended: a status written before it ended is on disk now
+            if not any((s.get("round", 0), s.get("localRank")) == key for s in read_statuses(self.folder, False)):
+                self.gone.append(key)
+
+    def silent(self, round_: int) -> list[int]:
+        """The local ranks of a round that ended without a word, first found first."""
+        return [rank for r, rank in self.gone if r == round_]
+
+
+def read_statuses(folder: Path, latest_round: bool = True) -> list[dict[str, Any]]:
     """The statuses the pod's processes left in torchrun's latest round (an elastic restart starts a new one; an
     earlier round's files are stale), oldest first."""
     out = []
@@ -113,6 +162,8 @@ def read_statuses(folder: Path) -> list[dict[str, Any]]:
         except (ValueError, KeyError, OSError):
             continue
         out.append(status)
+    if not latest_round:
+        return out
     latest = max((s.get("round", 0) for s in out), default=0)
     return sorted((s for s in out if s.get("round", 0) == latest), key=lambda s: s.get("time", 0))
 
@@ -121,19 +172,25 @@ def read_statuses(folder: Path) -> list[dict[str, Any]]:
 STOPPED_WITH_THE_OTHERS = {int(ExitCode.INTERRUPTED), int(ExitCode.PEER_LOST)}
 
 
-def died_silently(statuses: list[dict[str, Any]], processes: int, signalled: bool) -> str | None:
+def died_silently(statuses: list[dict[str, Any]], processes: int, signalled: bool,
+                  silent: list[int] = ()) -> str | None:
     """A process that died without a status (killed by a signal: the node's OOM killer, a segfault, an NCCL abort)
-    while the pod itself was not told to stop: the survivors only say they were interrupted or lost a peer, which
-    the Job does not count, so a crash that repeats would retry forever. Returns the message that makes it count."""
-    if signalled or not statuses:  # no process spoke at all: torchrun's own failure, said below
+    while the pod itself was not told to stop: the survivors only say they were interrupted or lost a peer (or say
+    nothing, when torchrun had to kill them too), which the Job does not count, so a crash that repeats would retry
+    forever. `silent` is the launcher's watch: the ranks found ended without a word, first found first. Returns the
+    message that makes it count, naming the first that died."""
+    if signalled:
         return None
     seen = {s.get("localRank") for s in statuses}
     missing = sorted(set(range(processes)) - seen)
     codes = {s["exitCode"] for s in statuses}
-    if missing and codes <= STOPPED_WITH_THE_OTHERS:
-        return (f"training process(es) of local rank {', '.join(map(str, missing))} ended without a word (killed by a "
-                f"signal: out of host memory, a segfault, a NCCL abort?); the others stopped with them")
-    return None
+    if not missing or not codes <= STOPPED_WITH_THE_OTHERS:
+        return None
+    first = [rank for rank in silent if rank in missing][:1]
+    if not first and not statuses:  # nothing spoke and none was seen ending: torchrun's own failure, said below
+        return None
+    return (f"training process(es) of local rank {', '.join(map(str, first or missing))} ended without a word "
+            f"(killed by a signal: out of host memory, a segfault, a NCCL abort?); the others stopped with them")
 
 
 def pod_outcome(statuses: list[dict[str, Any]]) -> tuple[int, dict[str, Any] | None]:
@@ -179,12 +236,14 @@ def launch(processes: int, config: str, group: Group | None = None) -> int:
 
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
+        ranks = Ranks(status)
         while True:
             try:
-                code = child.wait(timeout=1)
+                code = child.wait(timeout=0.5)
                 break
             except subprocess.TimeoutExpired:
                 pass
+            ranks.look()
             own = worst([s["exitCode"] for s in read_statuses(status)])
             if own not in IN_PLACE and own != ExitCode.INTERRUPTED:
                 log.info("a training process failed (exit code %d): stopping this pod's processes", own)
@@ -199,7 +258,9 @@ def launch(processes: int, config: str, group: Group | None = None) -> int:
         statuses = read_statuses(status)
         if code == 0:
             return 0
-        silent = died_silently(statuses, processes, bool(signalled))
+        ranks.look()
+        latest = max([s.get("round", 0) for s in statuses] + [r for r, _ in ranks.gone], default=0)
+        silent = died_silently(statuses, processes, bool(signalled), ranks.silent(latest))
         if silent:
             log.error("%s", silent)
             write_termination_message(failure(ExitCode.UNEXPECTED, EXIT_CLASSES[ExitCode.UNEXPECTED].reason, silent))
