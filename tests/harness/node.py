@@ -348,6 +348,15 @@ class Node:
         if delete_pod:
             await self.emu.delete(f"/api/v1/namespaces/{c.namespace}/pods/{c.pod}")
 
+    def logged_step(self, pod: str) -> int:
+        """The latest training step a pod's trainer logged (its progress lines, as `kubectl logs` shows them): what a
+        test waits on to act at a step, sooner than the SFTJob's status says it (the operator writes progress at most
+        once per its budget)."""
+        log = self.root / "pods" / pod / "log"
+        if not log.exists():
+            return 0
+        return max((e.get("step", 0) for e in events(log) if e.get("event") == "progress"), default=0)
+
     def kill(self, namespace: str, pod: str) -> None:
         """The container dies at once (a node failure, SIGKILL): no checkpoint."""
         kill_tree(self.containers[(namespace, pod)].proc.pid)
@@ -417,4 +426,5 @@ def rewrite(text: str, mounts: dict[str, str]) -> str:
 
 
 def events(log: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in log.read_text(errors="replace").splitlines() if line.startswith("{")]
+    """The JSON events of a container's log, as far as it is written (a line still being written is left out)."""
+    return [json.loads(line) for line in log.read_text(errors="replace").split("\n")[:-1] if line.startswith("{")]
