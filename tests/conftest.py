@@ -7,7 +7,8 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # Tests run trainers side by side, more threads than CPUs: an OpenMP thread that waits for work sleeps instead of
 # spinning (the default), which burned the CPUs the other workers' trainers needed (three torch processes on two
-# CPUs: 1.5 s instead of 6 s for the same matrix products). Inherited by the workers and every process they start.
+# CPUs: 1.5 s instead of 6 s for the same matrix products). Inherited by the workers and every process they start,
+# and given to the harness node's containers (tests/harness/node.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
