@@ -120,7 +120,7 @@ async def test_kubectl_apply_runs_to_succeeded_with_progress_result_and_adapter(
 
 async def test_killed_pod_is_retried_and_resumes_from_its_checkpoint(cluster):
     emu, node, _ = cluster
-    await apply(emu, manifest(steps=40, save=10))
+    await apply(emu, manifest(steps=60, save=10))
     await until(emu, lambda: logged_step(emu, node) >= 12, node)  # past the checkpoint of step 10
     first = trainer_pods(emu)[0]["metadata"]["name"]
     node.kill(NS, first)
@@ -129,13 +129,13 @@ async def test_killed_pod_is_retried_and_resumes_from_its_checkpoint(cluster):
     folder = node.volume("adapters") / NS / "tiny" / status["run"]["id"]
     result = json.loads((folder / "result.json").read_text())
     assert result["resumedFromStep"] >= 10, "the retry started over instead of resuming"
-    assert result["steps"] == 40
+    assert result["steps"] == 60
 
 
 async def test_suspend_checkpoints_and_resume_continues_from_that_step(cluster):
     emu, node, _ = cluster
-    # long enough to be suspended mid-run: the trainer checkpoints 3 s after SIGTERM (transformers' wait for a
-    # SIGKILL that may follow), about 75 steps of the tiny model on an idle machine
+    # long enough to be suspended mid-run: the suspension reaches the trainer within a second or two, a few dozen
+    # steps of the tiny model on an idle machine
     await apply(emu, manifest(steps=300, save=1000))
     await until(emu, lambda: logged_step(emu, node) >= 3, node)
     await patch(emu, PATH, {"spec": {"suspend": True}})
@@ -144,6 +144,7 @@ async def test_suspend_checkpoints_and_resume_continues_from_that_step(cluster):
     checkpoints = list((node.volume("adapters") / NS / "tiny" / run["id"] / "checkpoints").glob("checkpoint-*"))
     assert len(checkpoints) == 1, "saveSteps is 1000: the checkpoint is the one the suspension asked for"
     stopped_at = int(checkpoints[0].name.split("-")[1])
+    assert stopped_at < 300, "suspended mid-run"
     await patch(emu, PATH, {"spec": {"suspend": False}})
     status = await until(emu, lambda: phase(emu) == "Succeeded" and status_of(emu, "tiny"), node)
     result = json.loads((node.volume("adapters") / NS / "tiny" / run["id"] / "result.json").read_text())
@@ -225,7 +226,7 @@ async def test_kueue_preemption_mid_run_checkpoints_requeues_and_resumes_from_th
     checkpoints = list((node.volume("adapters") / NS / "tiny" / run["id"] / "checkpoints").glob("checkpoint-*"))
     assert len(checkpoints) == 1, "saveSteps is 1000: the checkpoint is the one the preemption's SIGTERM asked for"
     stopped_at = int(checkpoints[0].name.split("-")[1])
-    assert stopped_at >= 3
+    assert stopped_at < 300, "preempted mid-run"
 
     await until(emu, lambda: status_of(emu, "urgent").get("phase") == "Succeeded", node)
     status = await until(emu, lambda: phase(emu) == "Succeeded" and status_of(emu, "tiny"), node)

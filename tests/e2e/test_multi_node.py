@@ -61,7 +61,7 @@ async def test_a_pod_killed_mid_run_is_replaced_and_the_group_resumes_from_its_c
     pod 1, the group meets again. Pod 0 lost: the rendezvous goes with it, pod 1 stops as PeerLost (not counted),
     the Job replaces both. Either way one failure counts and training resumes from the latest checkpoint."""
     emu, node, _ = cluster
-    await apply(emu, two_nodes(steps=40, save=10, validation=False))
+    await apply(emu, two_nodes(steps=60, save=10, validation=False))
     await until(emu, lambda: logged_step(emu, node) >= 12, node)  # past the checkpoint of step 10
     victim = [p for p in trainer_pods(emu) if p["metadata"]["annotations"][
         "batch.kubernetes.io/job-completion-index"] == str(index)][0]["metadata"]["name"]
@@ -70,7 +70,7 @@ async def test_a_pod_killed_mid_run_is_replaced_and_the_group_resumes_from_its_c
     folder = node.volume("adapters") / NS / "tiny" / status["run"]["id"]
     result = json.loads((folder / "result.json").read_text())
     assert result["resumedFromStep"] >= 10, "the group started over instead of resuming"
-    assert result["steps"] == 40
+    assert result["steps"] == 60
     job, = training_jobs(emu)
     assert job["status"]["failed"] == 1, "one pod was lost: one failure counts against backoffLimit"
     failed = [p for p in trainer_pods(emu) if p["status"]["phase"] == "Failed"]

@@ -208,6 +208,9 @@ class ApiServer(kmock.KubernetesEmulator):
         port = server.port
         self.cut_watches()
         await asyncio.sleep(0.1)
+        # Its connections end at once, as a stopped process's do: aiohttp's graceful shutdown waited a minute for
+        # the handlers of the watches that clients had opened again meanwhile (its timeout of 0 means no limit).
+        server.server.runner._shutdown_timeout = 0.01
         await server.__aexit__(None, None, None)
         await asyncio.sleep(down)
         again = kmock.Server(self, port=port)

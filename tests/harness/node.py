@@ -431,5 +431,13 @@ def rewrite(text: str, mounts: dict[str, str]) -> str:
 
 
 def events(log: Path) -> list[dict[str, Any]]:
-    """The JSON events of a container's log, as far as it is written (a line still being written is left out)."""
-    return [json.loads(line) for line in log.read_text(errors="replace").split("\n")[:-1] if line.startswith("{")]
+    """The JSON events of a container's log, as far as it is written (a line still being written is left out, and so
+    is one that another writer of the same stream cut into)."""
+    found = []
+    for line in log.read_text(errors="replace").split("\n")[:-1]:
+        if line.startswith("{"):
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                continue
+    return found

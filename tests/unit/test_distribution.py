@@ -173,9 +173,9 @@ def test_a_process_that_dies_without_a_word_makes_its_pod_fail_as_a_counted_fail
     own = [{"exitCode": ExitCode.INVALID_DATA, "localRank": 0, "round": 0, "time": 1.0}]
     assert died_silently(own, 2, signalled=False) is None and pod_outcome(own)[0] == ExitCode.INVALID_DATA
     assert died_silently([], 2, signalled=False) is None, "nothing spoke and none was seen ending: torchrun's failure"
-    # torchrun killed a survivor that did not stop in time: neither spoke, and the watch saw rank 1 end first
-    assert "local rank 1 ended without a word" in died_silently([], 2, signalled=False, silent=[1, 0])
-    assert "local rank 1 ended" in died_silently(survivor, 2, signalled=False, silent=[1])
+    # torchrun killed a survivor that did not stop in time: neither spoke, and the watch saw rank 1 die first
+    assert "local rank 1 ended without a word" in died_silently([], 2, signalled=False, first=[1])
+    assert "local rank 1 ended" in died_silently(survivor, 2, signalled=False, first=[1])
 
 
 def test_only_the_latest_torchrun_round_counts(tmp_path):

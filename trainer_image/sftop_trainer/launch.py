@@ -93,7 +93,8 @@ def write_status(status_file: str, code: int, result: dict[str, Any]) -> None:
     """A launched process's outcome for the launcher: its exit code and, when it failed, its failure. Written to a
     temporary name and renamed, so the launcher never reads half a file."""
     path = Path(f"{status_file}-{os.environ.get('LOCAL_RANK', '0')}.json")
-    text = json.dumps({"exitCode": code, "time": time.time(), "rank": int(os.environ.get("RANK", "0")),
+    text = json.dumps({"exitCode": code, "time": time.time(), "pid": os.getpid(),
+                       "rank": int(os.environ.get("RANK", "0")),
                        "localRank": int(os.environ.get("LOCAL_RANK", "0")),
                        "round": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
                        "failure": result if code else None})
@@ -103,18 +104,24 @@ def write_status(status_file: str, code: int, result: dict[str, Any]) -> None:
 
 
 def announce(status_file: str) -> None:
-    """A launched process says it started: its pid, its local rank and torchrun's round, for the launcher's watch
-    (`Ranks`)."""
+    """A launched process says it started (its pid and local rank), for the launcher's watch (`Ranks`)."""
     rank = os.environ.get("LOCAL_RANK", "0")
     path = Path(f"{status_file}-{rank}.pid")
     tmp = path.with_suffix(".pid-tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "localRank": int(rank),
-                               "round": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))}))
+    tmp.write_text(json.dumps({"pid": os.getpid(), "localRank": int(rank)}))
     tmp.replace(path)
 
 
 def alive(pid: int) -> bool:
     """Whether a process runs (a zombie has ended: it only waits for its parent to read its exit code)."""
+    if not Path("/proc/self/stat").exists():  # no procfs (macOS): whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
@@ -123,35 +130,43 @@ def alive(pid: int) -> bool:
 
 
 class Ranks:
-    """The launcher's watch over the pod's training processes: each announces itself when it starts, and `look`
-    notes, in the order it finds them, the ones that ended without leaving a status (killed by a signal). The first
-    of them explains the pod's failure even when the others were killed too: torchrun SIGKILLs a survivor that does
-    not stop within its grace (one blocked in a collective with the dead process), and that one leaves no status
-    either."""
+    """The launcher's watch over the training processes of a pod that is the whole run: each announces itself when
+    it starts, and `look` (every half second) finds the ones that ended. The processes that ended without leaving a
+    status (killed by a signal) while another still ran, found at the first look at which any had ended, are the
+    failure's cause (`first`), even when the others leave no status either: torchrun SIGKILLs a survivor that does
+    not stop within its grace (one blocked in a collective with the dead process).
+
+    Not for a pod of a multi-node run: there a process also ends without a word because another pod was lost
+    (torchrun stops the processes to meet the replacement; NCCL aborts on a lost peer), no failure of this pod's."""
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.gone: list[tuple[int, int]] = []  # (round, local rank), in the order found
+        self.ended: set[int] = set()  # pids found ended
+        self.first: list[int] = []  # local ranks
 
     def look(self) -> None:
-        for f in self.folder.glob("rank-*.pid"):
-            try:
-                info = json.loads(f.read_text())
-            except (ValueError, OSError):
-                continue
-            key = (int(info["round"]), int(info["localRank"]))
-            if key in self.gone or alive(int(info["pid"])):
-                continue
-            # ended: a status written before it ended is on disk now
-            if not any((s.get("round", 0), s.get("localRank")) == key for s in read_statuses(self.folder, False)):
-                self.gone.append(key)
+        try:
+            announced = []
+            for f in self.folder.glob("rank-*.pid"):
+                try:
+                    info = json.loads(f.read_text())
+                    announced.append((int(info["pid"]), int(info["localRank"])))
+                except (ValueError, KeyError, TypeError, OSError):
+                    continue
+            running = [pid for pid, _ in announced if alive(pid)]
+            ended = [(pid, rank) for pid, rank in announced if pid not in running and pid not in self.ended]
+            if not ended:
+                return
+            # a status is written before its process ends, so it is on disk by now
+            spoke = {s.get("pid") for s in read_statuses(self.folder)}
+            if not self.ended and running and not any(pid in spoke for pid, _ in ended):
+                self.first = sorted(rank for _, rank in ended)
+            self.ended.update(pid for pid, _ in ended)
+        except Exception as e:  # the watch only sharpens a message: it never stops the launcher
+            log.debug("watching the training processes: %s", e)
 
-    def silent(self, round_: int) -> list[int]:
-        """The local ranks of a round that ended without a word, first found first."""
-        return [rank for r, rank in self.gone if r == round_]
 
-
-def read_statuses(folder: Path, latest_round: bool = True) -> list[dict[str, Any]]:
+def read_statuses(folder: Path) -> list[dict[str, Any]]:
     """The statuses the pod's processes left in torchrun's latest round (an elastic restart starts a new one; an
     earlier round's files are stale), oldest first."""
     out = []
@@ -162,8 +177,6 @@ def read_statuses(folder: Path, latest_round: bool = True) -> list[dict[str, Any
         except (ValueError, KeyError, OSError):
             continue
         out.append(status)
-    if not latest_round:
-        return out
     latest = max((s.get("round", 0) for s in out), default=0)
     return sorted((s for s in out if s.get("round", 0) == latest), key=lambda s: s.get("time", 0))
 
@@ -173,12 +186,12 @@ STOPPED_WITH_THE_OTHERS = {int(ExitCode.INTERRUPTED), int(ExitCode.PEER_LOST)}
 
 
 def died_silently(statuses: list[dict[str, Any]], processes: int, signalled: bool,
-                  silent: list[int] = ()) -> str | None:
+                  first: list[int] = ()) -> str | None:
     """A process that died without a status (killed by a signal: the node's OOM killer, a segfault, an NCCL abort)
     while the pod itself was not told to stop: the survivors only say they were interrupted or lost a peer (or say
     nothing, when torchrun had to kill them too), which the Job does not count, so a crash that repeats would retry
-    forever. `silent` is the launcher's watch: the ranks found ended without a word, first found first. Returns the
-    message that makes it count, naming the first that died."""
+    forever. `first` is the launcher's watch (`Ranks`): the processes that died first, without a word. Returns the
+    message that makes it count, naming them."""
     if signalled:
         return None
     seen = {s.get("localRank") for s in statuses}
@@ -186,10 +199,10 @@ def died_silently(statuses: list[dict[str, Any]], processes: int, signalled: boo
     codes = {s["exitCode"] for s in statuses}
     if not missing or not codes <= STOPPED_WITH_THE_OTHERS:
         return None
-    first = [rank for rank in silent if rank in missing][:1]
-    if not first and not statuses:  # nothing spoke and none was seen ending: torchrun's own failure, said below
+    named = [rank for rank in first if rank in missing]
+    if not statuses and not named:  # nothing spoke and none was seen dying first: torchrun's own failure, said below
         return None
-    return (f"training process(es) of local rank {', '.join(map(str, first or missing))} ended without a word "
+    return (f"training process(es) of local rank {', '.join(map(str, named or missing))} ended without a word "
             f"(killed by a signal: out of host memory, a segfault, a NCCL abort?); the others stopped with them")
 
 
@@ -243,7 +256,8 @@ def launch(processes: int, config: str, group: Group | None = None) -> int:
                 break
             except subprocess.TimeoutExpired:
                 pass
-            ranks.look()
+            if group is None:
+                ranks.look()
             own = worst([s["exitCode"] for s in read_statuses(status)])
             if own not in IN_PLACE and own != ExitCode.INTERRUPTED:
                 log.info("a training process failed (exit code %d): stopping this pod's processes", own)
@@ -258,9 +272,9 @@ def launch(processes: int, config: str, group: Group | None = None) -> int:
         statuses = read_statuses(status)
         if code == 0:
             return 0
-        ranks.look()
-        latest = max([s.get("round", 0) for s in statuses] + [r for r, _ in ranks.gone], default=0)
-        silent = died_silently(statuses, processes, bool(signalled), ranks.silent(latest))
+        if group is None:
+            ranks.look()
+        silent = died_silently(statuses, processes, bool(signalled), ranks.first)
         if silent:
             log.error("%s", silent)
             write_termination_message(failure(ExitCode.UNEXPECTED, EXIT_CLASSES[ExitCode.UNEXPECTED].reason, silent))

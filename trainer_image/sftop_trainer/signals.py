@@ -34,6 +34,25 @@ class SigtermWatch:
             self._next(signum, frame)
 
 
+def jit_manager(trainer):
+    """transformers' just-in-time checkpoint manager of a Trainer (None when it has none)."""
+    from transformers.trainer_jit_checkpoint import JITCheckpointCallback
+
+    jit = next((c for c in trainer.callback_handler.callbacks if isinstance(c, JITCheckpointCallback)), None)
+    return getattr(jit, "jit_manager", None)
+
+
+def checkpoint_at_once(trainer) -> None:
+    """Ask for the checkpoint as SIGTERM arrives, at the next step boundary. transformers waits 3 s first, in case
+    SIGKILL follows at once; in Kubernetes SIGKILL comes when the pod's grace period ends, which the operator sizes
+    for a step and a save (SFTOP_TERMINATION_GRACE_SECONDS), so the wait only takes 3 s from the save. A SIGKILL that
+    does come at once (a hard eviction, a forced deletion) leaves an incomplete checkpoint, which the next attempt
+    removes and does not resume from."""
+    manager = jit_manager(trainer)
+    if manager is not None:
+        manager.kill_wait = 0
+
+
 def agreed_checkpoint(trainer):
     """With several processes, make transformers' just-in-time checkpoint a decision of the whole group: SIGTERM
     reaches the processes at different moments, and a process that stops to save while the others go on to the
@@ -44,7 +63,7 @@ def agreed_checkpoint(trainer):
     from transformers.trainer_jit_checkpoint import JITCheckpointCallback
 
     jit = next((c for c in trainer.callback_handler.callbacks if isinstance(c, JITCheckpointCallback)), None)
-    manager = getattr(jit, "jit_manager", None)
+    manager = jit_manager(trainer)
     if manager is None or world_size() < 2:
         return
     pending = {"requested": False}

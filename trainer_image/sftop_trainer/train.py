@@ -40,7 +40,7 @@ from sftop_trainer.progress import Progress, emit, serve
 from sftop_trainer.result import (early_stop_reason, finished_result, library_versions, mean_train_loss,
                                   write_failed_result)
 from sftop_trainer.runtime import is_main_process, world_size
-from sftop_trainer.signals import SigtermWatch, agreed_checkpoint
+from sftop_trainer.signals import SigtermWatch, agreed_checkpoint, checkpoint_at_once
 from sftop_trainer.trainer import make_trainer_class
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,7 @@ def build_trainer(cfg: TrainerConfig, progress: Progress, *, progress_bar: bool 
     from transformers import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(PrinterCallback)  # the JSON progress lines say the same
+    checkpoint_at_once(trainer)
     agreed_checkpoint(trainer)
     if progress_bar:
         trainer.remove_callback(ProgressCallback)
