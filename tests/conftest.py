@@ -124,9 +124,12 @@ SLOW_FOLDERS = {"trainer", "e2e", "install"}  # every test there trains, starts 
 
 # Longest first: the workers start the tests that take minutes (building environments, training the real model,
 # whole runs through the emulated cluster) while the many short ones fill the gaps, instead of one worker running
-# them alone at the end.
+# them alone at the end. The operator's tests mostly wait (on the operator, on timeouts it must honour), so they
+# run while trainers compute, and the suite ends on short tests that keep both CPUs busy: at the end, those waits
+# left the CPUs half idle for a minute.
 LONGEST_FIRST = ("trainer/test_local_run.py::test_demo", "install", "e2e", "trainer/test_real_model.py",
-                 "trainer/test_local_run.py", "trainer", "operator/test_platform_faults.py", "helm")
+                 "trainer/test_local_run.py", "operator/test_platform_faults.py", "trainer/test_data_parallel.py",
+                 "trainer/test_model_cache.py", "operator", "trainer", "helm")
 
 
 def pytest_collection_modifyitems(config, items):
